@@ -1,0 +1,419 @@
+//! The Bot API client: method calls, and the typed errors a poller decides on.
+//!
+//! The token is part of every method URL, and `reqwest` puts the URL into its
+//! error messages. So no `reqwest::Error` leaves this module as is: each is
+//! stripped with `without_url()` and turned into text here, and the text is
+//! scrubbed of the token once more before it can reach a log line.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Extra time the HTTP client waits beyond the long-poll timeout before it
+/// calls a poll hung.
+pub const POLL_MARGIN: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiError {
+    #[error("409 from getUpdates: another process is polling this bot ({description})")]
+    OtherPoller { description: String },
+    #[error("409 from getUpdates: a webhook is set for this bot ({description})")]
+    WebhookSet { description: String },
+    #[error("{status}: the bot token is not accepted ({description})")]
+    BadToken { status: u16, description: String },
+    #[error("429: rate limited, told to wait {}s", retry_after.as_secs())]
+    RateLimited { retry_after: Duration },
+    #[error("{status}: the platform does not implement this method ({description})")]
+    NotImplemented { status: u16, description: String },
+    #[error("{status}: the request was refused ({description})")]
+    Rejected { status: u16, description: String },
+    #[error("{status}: server error ({detail})")]
+    Server { status: u16, detail: String },
+    #[error("unreadable response (HTTP {status}): {detail}")]
+    BadResponse { status: u16, detail: String },
+    #[error("no answer within {}s", timeout.as_secs())]
+    Timeout { timeout: Duration },
+    #[error("connection failed: {0}")]
+    Transport(String),
+}
+
+impl ApiError {
+    /// What the operator should do about it, for the log line.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            ApiError::OtherPoller { .. } => {
+                "stop the other instance (another pollhook, or a bot polling with the same token); pollhook keeps retrying and resumes by itself"
+            }
+            ApiError::WebhookSet { .. } => {
+                "a webhook URL is set on the platform; remove it with deleteWebhook if polling should win (pollhook never does this by itself); retrying"
+            }
+            ApiError::BadToken { .. } => {
+                "check the token (revoked, mistyped, or meant for another platform); other bots keep running; retrying slowly"
+            }
+            ApiError::RateLimited { .. } => "waiting as the platform asks",
+            ApiError::NotImplemented { .. } => "the platform does not offer this method; not retried",
+            ApiError::Rejected { .. } => "the platform refused the request; check the bot's settings (allowed_updates, api_url); retrying slowly",
+            ApiError::Server { .. } | ApiError::BadResponse { .. } | ApiError::Timeout { .. } | ApiError::Transport(_) => {
+                "nothing was confirmed, so nothing is lost; retrying with backoff"
+            }
+        }
+    }
+
+    /// How long to wait before the next call after `failures` failures in a
+    /// row (1 for the first), before jitter.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doubling = |base: u64, cap: u64| {
+            let exp = failures.saturating_sub(1).min(16);
+            Duration::from_secs(base.saturating_mul(1 << exp).min(cap))
+        };
+        match self {
+            ApiError::RateLimited { retry_after } => *retry_after,
+            ApiError::OtherPoller { .. } | ApiError::WebhookSet { .. } => doubling(5, 60),
+            ApiError::BadToken { .. } => doubling(60, 600),
+            ApiError::Rejected { .. } | ApiError::NotImplemented { .. } => doubling(30, 300),
+            _ => doubling(1, 30),
+        }
+    }
+
+    /// Whether to add jitter: a platform's retry_after is exact already.
+    pub fn jitter(&self) -> bool {
+        !matches!(self, ApiError::RateLimited { .. })
+    }
+}
+
+/// The envelope every Bot API answer comes in.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    ok: bool,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    description: Option<String>,
+    parameters: Option<Parameters>,
+}
+
+#[derive(Deserialize)]
+struct Parameters {
+    retry_after: Option<u64>,
+}
+
+pub struct BotApi {
+    client: reqwest::Client,
+    url_template: String,
+    token: SecretString,
+}
+
+impl BotApi {
+    pub fn new(url_template: &str, token: SecretString, longest_poll: Duration) -> BotApi {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(longest_poll + POLL_MARGIN)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a client with static settings always builds");
+        BotApi {
+            client,
+            url_template: url_template.to_string(),
+            token,
+        }
+    }
+
+    fn url(&self, method: &str) -> String {
+        self.url_template
+            .replace("{token}", self.token.expose_secret())
+            .replace("{method}", method)
+    }
+
+    /// Removes the token from any text that might have picked it up.
+    pub fn redact(&self, text: &str) -> String {
+        let token = self.token.expose_secret();
+        if token.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(token, "<token>")
+        }
+    }
+
+    /// `getUpdates`: returns each update's exact bytes.
+    pub async fn get_updates(
+        &self,
+        offset: Option<i64>,
+        timeout: Duration,
+        allowed_updates: Option<&[String]>,
+    ) -> Result<Vec<Box<RawValue>>, ApiError> {
+        let mut params = serde_json::json!({ "timeout": timeout.as_secs(), "limit": 100 });
+        if let Some(o) = offset {
+            params["offset"] = o.into();
+        }
+        if let Some(list) = allowed_updates {
+            params["allowed_updates"] = list.into();
+        }
+        let body = self
+            .call("getUpdates", &params, timeout + POLL_MARGIN)
+            .await?;
+        let parsed: Vec<Box<RawValue>> =
+            serde_json::from_str(body.get()).map_err(|e| ApiError::BadResponse {
+                status: 200,
+                detail: format!("result is not an array of updates: {e}"),
+            })?;
+        Ok(parsed)
+    }
+
+    /// Any method; returns the raw `result`.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, ApiError> {
+        let response = self
+            .client
+            .post(self.url(method))
+            .timeout(timeout)
+            .json(params)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e, timeout))?;
+        let status = response.status().as_u16();
+        let retry_after_header = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e, timeout))?;
+        self.interpret(method, status, retry_after_header, &bytes)
+    }
+
+    /// A call with the default timeout for non-polling methods.
+    pub async fn call_quick(
+        &self,
+        method: &str,
+        params: &serde_json::Value,
+    ) -> Result<Box<RawValue>, ApiError> {
+        self.call(method, params, CALL_TIMEOUT).await
+    }
+
+    fn transport_error(&self, e: reqwest::Error, timeout: Duration) -> ApiError {
+        if e.is_timeout() {
+            return ApiError::Timeout { timeout };
+        }
+        ApiError::Transport(self.redact(&error_chain(&e.without_url())))
+    }
+
+    fn interpret(
+        &self,
+        method: &str,
+        status: u16,
+        retry_after_header: Option<u64>,
+        bytes: &[u8],
+    ) -> Result<Box<RawValue>, ApiError> {
+        let text = String::from_utf8_lossy(bytes);
+        let envelope: Envelope = match serde_json::from_str(&text) {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(match status {
+                    429 => ApiError::RateLimited {
+                        retry_after: Duration::from_secs(retry_after_header.unwrap_or(5)),
+                    },
+                    500..=599 => ApiError::Server {
+                        status,
+                        detail: format!("not JSON: {}", self.redact(&snippet(&text))),
+                    },
+                    _ => ApiError::BadResponse {
+                        status,
+                        detail: format!("{e}; body starts {}", self.redact(&snippet(&text))),
+                    },
+                })
+            }
+        };
+        if envelope.ok && (200..300).contains(&status) {
+            return match envelope.result {
+                Some(r) => Ok(r.to_owned()),
+                None => Err(ApiError::BadResponse {
+                    status,
+                    detail: "ok without a result".into(),
+                }),
+            };
+        }
+        let description = self.redact(
+            &envelope
+                .description
+                .unwrap_or_else(|| "no description".into()),
+        );
+        Err(match status {
+            409 if description.contains("webhook") => ApiError::WebhookSet { description },
+            409 => ApiError::OtherPoller { description },
+            401 | 404 => ApiError::BadToken {
+                status,
+                description,
+            },
+            429 => ApiError::RateLimited {
+                retry_after: Duration::from_secs(
+                    envelope
+                        .parameters
+                        .and_then(|p| p.retry_after)
+                        .or(retry_after_header)
+                        .unwrap_or(5),
+                ),
+            },
+            501 => ApiError::NotImplemented {
+                status,
+                description,
+            },
+            500..=599 => ApiError::Server {
+                status,
+                detail: description,
+            },
+            200..=299 => ApiError::BadResponse {
+                status,
+                detail: format!("{method} answered ok=false: {description}"),
+            },
+            _ => ApiError::Rejected {
+                status,
+                description,
+            },
+        })
+    }
+}
+
+/// An error and its causes, one line: "error sending request: connection refused".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn snippet(text: &str) -> String {
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut s: String = one_line.chars().take(120).collect();
+    if one_line.chars().count() > 120 {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+/// Adds ±20 % jitter so that many bots failing together do not retry together.
+pub fn jittered(d: Duration) -> Duration {
+    if d.is_zero() {
+        return d;
+    }
+    let factor: f64 = rand::random_range(0.8..1.2);
+    d.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> BotApi {
+        BotApi::new(
+            "http://127.0.0.1:1/bot{token}/{method}",
+            SecretString::from("123:SECRET"),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn telegram_errors_map_to_what_a_poller_decides_on() {
+        let a = api();
+        let e = |status, body: &str| {
+            a.interpret("getUpdates", status, None, body.as_bytes())
+                .unwrap_err()
+        };
+        assert!(matches!(
+            e(
+                409,
+                r#"{"ok":false,"error_code":409,"description":"Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}"#
+            ),
+            ApiError::OtherPoller { .. }
+        ));
+        assert!(matches!(
+            e(
+                409,
+                r#"{"ok":false,"error_code":409,"description":"Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"}"#
+            ),
+            ApiError::WebhookSet { .. }
+        ));
+        assert!(matches!(
+            e(
+                401,
+                r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#
+            ),
+            ApiError::BadToken { status: 401, .. }
+        ));
+        assert_eq!(
+            e(
+                429,
+                r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 7","parameters":{"retry_after":7}}"#
+            ),
+            ApiError::RateLimited {
+                retry_after: Duration::from_secs(7)
+            }
+        );
+        assert!(matches!(
+            e(502, "<html><body>502 Bad Gateway</body></html>"),
+            ApiError::Server { status: 502, .. }
+        ));
+        assert!(matches!(
+            e(200, r#"{"ok":true,"result":[{"update_id":"#),
+            ApiError::BadResponse { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_header_is_used_when_the_body_has_none() {
+        let a = api();
+        let e = a.interpret(
+            "getUpdates",
+            429,
+            Some(1),
+            br#"{"ok":false,"error_code":429,"description":"Too Many Requests"}"#,
+        );
+        assert_eq!(
+            e.unwrap_err(),
+            ApiError::RateLimited {
+                retry_after: Duration::from_secs(1)
+            }
+        );
+    }
+
+    #[test]
+    fn backoff_grows_to_a_cap_and_bad_tokens_wait_long() {
+        let server = ApiError::Server {
+            status: 500,
+            detail: String::new(),
+        };
+        assert_eq!(server.backoff(1), Duration::from_secs(1));
+        assert_eq!(server.backoff(3), Duration::from_secs(4));
+        assert_eq!(server.backoff(40), Duration::from_secs(30));
+        let bad = ApiError::BadToken {
+            status: 401,
+            description: String::new(),
+        };
+        assert!(bad.backoff(1) >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn redact_removes_the_token() {
+        assert_eq!(
+            api().redact("GET /bot123:SECRET/getMe failed"),
+            "GET /bot<token>/getMe failed"
+        );
+    }
+}

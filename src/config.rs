@@ -1,0 +1,637 @@
+//! Configuration: a TOML file layered with `POLLHOOK_…` environment overrides,
+//! validated into the runtime types the relay uses.
+//!
+//! Parsing happens in two steps. `Raw*` structs mirror the file exactly
+//! (`deny_unknown_fields`, so a typo is an error rather than a silently
+//! ignored key); `validate` then turns them into `Settings`, resolving
+//! relative paths against the file's folder, reading secrets, and checking
+//! every value. Each mistake becomes a `ConfigError` naming the file and the
+//! key, because the person reading it is fixing a file at 3 a.m.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::flavor::Flavor;
+use crate::signing::SigningKey;
+
+/// A configuration mistake: where it is, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {key}: {message}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything the relay needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the configuration came from, for messages.
+    pub source_name: String,
+    pub state_dir: PathBuf,
+    pub admin_listen: Option<SocketAddr>,
+    /// How long a graceful stop waits for in-flight deliveries.
+    pub shutdown_timeout: Duration,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    pub bots: Vec<BotSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BotSettings {
+    pub name: String,
+    pub flavor: Flavor,
+    /// Method URL template holding `{token}` and `{method}`.
+    pub api_url: String,
+    pub token: SecretString,
+    pub allowed_updates: Option<Vec<String>>,
+    pub poll_timeout: Duration,
+    pub forwards: Vec<ForwardSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    /// Stable identity of the forward inside its bot; its queue is keyed by it.
+    pub name: String,
+    pub url: Url,
+    pub signing_keys: Vec<SigningKey>,
+    pub secret_token: Option<SecretString>,
+    /// Update kinds this forward wants; `None` means all.
+    pub updates: Option<Vec<String>>,
+    pub max_in_flight: usize,
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
+// ---------------------------------------------------------------------------
+// The file's shape.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<String>,
+    admin: Option<RawAdmin>,
+    shutdown_timeout: Option<String>,
+    cache_mb: Option<u64>,
+    #[serde(default)]
+    bot: Vec<RawBot>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBot {
+    name: Option<String>,
+    flavor: Option<String>,
+    api_url: Option<String>,
+    token: Option<String>,
+    token_file: Option<String>,
+    token_env: Option<String>,
+    allowed_updates: Option<Vec<String>>,
+    poll_timeout: Option<String>,
+    #[serde(default)]
+    forward: Vec<RawForward>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    name: Option<String>,
+    url: Option<String>,
+    signing_secret: Option<String>,
+    signing_secret_file: Option<String>,
+    signing_secret_env: Option<String>,
+    secret_token: Option<String>,
+    secret_token_file: Option<String>,
+    secret_token_env: Option<String>,
+    updates: Option<Vec<String>>,
+    max_in_flight: Option<usize>,
+    timeout: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Reads `path`, applies `POLLHOOK_…` environment overrides, and validates.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let source_name = path.display().to_string();
+    let err = |key: &str, message: String| ConfigError {
+        source_name: source_name.clone(),
+        key: key.to_string(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(err("(file)", "cannot read the file: not found".into()));
+    }
+    // `prefix_separator` must be set explicitly: `.separator("__")` would
+    // otherwise also become the prefix separator and POLLHOOK_STATE_DIR would
+    // be silently ignored.
+    let layered = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("POLLHOOK")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| err("(file)", e.to_string()))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(layered).map_err(|e| {
+        let key = e.path().to_string();
+        err(&key, e.inner().to_string())
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    validate(raw, &source_name, &base)
+}
+
+/// The quick start: one bot, token from an environment variable, forwards
+/// from flags, state in the default directory. Validated like a file.
+pub struct QuickStart {
+    pub token_env: String,
+    pub flavor: Option<String>,
+    pub api_url: Option<String>,
+    pub forwards: Vec<String>,
+    pub signing_secret_env: Option<String>,
+    pub secret_token_env: Option<String>,
+    pub state_dir: Option<PathBuf>,
+}
+
+pub fn quick_start(q: QuickStart) -> Result<Settings, ConfigError> {
+    let forward = q
+        .forwards
+        .into_iter()
+        .map(|url| RawForward {
+            name: None,
+            url: Some(url),
+            signing_secret: None,
+            signing_secret_file: None,
+            signing_secret_env: q.signing_secret_env.clone(),
+            secret_token: None,
+            secret_token_file: None,
+            secret_token_env: q.secret_token_env.clone(),
+            updates: None,
+            max_in_flight: None,
+            timeout: None,
+        })
+        .collect();
+    let raw = RawConfig {
+        state_dir: q.state_dir.map(|p| p.display().to_string()),
+        admin: None,
+        shutdown_timeout: None,
+        cache_mb: None,
+        bot: vec![RawBot {
+            name: Some("bot".into()),
+            flavor: q.flavor,
+            api_url: q.api_url,
+            token: None,
+            token_file: None,
+            token_env: Some(q.token_env),
+            allowed_updates: None,
+            poll_timeout: None,
+            forward,
+        }],
+    };
+    let cwd = PathBuf::from(".");
+    validate(raw, "command line", &cwd)
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+struct Ctx<'a> {
+    source_name: &'a str,
+    base: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            source_name: self.source_name.to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => humantime::parse_duration(text.trim()).map_err(|e| {
+                self.err(
+                    key,
+                    format!(
+                        "{text:?} is not a duration ({e}); write e.g. \"30s\", \"2m\", \"1h 30m\""
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// Reads a secret given inline, from a file, or from an environment
+    /// variable: at most one of the three.
+    fn secret(
+        &self,
+        prefix: &str,
+        field: &str,
+        inline: Option<&str>,
+        file: Option<&str>,
+        env: Option<&str>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        let given = [inline.is_some(), file.is_some(), env.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(self.err(
+                format!("{prefix}.{field}"),
+                format!("set only one of {field}, {field}_file, {field}_env"),
+            ));
+        }
+        let (key, value) = if let Some(v) = inline {
+            (field.to_string(), v.to_string())
+        } else if let Some(f) = file {
+            let key = format!("{field}_file");
+            let path = self.path(f);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                self.err(
+                    format!("{prefix}.{key}"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            (key, text)
+        } else if let Some(name) = env {
+            let key = format!("{field}_env");
+            let text = std::env::var(name).map_err(|_| {
+                self.err(
+                    format!("{prefix}.{key}"),
+                    format!("environment variable {name} is not set"),
+                )
+            })?;
+            (key, text)
+        } else {
+            return Ok(None);
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(self.err(format!("{prefix}.{key}"), "the secret is empty"));
+        }
+        Ok(Some(SecretString::from(value.to_string())))
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+fn default_state_dir() -> PathBuf {
+    // systemd's StateDirectory= sets this, possibly to several paths joined by ':'.
+    match std::env::var("STATE_DIRECTORY") {
+        Ok(v) if !v.is_empty() => PathBuf::from(v.split(':').next().unwrap_or(&v)),
+        _ => PathBuf::from("./pollhook-state"),
+    }
+}
+
+fn validate(raw: RawConfig, source_name: &str, base: &Path) -> Result<Settings, ConfigError> {
+    let ctx = Ctx { source_name, base };
+    let state_dir = match raw.state_dir.as_deref() {
+        Some("") => return Err(ctx.err("state_dir", "must not be empty")),
+        Some(p) => ctx.path(p),
+        None => default_state_dir(),
+    };
+    let admin_listen = match raw.admin.and_then(|a| a.listen) {
+        None => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            ctx.err(
+                "admin.listen",
+                format!("{text:?} is not an address like \"127.0.0.1:9807\""),
+            )
+        })?),
+    };
+    let shutdown_timeout = ctx.duration(
+        "shutdown_timeout",
+        raw.shutdown_timeout.as_deref(),
+        DEFAULT_SHUTDOWN_TIMEOUT,
+    )?;
+    let cache_mb = raw.cache_mb.unwrap_or(DEFAULT_CACHE_MB);
+    if cache_mb == 0 {
+        return Err(ctx.err("cache_mb", "must be at least 1"));
+    }
+    if raw.bot.is_empty() {
+        return Err(ctx.err("bot", "no [[bot]] is configured; add at least one"));
+    }
+    let mut bots: Vec<BotSettings> = Vec::with_capacity(raw.bot.len());
+    for (i, rb) in raw.bot.into_iter().enumerate() {
+        let bot = validate_bot(&ctx, i, rb)?;
+        if bots.iter().any(|b| b.name == bot.name) {
+            return Err(ctx.err(
+                format!("bot[{i}].name"),
+                format!("{:?} is used by another bot", bot.name),
+            ));
+        }
+        bots.push(bot);
+    }
+    Ok(Settings {
+        source_name: source_name.to_string(),
+        state_dir,
+        admin_listen,
+        shutdown_timeout,
+        cache_bytes: cache_mb * 1024 * 1024,
+        bots,
+    })
+}
+
+fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSettings, ConfigError> {
+    let prefix = format!("bot[{i}]");
+    let name = rb
+        .name
+        .ok_or_else(|| ctx.err(format!("{prefix}.name"), "missing; every bot needs a name"))?;
+    if !valid_name(&name) {
+        return Err(ctx.err(
+            format!("{prefix}.name"),
+            format!("{name:?}: use 1-64 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let flavor = match rb.flavor.as_deref() {
+        None => Flavor::Telegram,
+        Some(f) => Flavor::parse(f).ok_or_else(|| {
+            ctx.err(
+                format!("{prefix}.flavor"),
+                format!("{f:?} is not one of {}", Flavor::NAMES.join(", ")),
+            )
+        })?,
+    };
+    let api_url = rb
+        .api_url
+        .unwrap_or_else(|| flavor.default_api_url().to_string());
+    check_api_url(ctx, &prefix, &api_url)?;
+    let token = ctx
+        .secret(
+            &prefix,
+            "token",
+            rb.token.as_deref(),
+            rb.token_file.as_deref(),
+            rb.token_env.as_deref(),
+        )?
+        .ok_or_else(|| {
+            ctx.err(
+                format!("{prefix}.token"),
+                "missing; set one of token_file, token_env, token",
+            )
+        })?;
+    if token
+        .expose_secret()
+        .chars()
+        .any(|c| c.is_whitespace() || c == '/' || c == '?' || c == '#')
+    {
+        return Err(ctx.err(
+            format!("{prefix}.token"),
+            "the token holds characters a bot token never has",
+        ));
+    }
+    let poll_timeout = ctx.duration(
+        &format!("{prefix}.poll_timeout"),
+        rb.poll_timeout.as_deref(),
+        DEFAULT_POLL_TIMEOUT,
+    )?;
+    if let Some(list) = &rb.allowed_updates {
+        if list.iter().any(|k| k.trim().is_empty()) {
+            return Err(ctx.err(
+                format!("{prefix}.allowed_updates"),
+                "holds an empty update kind",
+            ));
+        }
+    }
+    if rb.forward.is_empty() {
+        return Err(ctx.err(
+            format!("{prefix}.forward"),
+            "no [[bot.forward]]: updates would have nowhere to go",
+        ));
+    }
+    let mut forwards: Vec<ForwardSettings> = Vec::with_capacity(rb.forward.len());
+    for (j, rf) in rb.forward.into_iter().enumerate() {
+        let fprefix = format!("{prefix}.forward[{j}]");
+        let fwd = validate_forward(ctx, &fprefix, rf)?;
+        if forwards.iter().any(|f| f.name == fwd.name) {
+            return Err(ctx.err(
+                format!("{fprefix}.name"),
+                format!(
+                    "{:?} is used by another forward of this bot; give each forward its own name",
+                    fwd.name
+                ),
+            ));
+        }
+        forwards.push(fwd);
+    }
+    Ok(BotSettings {
+        name,
+        flavor,
+        api_url,
+        token,
+        allowed_updates: rb.allowed_updates,
+        poll_timeout,
+        forwards,
+    })
+}
+
+fn check_api_url(ctx: &Ctx, prefix: &str, template: &str) -> Result<(), ConfigError> {
+    let key = format!("{prefix}.api_url");
+    if !template.contains("{token}") || !template.contains("{method}") {
+        return Err(ctx.err(
+            key,
+            format!("{template:?} must hold both {{token}} and {{method}}"),
+        ));
+    }
+    let sample = template
+        .replace("{token}", "0:x")
+        .replace("{method}", "getMe");
+    match Url::parse(&sample) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
+        Ok(u) => Err(ctx.err(key, format!("scheme {:?} is not http or https", u.scheme()))),
+        Err(e) => Err(ctx.err(key, format!("{template:?} is not a URL template: {e}"))),
+    }
+}
+
+fn validate_forward(
+    ctx: &Ctx,
+    prefix: &str,
+    rf: RawForward,
+) -> Result<ForwardSettings, ConfigError> {
+    let text = rf.url.ok_or_else(|| {
+        ctx.err(
+            format!("{prefix}.url"),
+            "missing; every forward needs a url",
+        )
+    })?;
+    let url = Url::parse(&text).map_err(|e| {
+        ctx.err(
+            format!("{prefix}.url"),
+            format!("{text:?} is not a URL: {e}"),
+        )
+    })?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(ctx.err(
+            format!("{prefix}.url"),
+            format!("{text:?}: scheme {:?} is not http or https", url.scheme()),
+        ));
+    }
+    // Without a name the URL is the identity, so the queue follows the URL.
+    let name = rf.name.unwrap_or_else(|| url.to_string());
+    if name.trim().is_empty() {
+        return Err(ctx.err(format!("{prefix}.name"), "must not be empty"));
+    }
+    let signing_keys = match ctx.secret(
+        prefix,
+        "signing_secret",
+        rf.signing_secret.as_deref(),
+        rf.signing_secret_file.as_deref(),
+        rf.signing_secret_env.as_deref(),
+    )? {
+        None => Vec::new(),
+        Some(s) => vec![SigningKey::parse(s.expose_secret())
+            .map_err(|m| ctx.err(format!("{prefix}.signing_secret"), m))?],
+    };
+    let secret_token = ctx.secret(
+        prefix,
+        "secret_token",
+        rf.secret_token.as_deref(),
+        rf.secret_token_file.as_deref(),
+        rf.secret_token_env.as_deref(),
+    )?;
+    if let Some(t) = &secret_token {
+        // Telegram's rule for secret_token: 1-256 of A-Z a-z 0-9 _ -
+        let t = t.expose_secret();
+        if t.len() > 256
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ctx.err(
+                format!("{prefix}.secret_token"),
+                "use 1-256 characters of A-Z, a-z, 0-9, '_' and '-' (the Bot API's rule)",
+            ));
+        }
+    }
+    let max_in_flight = rf.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+    if max_in_flight == 0 {
+        return Err(ctx.err(format!("{prefix}.max_in_flight"), "must be at least 1"));
+    }
+    let timeout = ctx.duration(
+        &format!("{prefix}.timeout"),
+        rf.timeout.as_deref(),
+        DEFAULT_FORWARD_TIMEOUT,
+    )?;
+    if timeout.is_zero() {
+        return Err(ctx.err(format!("{prefix}.timeout"), "must be longer than 0s"));
+    }
+    Ok(ForwardSettings {
+        name,
+        url,
+        signing_keys,
+        secret_token,
+        updates: rf.updates,
+        max_in_flight,
+        timeout,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// What `check-config` prints: everything that would run, secrets masked.
+
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "configuration: {}", self.source_name)?;
+        writeln!(f, "state_dir: {}", self.state_dir.display())?;
+        match self.admin_listen {
+            Some(a) => writeln!(f, "admin.listen: {a}")?,
+            None => writeln!(f, "admin.listen: (off)")?,
+        }
+        writeln!(
+            f,
+            "shutdown_timeout: {}",
+            humantime::format_duration(self.shutdown_timeout)
+        )?;
+        for b in &self.bots {
+            writeln!(
+                f,
+                "bot {:?}: flavor {}, api_url {}",
+                b.name, b.flavor, b.api_url
+            )?;
+            writeln!(f, "  token: {}", mask(b.token.expose_secret()))?;
+            writeln!(
+                f,
+                "  poll_timeout: {}",
+                humantime::format_duration(b.poll_timeout)
+            )?;
+            match &b.allowed_updates {
+                Some(list) => writeln!(f, "  allowed_updates: {}", list.join(", "))?,
+                None => writeln!(f, "  allowed_updates: (platform default)")?,
+            }
+            for fw in &b.forwards {
+                writeln!(f, "  forward {:?} -> {}", fw.name, fw.url)?;
+                let keys = if fw.signing_keys.is_empty() {
+                    "(none: requests are NOT signed)".to_string()
+                } else {
+                    format!("{} key(s), whsec_****", fw.signing_keys.len())
+                };
+                writeln!(f, "    signing: {keys}")?;
+                match &fw.secret_token {
+                    Some(_) => writeln!(f, "    {}: ****", b.flavor.secret_token_header())?,
+                    None => writeln!(f, "    secret token header: (none)")?,
+                }
+                match &fw.updates {
+                    Some(list) => writeln!(f, "    updates: {}", list.join(", "))?,
+                    None => writeln!(f, "    updates: (all)")?,
+                }
+                writeln!(
+                    f,
+                    "    max_in_flight: {}, timeout: {}",
+                    fw.max_in_flight,
+                    humantime::format_duration(fw.timeout)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Shows only the bot id part of a token (`123456:****`), which identifies
+/// the bot without granting anything.
+fn mask(token: &str) -> String {
+    match token.split_once(':') {
+        Some((id, _)) if id.chars().all(|c| c.is_ascii_digit()) => format!("{id}:****"),
+        _ => "****".to_string(),
+    }
+}

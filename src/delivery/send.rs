@@ -1,0 +1,141 @@
+//! One delivery attempt: build the signed request, send it, classify the answer.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use secrecy::ExposeSecret;
+
+use crate::botapi::error_chain;
+use crate::config::ForwardSettings;
+use crate::flavor::Flavor;
+use crate::signing::{signature_header, SigningKey};
+use crate::store::Job;
+
+/// What became of one attempt.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The backend answered 2xx: the job is done.
+    Delivered { status: u16 },
+    /// Anything else; try again later (after `retry_after` if the backend
+    /// said so).
+    Failed {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// A forward's endpoint with everything needed to sign and send to it.
+pub struct Target {
+    client: reqwest::Client,
+    url: url::Url,
+    keys: Vec<SigningKey>,
+    /// Headers that are the same on every request (secret token, bot name).
+    fixed: HeaderMap,
+    timeout: Duration,
+}
+
+impl Target {
+    pub fn new(bot: &str, flavor: Flavor, fwd: &ForwardSettings) -> Target {
+        let client = reqwest::Client::builder()
+            // A redirect is a misconfiguration to surface, not to follow:
+            // following it would send signed updates somewhere unreviewed.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(fwd.timeout.min(Duration::from_secs(5)))
+            .timeout(fwd.timeout)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(fwd.max_in_flight)
+            .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a client with static settings always builds");
+        let mut fixed = HeaderMap::new();
+        fixed.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(v) = HeaderValue::from_str(bot) {
+            fixed.insert(HeaderName::from_static("x-pollhook-bot"), v);
+        }
+        if let Some(token) = &fwd.secret_token {
+            // Validated in config to be header-safe characters.
+            if let Ok(mut v) = HeaderValue::from_str(token.expose_secret()) {
+                v.set_sensitive(true);
+                let name = HeaderName::from_bytes(flavor.secret_token_header().as_bytes())
+                    .expect("static header names are valid");
+                fixed.insert(name, v);
+            }
+        }
+        Target {
+            client,
+            url: fwd.url.clone(),
+            keys: fwd.signing_keys.clone(),
+            fixed,
+            timeout: fwd.timeout,
+        }
+    }
+
+    /// Sends `job` as attempt number `attempt` (1 for the first).
+    pub async fn send(&self, webhook_id: &str, job: &Job, attempt: u32) -> Outcome {
+        let timestamp = (crate::clock::now_ms() / 1000) as i64;
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .headers(self.fixed.clone())
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("x-pollhook-attempt", attempt.to_string())
+            .body(job.payload.clone());
+        if !self.keys.is_empty() {
+            req = req.header(
+                "webhook-signature",
+                signature_header(&self.keys, webhook_id, timestamp, &job.payload),
+            );
+        }
+        let response = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Outcome::Failed {
+                    error: format!("no answer within {}s", self.timeout.as_secs_f64()),
+                    retry_after: None,
+                }
+            }
+            Err(e) => {
+                return Outcome::Failed {
+                    error: error_chain(&e.without_url()),
+                    retry_after: None,
+                }
+            }
+        };
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers());
+        // Read the body so the connection can be reused; its content does not
+        // change the outcome.
+        let _ = response.bytes().await;
+        if status.is_success() {
+            return Outcome::Delivered {
+                status: status.as_u16(),
+            };
+        }
+        let error = if status.is_redirection() {
+            format!(
+                "HTTP {status} (redirects are not followed; point the forward at the final URL)"
+            )
+        } else {
+            format!("HTTP {status}")
+        };
+        let honour = matches!(status.as_u16(), 429 | 503);
+        Outcome::Failed {
+            error,
+            retry_after: if honour { retry_after } else { None },
+        }
+    }
+}
+
+/// `Retry-After` in seconds. The HTTP-date form is rare from webhook
+/// receivers and would need a date parser; it falls back to our schedule.
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}

@@ -1,0 +1,142 @@
+//! The `pollhook` command line: parse, then hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use pollhook::config::{self, QuickStart, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "pollhook",
+    version,
+    about = "Long-polls Telegram-style Bot APIs and forwards every update as a signed webhook, durably"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Relay updates until SIGTERM or SIGINT.
+    ///
+    /// With --config, relays every bot in the file. Without it, relays one bot
+    /// whose token is in the environment variable named by --token-env to the
+    /// --forward URLs.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        quick: QuickArgs,
+    },
+    /// Validate a configuration file and print what would run (secrets masked).
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct QuickArgs {
+    /// Quick start: a backend URL to forward every update to (repeatable).
+    #[arg(long = "forward", value_name = "URL")]
+    forwards: Vec<String>,
+    /// Quick start: the environment variable holding the bot token.
+    #[arg(long, default_value = "BOT_TOKEN", value_name = "NAME")]
+    token_env: String,
+    /// Quick start: telegram, mpchat or wwchat.
+    #[arg(long)]
+    flavor: Option<String>,
+    /// Quick start: a Bot API URL template with {token} and {method}.
+    #[arg(long, value_name = "TEMPLATE")]
+    api_url: Option<String>,
+    /// Quick start: the environment variable holding a Standard Webhooks
+    /// signing secret (whsec_…).
+    #[arg(long, value_name = "NAME")]
+    signing_secret_env: Option<String>,
+    /// Quick start: the environment variable holding the secret token sent
+    /// in the platform's X-…-Bot-Api-Secret-Token header.
+    #[arg(long, value_name = "NAME")]
+    secret_token_env: Option<String>,
+    /// Quick start: where to keep the database (default: $STATE_DIRECTORY,
+    /// else ./pollhook-state).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(settings) => {
+                print!("{settings}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, quick } => {
+            let settings = match settings_for_run(config, quick) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            run(settings)
+        }
+    }
+}
+
+fn settings_for_run(config: Option<PathBuf>, q: QuickArgs) -> Result<Settings, String> {
+    match config {
+        Some(path) => {
+            if !q.forwards.is_empty() {
+                return Err("--forward is for the quick start; with --config, forwards come from the file".into());
+            }
+            config::load(&path).map_err(|e| e.to_string())
+        }
+        None if q.forwards.is_empty() => Err(
+            "nothing to run: give --config FILE, or --forward URL with the bot token in $BOT_TOKEN (see --help)".into(),
+        ),
+        None => config::quick_start(QuickStart {
+            token_env: q.token_env,
+            flavor: q.flavor,
+            api_url: q.api_url,
+            forwards: q.forwards,
+            signing_secret_env: q.signing_secret_env,
+            secret_token_env: q.secret_token_env,
+            state_dir: q.state_dir,
+        })
+        .map_err(|e| e.to_string()),
+    }
+}
+
+fn run(settings: Settings) -> ExitCode {
+    pollhook::logging::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(pollhook::shutdown::on_signals(shutdown.clone()));
+        pollhook::relay::run(settings, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

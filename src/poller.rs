@@ -1,0 +1,212 @@
+//! One bot's poll loop: getUpdates → store → (only then) the next getUpdates.
+//!
+//! The offset sent with a getUpdates call is the acknowledgement: the
+//! platform forgets every update below it. So the loop never sends an offset
+//! until the batch below it is stored and flushed. If storing fails, polling
+//! stops (backpressure) rather than confirm anything unstored; the platform
+//! keeps unconfirmed updates for a day.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::botapi::{jittered, ApiError, BotApi};
+use crate::config::BotSettings;
+use crate::store::{Incoming, Store};
+use crate::update::Update;
+
+/// A forward as the poller sees it: which updates it wants, whom to wake.
+pub struct Route {
+    pub fwd_id: u32,
+    pub updates: Option<Vec<String>>,
+    pub wake: Arc<Notify>,
+}
+
+impl Route {
+    fn wants(&self, kind: &str) -> bool {
+        self.updates
+            .as_ref()
+            .is_none_or(|k| k.iter().any(|x| x == kind))
+    }
+}
+
+pub struct Poller {
+    pub bot: BotSettings,
+    pub store: Arc<Store>,
+    pub routes: Vec<Route>,
+}
+
+impl Poller {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let name = self.bot.name.clone();
+        let max = self.bot.flavor.max_poll_timeout();
+        let timeout = if self.bot.poll_timeout > max {
+            warn!(bot = %name, "poll_timeout {}s is above {}'s limit; using {}s", self.bot.poll_timeout.as_secs(), self.bot.flavor, max.as_secs());
+            max
+        } else {
+            self.bot.poll_timeout
+        };
+        let api = BotApi::new(&self.bot.api_url, self.bot.token.clone(), timeout);
+        let mut offset = match self.store.offset(&name) {
+            Ok(o) => o,
+            Err(e) => {
+                error!(bot = %name, "cannot read the stored offset, polling not started: {e}");
+                return;
+            }
+        };
+        // The platform remembers allowed_updates across calls and restarts;
+        // send ours (or [] for the platform's default) until one call
+        // succeeds, so an old setting cannot silently filter updates.
+        let allowed: Vec<String> = self.bot.allowed_updates.clone().unwrap_or_default();
+        let mut allowed_sent = false;
+        let mut failures: u32 = 0;
+        info!(bot = %name, flavor = %self.bot.flavor, offset = ?offset, "polling");
+        loop {
+            let call = api.get_updates(
+                offset,
+                timeout,
+                (!allowed_sent).then_some(allowed.as_slice()),
+            );
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = call => r,
+            };
+            match result {
+                Ok(batch) => {
+                    if failures > 0 {
+                        info!(bot = %name, "getUpdates works again after {failures} failure(s)");
+                    }
+                    failures = 0;
+                    allowed_sent = true;
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    match self.store_batch(&batch, &shutdown).await {
+                        Stored::Offset(next) => offset = Some(next),
+                        Stored::ShuttingDown => break,
+                        Stored::Unreadable => {
+                            failures += 1;
+                            let wait = jittered(Duration::from_secs(5));
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(wait) => {}
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = if e.jitter() {
+                        jittered(e.backoff(failures))
+                    } else {
+                        e.backoff(failures)
+                    };
+                    log_failure(&name, &e, failures, wait);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        debug!(bot = %name, "poller stopped");
+    }
+
+    /// Stores a batch, retrying until it is stored.
+    async fn store_batch(&self, batch: &[Box<RawValue>], shutdown: &CancellationToken) -> Stored {
+        let name = &self.bot.name;
+        let mut updates = Vec::with_capacity(batch.len());
+        let mut last_id = None;
+        for raw in batch {
+            match Update::parse(raw) {
+                Ok(u) => {
+                    last_id = Some(u.update_id);
+                    updates.push(u);
+                }
+                Err(e) => {
+                    warn!(bot = %name, "skipping an update pollhook cannot read ({e}): {:.200}", raw.get())
+                }
+            }
+        }
+        // Telegram's ids rise within a batch but may jump down between
+        // batches, so the next offset follows the batch's last update, not
+        // the highest id ever seen.
+        let Some(last_id) = last_id else {
+            error!(bot = %name, "a batch of {} held no readable update_id, so it cannot be confirmed; asking again", batch.len());
+            return Stored::Unreadable;
+        };
+        let new_offset = last_id + 1;
+        let fwd_lists: Vec<Vec<u32>> = updates
+            .iter()
+            .map(|u| {
+                self.routes
+                    .iter()
+                    .filter(|r| r.wants(&u.kind))
+                    .map(|r| r.fwd_id)
+                    .collect()
+            })
+            .collect();
+        let incoming: Vec<Incoming> = updates
+            .iter()
+            .zip(&fwd_lists)
+            .filter(|(u, f)| {
+                if f.is_empty() {
+                    debug!(bot = %name, update_id = u.update_id, kind = %u.kind, "no forward wants this update; dropped");
+                }
+                !f.is_empty()
+            })
+            .map(|(update, forwards)| Incoming { update, forwards })
+            .collect();
+        let received_ms = crate::clock::now_ms();
+        let mut attempt: u32 = 0;
+        loop {
+            match self
+                .store
+                .append(name, &incoming, new_offset, received_ms)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    let wait = Duration::from_secs(1 << attempt.min(5));
+                    error!(bot = %name, "cannot store a batch of {} updates: {e}; polling is paused (nothing is confirmed, the platform keeps the updates); retrying in {}s", incoming.len(), wait.as_secs());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Stored::ShuttingDown,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        debug!(bot = %name, count = incoming.len(), new_offset, "stored batch");
+        for r in &self.routes {
+            r.wake.notify_one();
+        }
+        Stored::Offset(new_offset)
+    }
+}
+
+enum Stored {
+    /// Stored and flushed: this offset may now be sent.
+    Offset(i64),
+    /// Nothing in the batch could be confirmed.
+    Unreadable,
+    /// Shutdown came while the store was failing; nothing was confirmed.
+    ShuttingDown,
+}
+
+fn log_failure(bot: &str, e: &ApiError, failures: u32, wait: Duration) {
+    let wait_s = format!("{:.1}s", wait.as_secs_f64());
+    match e {
+        ApiError::RateLimited { .. } => {
+            info!(bot = %bot, retry_in = %wait_s, "getUpdates: {e}; {}", e.advice())
+        }
+        ApiError::OtherPoller { .. } | ApiError::WebhookSet { .. } | ApiError::BadToken { .. } => {
+            error!(bot = %bot, failures, retry_in = %wait_s, "getUpdates: {e}; {}", e.advice())
+        }
+        _ => warn!(bot = %bot, failures, retry_in = %wait_s, "getUpdates: {e}; {}", e.advice()),
+    }
+}

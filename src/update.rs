@@ -1,0 +1,216 @@
+//! What pollhook reads of an update: its id, its kind and the lane it is
+//! ordered in. Nothing else is interpreted; the exact bytes travel on.
+//!
+//! Updates are opaque on purpose (new update types and unknown fields must
+//! pass through untouched), so parsing is lenient: a field that is missing or
+//! of an unexpected type only means less information, never an error,
+//! except for `update_id`, without which the batch cannot be confirmed.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+/// The parsed head of one update plus its exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub update_id: i64,
+    /// The update's type: the first field other than `update_id`
+    /// (`message`, `callback_query`, …), or `unknown`.
+    pub kind: String,
+    /// Updates of one lane are delivered in order, one at a time.
+    pub lane: Lane,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// Everything about one chat.
+    Chat(String),
+    /// No chat, but a user (inline queries, chosen inline results, …):
+    /// one user's actions stay in order.
+    User(String),
+    /// Neither (polls, for one): the update is ordered with nothing.
+    Alone,
+}
+
+impl Lane {
+    /// A compact textual form for storage: `c:<id>`, `u:<id>` or empty.
+    pub fn encode(&self) -> String {
+        match self {
+            Lane::Chat(id) => format!("c:{id}"),
+            Lane::User(id) => format!("u:{id}"),
+            Lane::Alone => String::new(),
+        }
+    }
+
+    pub fn decode(text: &str) -> Lane {
+        if let Some(id) = text.strip_prefix("c:") {
+            Lane::Chat(id.to_string())
+        } else if let Some(id) = text.strip_prefix("u:") {
+            Lane::User(id.to_string())
+        } else {
+            Lane::Alone
+        }
+    }
+}
+
+/// An id that platforms send as a number (Telegram) or a string (MPChat's
+/// decimal strings, WWChat's UUIDs). `123` and `"123"` name the same chat.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Id {
+    Int(i64),
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+impl Id {
+    fn key(self) -> Option<String> {
+        match self {
+            Id::Int(n) => Some(n.to_string()),
+            Id::Text(s) if !s.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct HasId {
+    id: Option<Id>,
+}
+
+/// The fields of an update's body that locate its chat or user.
+#[derive(Deserialize)]
+struct Body {
+    chat: Option<HasId>,
+    /// callback_query carries the chat inside its message.
+    message: Option<Inner>,
+    from: Option<HasId>,
+    user: Option<HasId>,
+}
+
+#[derive(Deserialize)]
+struct Inner {
+    chat: Option<HasId>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("update is not a JSON object: {0}")]
+    NotAnObject(String),
+    #[error("update has no integer update_id")]
+    NoUpdateId,
+}
+
+impl Update {
+    pub fn parse(raw: &RawValue) -> Result<Update, ParseError> {
+        let fields: BTreeMap<String, &RawValue> =
+            serde_json::from_str(raw.get()).map_err(|e| ParseError::NotAnObject(e.to_string()))?;
+        let update_id = fields
+            .get("update_id")
+            .and_then(|v| serde_json::from_str::<i64>(v.get()).ok())
+            .ok_or(ParseError::NoUpdateId)?;
+        // A BTreeMap sorts keys, but an update has exactly one body field, so
+        // "the first one that is not update_id" is that field.
+        let (kind, body) = match fields.iter().find(|(k, _)| k.as_str() != "update_id") {
+            Some((k, v)) => (k.clone(), Some(*v)),
+            None => ("unknown".to_string(), None),
+        };
+        let lane = body
+            .and_then(|b| serde_json::from_str::<Body>(b.get()).ok())
+            .map(lane_of)
+            .unwrap_or(Lane::Alone);
+        Ok(Update {
+            update_id,
+            kind,
+            lane,
+            payload: raw.get().as_bytes().to_vec(),
+        })
+    }
+}
+
+fn lane_of(body: Body) -> Lane {
+    let chat = body
+        .chat
+        .or(body.message.and_then(|m| m.chat))
+        .and_then(|c| c.id)
+        .and_then(Id::key);
+    if let Some(id) = chat {
+        return Lane::Chat(id);
+    }
+    match body.from.or(body.user).and_then(|u| u.id).and_then(Id::key) {
+        Some(id) => Lane::User(id),
+        None => Lane::Alone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Update, ParseError> {
+        let raw: Box<RawValue> = serde_json::from_str(s).unwrap();
+        Update::parse(&raw)
+    }
+
+    #[test]
+    fn message_lane_is_its_chat() {
+        let u = parse(r#"{"update_id":7,"message":{"message_id":1,"chat":{"id":-100,"type":"group"},"from":{"id":5}}}"#).unwrap();
+        assert_eq!(
+            (u.update_id, u.kind.as_str(), u.lane),
+            (7, "message", Lane::Chat("-100".into()))
+        );
+    }
+
+    #[test]
+    fn callback_query_lane_is_the_chat_of_its_message() {
+        let u = parse(r#"{"update_id":8,"callback_query":{"id":"x","from":{"id":5},"message":{"chat":{"id":42}}}}"#).unwrap();
+        assert_eq!(u.lane, Lane::Chat("42".into()));
+    }
+
+    #[test]
+    fn string_and_number_ids_share_a_lane() {
+        let a = parse(r#"{"update_id":1,"message":{"chat":{"id":"123"}}}"#).unwrap();
+        let b = parse(r#"{"update_id":2,"message":{"chat":{"id":123}}}"#).unwrap();
+        assert_eq!(a.lane, b.lane);
+        let uuid = parse(
+            r#"{"update_id":3,"message":{"chat":{"id":"0b7e8f3a-6f5c-4f7a-9d1e-2c3b4a5d6e7f"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            uuid.lane,
+            Lane::Chat("0b7e8f3a-6f5c-4f7a-9d1e-2c3b4a5d6e7f".into())
+        );
+    }
+
+    #[test]
+    fn inline_query_falls_back_to_the_user_and_poll_stands_alone() {
+        let u = parse(r#"{"update_id":9,"inline_query":{"id":"q","from":{"id":77},"query":""}}"#)
+            .unwrap();
+        assert_eq!(u.lane, Lane::User("77".into()));
+        let p = parse(r#"{"update_id":10,"poll":{"id":"p","question":"?"}}"#).unwrap();
+        assert_eq!(p.lane, Lane::Alone);
+    }
+
+    #[test]
+    fn unknown_kinds_and_odd_shapes_pass_with_exact_bytes() {
+        let text = r#"{"update_id":11, "future_thing" : {"chat":[1,2]}, "x":1}"#;
+        let u = parse(text).unwrap();
+        assert_eq!(u.payload, text.as_bytes());
+        assert_eq!(u.lane, Lane::Alone);
+        assert_eq!(u.kind, "future_thing");
+    }
+
+    #[test]
+    fn missing_update_id_is_an_error_not_a_panic() {
+        assert_eq!(parse(r#"{"message":{}}"#), Err(ParseError::NoUpdateId));
+        assert!(matches!(parse("[1]"), Err(ParseError::NotAnObject(_))));
+    }
+
+    #[test]
+    fn lane_round_trips_through_its_encoding() {
+        for l in [Lane::Chat("-1".into()), Lane::User("u".into()), Lane::Alone] {
+            assert_eq!(Lane::decode(&l.encode()), l);
+        }
+    }
+}
