@@ -154,13 +154,34 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         .map_err(|e| err("(file)", e.to_string()))?;
     let raw: RawConfig = serde_path_to_error::deserialize(layered).map_err(|e| {
         let key = e.path().to_string();
-        err(&key, e.inner().to_string())
+        err(&key, explain(&key, &e.inner().to_string()))
     })?;
     let base = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     validate(raw, &source_name, &base)
+}
+
+/// Trims the `config` crate's own location suffixes (the key and file are
+/// already named) and says when the culprit came from the environment.
+fn explain(key: &str, message: &str) -> String {
+    let mut text = message;
+    if let Some(i) = text.find(" for key `") {
+        text = &text[..i];
+    }
+    if let Some(i) = text.find(" in ") {
+        // "… in /path/file.toml": the file is named in front already.
+        if !text[i + 4..].contains(' ') {
+            text = &text[..i];
+        }
+    }
+    let env_name = format!("POLLHOOK_{}", key.to_ascii_uppercase().replace('.', "__"));
+    if std::env::var_os(&env_name).is_some() {
+        format!("{text} (set by the environment variable {env_name})")
+    } else {
+        text.to_string()
+    }
 }
 
 /// The quick start: one bot, token from an environment variable, forwards

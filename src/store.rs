@@ -112,7 +112,7 @@ impl Store {
     pub fn forward_id(&self, bot: &str, forward: &str) -> Result<u32, StoreError> {
         let key = [b"m/fwd/", bot.as_bytes(), b"\0", forward.as_bytes()].concat();
         if let Some(v) = self.tree.get(&key)? {
-            return Ok(u32_from(&v)?);
+            return u32_from(&v);
         }
         let id = self
             .tree
@@ -278,53 +278,55 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(bytes);
 }
 
-fn encode(
+/// A job's fields apart from its key and payload.
+struct Head<'a> {
     attempts: u32,
     next_at_ms: u64,
     received_ms: u64,
     update_id: i64,
-    kind: &str,
-    lane: &Lane,
-    last_error: &str,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + kind.len() + last_error.len() + payload.len());
+    kind: &'a str,
+    lane: &'a Lane,
+    last_error: &'a str,
+}
+
+fn encode(h: Head<'_>, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + h.kind.len() + h.last_error.len() + payload.len());
     out.push(JOB_VERSION);
-    out.extend_from_slice(&attempts.to_be_bytes());
-    out.extend_from_slice(&next_at_ms.to_be_bytes());
-    out.extend_from_slice(&received_ms.to_be_bytes());
-    out.extend_from_slice(&update_id.to_be_bytes());
-    put_str(&mut out, kind);
-    put_str(&mut out, &lane.encode());
-    put_str(&mut out, last_error);
+    out.extend_from_slice(&h.attempts.to_be_bytes());
+    out.extend_from_slice(&h.next_at_ms.to_be_bytes());
+    out.extend_from_slice(&h.received_ms.to_be_bytes());
+    out.extend_from_slice(&h.update_id.to_be_bytes());
+    put_str(&mut out, h.kind);
+    put_str(&mut out, &h.lane.encode());
+    put_str(&mut out, h.last_error);
     out.extend_from_slice(payload);
     out
 }
 
 fn encode_job(u: &Update, received_ms: u64) -> Vec<u8> {
-    encode(
-        0,
-        0,
+    let head = Head {
+        attempts: 0,
+        next_at_ms: 0,
         received_ms,
-        u.update_id,
-        &u.kind,
-        &u.lane,
-        "",
-        &u.payload,
-    )
+        update_id: u.update_id,
+        kind: &u.kind,
+        lane: &u.lane,
+        last_error: "",
+    };
+    encode(head, &u.payload)
 }
 
 fn encode_job_state(j: &Job) -> Vec<u8> {
-    encode(
-        j.attempts,
-        j.next_at_ms,
-        j.received_ms,
-        j.update_id,
-        &j.kind,
-        &j.lane,
-        &j.last_error,
-        &j.payload,
-    )
+    let head = Head {
+        attempts: j.attempts,
+        next_at_ms: j.next_at_ms,
+        received_ms: j.received_ms,
+        update_id: j.update_id,
+        kind: &j.kind,
+        lane: &j.lane,
+        last_error: &j.last_error,
+    };
+    encode(head, &j.payload)
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -1,0 +1,207 @@
+//! Bot API errors never crash or spin the relay, are logged clearly, and
+//! never leak the token.
+
+use std::time::Duration;
+
+use crate::common::*;
+use crate::rig::{Fault, Relay};
+
+/// Injects `fault` into the next getUpdates, waits for the relay to meet it,
+/// then checks that it recovers: a new update still gets delivered.
+async fn survives(
+    setup: &Setup,
+    relay: &mut Relay,
+    fault: Fault,
+    status: u16,
+    log: &str,
+    next_id: i64,
+) {
+    let before = setup
+        .api
+        .status_counts(TOKEN)
+        .get(&status)
+        .copied()
+        .unwrap_or(0);
+    setup.api.inject(TOKEN, fault);
+    wait_until(&format!("a getUpdates answered {status}"), LONG, || {
+        setup
+            .api
+            .status_counts(TOKEN)
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+            > before
+    })
+    .await;
+    relay.wait_log(log, LONG).await;
+    setup.api.push_message(TOKEN, next_id, 1, "after the fault");
+    wait_until(
+        &format!("delivery of {next_id} after {log:?}"),
+        LONG,
+        || distinct_ids(&setup.backend.accepted()).contains(&next_id),
+    )
+    .await;
+}
+
+fn log_line<'a>(logs: &'a str, needle: &str) -> &'a str {
+    logs.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no log line has {needle:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_and_rate_limits_back_off_and_resume_by_themselves() {
+    let setup = Setup::new().await;
+    let mut relay = setup.spawn(&setup.config("", ""));
+    survives(
+        &setup,
+        &mut relay,
+        Fault::ConflictOtherPoller,
+        409,
+        "another process is polling this bot",
+        1,
+    )
+    .await;
+    survives(
+        &setup,
+        &mut relay,
+        Fault::ConflictWebhook,
+        409,
+        "a webhook is set for this bot",
+        2,
+    )
+    .await;
+
+    let calls_before = setup.api.get_updates_calls(TOKEN).len();
+    survives(
+        &setup,
+        &mut relay,
+        Fault::TooManyRequests(2),
+        429,
+        "429: rate limited, told to wait 2s",
+        3,
+    )
+    .await;
+    // retry_after is honoured: the call after the 429 waited 2 s.
+    let calls = setup.api.get_updates_calls(TOKEN);
+    let i = calls[calls_before..]
+        .iter()
+        .position(|c| c.status == 429)
+        .unwrap()
+        + calls_before;
+    let wait = calls[i + 1].at - calls[i].at;
+    assert!(
+        wait >= Duration::from_millis(1900),
+        "the call after a 429 (retry_after 2) came after {wait:?}"
+    );
+
+    let logs = relay.logs();
+    let line = log_line(&logs, "a webhook is set");
+    assert!(
+        line.contains("main") && line.contains("deleteWebhook"),
+        "the log line should name the bot and the fix: {line}"
+    );
+    let line = log_line(&logs, "another process is polling");
+    assert!(
+        line.contains("main") && line.contains("stop the other instance"),
+        "{line}"
+    );
+    assert_no_token(&logs);
+    // The relay never called setWebhook/deleteWebhook on its own.
+    assert!(setup
+        .api
+        .calls(TOKEN)
+        .iter()
+        .all(|c| c.method == "getUpdates" || c.method == "getMe"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_garbage_and_resets_are_retried() {
+    let setup = Setup::new().await;
+    let mut relay = setup.spawn(&setup.config("", ""));
+    survives(
+        &setup,
+        &mut relay,
+        Fault::ServerError(502),
+        502,
+        "502: server error",
+        1,
+    )
+    .await;
+    survives(&setup, &mut relay, Fault::HtmlBody, 502, "not JSON", 2).await;
+    survives(
+        &setup,
+        &mut relay,
+        Fault::MalformedJson,
+        200,
+        "unreadable response",
+        3,
+    )
+    .await;
+    // The rig records a dropped connection as status 444.
+    survives(
+        &setup,
+        &mut relay,
+        Fault::Reset,
+        444,
+        "connection failed",
+        4,
+    )
+    .await;
+    let logs = relay.logs();
+    for needle in [
+        "502: server error",
+        "not JSON",
+        "unreadable response",
+        "connection failed",
+    ] {
+        let line = log_line(&logs, needle);
+        assert!(line.contains("main") && line.contains("retrying"), "{line}");
+    }
+    assert_no_token(&logs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_hanging_past_the_client_timeout_is_cancelled_and_retried() {
+    let setup = Setup::new().await;
+    // poll_timeout 1 s: the client gives up after 1 s + the 10 s margin.
+    let mut relay = setup.spawn(&setup.config("poll_timeout = \"1s\"", ""));
+    setup.api.wait_calls(TOKEN, 1, LONG).await;
+    setup
+        .api
+        .inject(TOKEN, Fault::Hang(Duration::from_secs(30)));
+    relay.wait_log("no answer within 11s", LONG).await;
+    setup.api.push_message(TOKEN, 1, 1, "after the hang");
+    setup.backend.wait_accepted(1, LONG).await;
+    assert_no_token(&relay.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_reported_and_retried_slowly_not_spun() {
+    let setup = Setup::new().await;
+    let config = setup.config("", "").to_path_buf();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(TOKEN, "999:AAwrong-secret-token");
+    std::fs::write(&config, text).unwrap();
+    let mut relay = setup.spawn(&config);
+    relay.wait_log("the bot token is not accepted", LONG).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = setup.api.calls("999:AAwrong-secret-token");
+    let polls = calls.iter().filter(|c| c.method == "getUpdates").count();
+    assert_eq!(
+        polls, 1,
+        "a rejected token must not be retried fast: {polls} getUpdates in 3 s"
+    );
+    assert!(relay.is_running());
+    let logs = relay.logs();
+    let line = log_line(&logs, "not accepted");
+    assert!(
+        line.contains("main") && line.contains("check the token"),
+        "{line}"
+    );
+    assert!(
+        !logs.contains("AAwrong-secret-token"),
+        "the wrong token leaked into the logs"
+    );
+}

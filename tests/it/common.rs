@@ -1,0 +1,127 @@
+//! Shared set-up for the integration tests: a fake Bot API, a recording
+//! backend, a temporary state directory and the config that joins them.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::rig::{write_config, Backend, FakeApi, Flavor, Received, Relay};
+
+/// A token shaped like a real one; every log is checked for it.
+pub const TOKEN: &str = "123456789:AAE-secretTOKENpart_xyz";
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const SECRET_TOKEN: &str = "s3cret-header_token";
+
+pub struct Setup {
+    pub api: std::sync::Arc<FakeApi>,
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub async fn new() -> Setup {
+        let api = std::sync::Arc::new(FakeApi::start(Flavor::Telegram).await);
+        api.add_bot(TOKEN, 123456789, "test_bot");
+        Setup {
+            api,
+            backend: Backend::start().await,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// One bot ("main") forwarding to the backend as forward "app";
+    /// `bot_extra` and `fwd_extra` are TOML lines added to each table.
+    pub fn config(&self, bot_extra: &str, fwd_extra: &str) -> PathBuf {
+        let toml = format!(
+            r#"
+state_dir = "state"
+shutdown_timeout = "5s"
+
+[[bot]]
+name = "main"
+api_url = "{api}"
+token = "{TOKEN}"
+poll_timeout = "2s"
+{bot_extra}
+
+[[bot.forward]]
+name = "app"
+url = "{url}"
+signing_secret = "{SECRET}"
+secret_token = "{SECRET_TOKEN}"
+{fwd_extra}
+"#,
+            api = self.api.url_template(),
+            url = self.backend.url(),
+        );
+        write_config(self.path(), &toml)
+    }
+
+    pub fn spawn(&self, config: &Path) -> Relay {
+        Relay::spawn(config, &[])
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+}
+
+/// The update_id of a forwarded update.
+pub fn update_id(r: &Received) -> i64 {
+    r.json()["update_id"]
+        .as_i64()
+        .expect("forwarded body has an update_id")
+}
+
+/// The chat id of a forwarded message update.
+pub fn chat_id(r: &Received) -> String {
+    r.json()["message"]["chat"]["id"].to_string()
+}
+
+pub fn distinct_ids(rs: &[Received]) -> HashSet<i64> {
+    rs.iter().map(update_id).collect()
+}
+
+/// Update ids per chat, in arrival order.
+pub fn per_chat(rs: &[Received]) -> BTreeMap<String, Vec<i64>> {
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in rs {
+        out.entry(chat_id(r)).or_default().push(update_id(r));
+    }
+    out
+}
+
+/// Fails the test if the token shows up anywhere in `logs`.
+pub fn assert_no_token(logs: &str) {
+    let secret_part = TOKEN.split_once(':').unwrap().1;
+    assert!(
+        !logs.contains(secret_part),
+        "the bot token leaked into the logs:\n{}",
+        {
+            logs.lines()
+                .filter(|l| l.contains(secret_part))
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    );
+}
+
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` on timeout.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,202 @@
+//! Delivery: exact bytes, signatures, per-chat order, retries, a backend
+//! that is down for a while.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::rig::{Backend, Reply};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_exact_bytes_signed_with_the_secret_token_header() {
+    let setup = Setup::new().await;
+    let config = setup.config("", "");
+    let mut relay = setup.spawn(&config);
+    // Unknown fields, an unknown update type, odd spacing and escapes: all
+    // must arrive byte for byte.
+    let raws = [
+        r#"{"update_id":1,"message":{"message_id":1,"date":1,"chat":{"id":5,"type":"private"},"text":"caf\u00e9 \"q\"","brand_new_field":{"x":[1,2.50,null]}}}"#,
+        r#"{"update_id":2, "future_update_kind" : {"anything":true}}"#,
+    ];
+    for (i, raw) in raws.iter().enumerate() {
+        setup.api.push_raw(TOKEN, i as i64 + 1, raw);
+    }
+    let got = setup.backend.wait_accepted(2, LONG).await;
+    let verifier = standardwebhooks::Webhook::new(SECRET).unwrap();
+    for (r, raw) in got.iter().zip(raws) {
+        assert_eq!(r.body_str(), raw, "the payload was altered");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(
+            r.header("x-telegram-bot-api-secret-token"),
+            Some(SECRET_TOKEN)
+        );
+        assert_eq!(r.header("x-pollhook-bot"), Some("main"));
+        assert_eq!(r.header("x-pollhook-attempt"), Some("1"));
+        let id = r.header("webhook-id").expect("webhook-id");
+        assert!(!id.is_empty());
+        // The official verifier accepts the signature, and rejects it for a
+        // different body.
+        verifier
+            .verify(&r.body, &r.headers)
+            .expect("standardwebhooks verifies pollhook's signature");
+        assert!(verifier.verify(b"{\"update_id\":999}", &r.headers).is_err());
+    }
+    assert_ne!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    relay.sigterm();
+    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    assert_no_token(&relay.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_chat_order_with_chats_in_parallel_up_to_max_in_flight() {
+    let setup = Setup::new().await;
+    setup
+        .backend
+        .set_reply(Reply::Delay(Duration::from_millis(60)));
+    let config = setup.config("", "max_in_flight = 4");
+    let _relay = setup.spawn(&config);
+    // 10 chats × 8 messages, interleaved.
+    let mut id = 1;
+    for _round in 0..8 {
+        for chat in 0..10 {
+            setup.api.push_message(TOKEN, id, 1000 + chat, "hi");
+            id += 1;
+        }
+    }
+    let got = setup.backend.wait_accepted(80, LONG).await;
+    for (chat, ids) in per_chat(&got) {
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "chat {chat} arrived out of order");
+    }
+    assert_eq!(
+        setup.backend.max_concurrent_per_key(chat_id),
+        1,
+        "two updates of one chat were in flight at once"
+    );
+    let peak = setup.backend.max_concurrent();
+    assert!(
+        peak <= 4,
+        "max_in_flight = 4 but {peak} requests were in flight"
+    );
+    assert!(
+        peak >= 3,
+        "chats should go in parallel; peak concurrency was {peak}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_id_and_retry_schedule_survive_retries_and_a_restart() {
+    let setup = Setup::new().await;
+    setup.backend.set_reply(Reply::Status(503));
+    let config = setup.config("", "");
+    let mut relay = setup.spawn(&config);
+    setup.api.push_message(TOKEN, 1, 1, "hello");
+    // Attempt 1, the immediate retry, then one after ~2 s.
+    let failed = setup.backend.wait_received(3, LONG).await;
+    let ids: HashSet<&str> = failed
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "webhook-id changed between retries: {ids:?}");
+    let gap = failed[2].at - failed[1].at;
+    assert!(
+        gap >= Duration::from_millis(1500),
+        "the third attempt came {gap:?} after the second; expected backoff ≈2 s"
+    );
+    let attempts: Vec<&str> = failed
+        .iter()
+        .map(|r| r.header("x-pollhook-attempt").unwrap())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+
+    relay.sigterm();
+    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    let stopped_at = Instant::now();
+    let before = setup.backend.received().len();
+    setup.backend.set_reply(Reply::Ok);
+    let _relay = setup.spawn(&config);
+    let got = setup.backend.wait_accepted(1, LONG).await;
+    let after = &setup.backend.received()[before..];
+    // The restarted relay continues the stored schedule: its first attempt
+    // is numbered after the last one, carries the same id, and waits out
+    // the stored backoff (≈4 s after attempt 3) instead of firing at once.
+    assert_eq!(
+        after[0].header("x-pollhook-attempt"),
+        Some(&*(before + 1).to_string())
+    );
+    assert_eq!(got[0].header("webhook-id"), failed[0].header("webhook-id"));
+    let since_last = after[0].at - failed.last().unwrap().at;
+    assert!(
+        since_last >= Duration::from_millis(3000),
+        "first attempt after the restart came {since_last:?} after the last failure; the stored schedule says ≈4 s (restart took {:?})",
+        after[0].at - stopped_at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_failing_with_503s_and_timeouts_gets_everything_when_it_recovers() {
+    let setup = Setup::new().await;
+    let config = setup.config("", "timeout = \"1s\"");
+    let _relay = setup.spawn(&config);
+    // Phase 1: 503s. Polling goes on and the queue holds the backlog.
+    setup.backend.set_reply(Reply::Status(503));
+    for id in 1..=100 {
+        setup.api.push_message(TOKEN, id, id % 7, "while 503");
+    }
+    setup.api.wait_confirmed(TOKEN, 100, LONG).await;
+    // Phase 2: the backend hangs past the forward's timeout.
+    setup.backend.set_reply(Reply::Hang);
+    for id in 101..=200 {
+        setup.api.push_message(TOKEN, id, id % 7, "while hanging");
+    }
+    setup.api.wait_confirmed(TOKEN, 200, LONG).await;
+    let hanging_since = setup.backend.received().len();
+    setup.backend.wait_received(hanging_since + 7, LONG).await;
+    assert!(setup.backend.accepted().is_empty());
+    // Recovery: everything arrives, each chat in order.
+    setup.backend.set_reply(Reply::Ok);
+    let got = setup.backend.wait_accepted(200, LONG).await;
+    assert_eq!(distinct_ids(&got).len(), 200);
+    for (chat, ids) in per_chat(&got) {
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "chat {chat} out of order after the outage");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_then_the_backend_comes_back_on_its_port() {
+    let setup = Setup::new().await;
+    let port = setup.backend.port();
+    let config = setup.config("", "timeout = \"1s\"");
+    let Setup {
+        api,
+        backend,
+        dir: _dir,
+    } = setup;
+    backend.shutdown().await;
+    let mut relay = crate::rig::Relay::spawn(&config, &[]);
+    for id in 1..=50 {
+        api.push_message(TOKEN, id, id % 5, "while down");
+    }
+    // Polling goes on while the backend refuses connections.
+    api.wait_confirmed(TOKEN, 50, LONG).await;
+    relay.wait_log("Connection refused", LONG).await;
+    let backend = Backend::start_on(port).await;
+    let got = backend.wait_accepted(50, LONG).await;
+    assert_eq!(distinct_ids(&got).len(), 50);
+    // Delivered, then forgotten: a restart sends nothing again.
+    relay.sigterm();
+    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    let before = backend.received().len();
+    let _relay = crate::rig::Relay::spawn(&config, &[]);
+    api.wait_calls(TOKEN, api.get_updates_calls(TOKEN).len() + 2, LONG)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        backend.received().len(),
+        before,
+        "delivered updates were sent again after a restart"
+    );
+}

@@ -1,0 +1,10 @@
+//! pollhook's integration tests: the real binary against a fake Bot API and
+//! a recording backend, all on 127.0.0.1.
+
+mod api_errors;
+mod common;
+mod crash;
+mod delivery;
+mod lifecycle;
+mod rig;
+mod rig_sanity;

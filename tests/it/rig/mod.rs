@@ -1,0 +1,14 @@
+//! Integration-test rig: a fake Telegram Bot API, a recording webhook
+//! backend, and helpers to run the real `pollhook` binary.
+
+// Not every test uses every helper.
+#![allow(dead_code, unused_imports)]
+
+pub mod backend;
+pub mod fake_api;
+pub mod proc;
+mod serve;
+
+pub use backend::{Backend, Received, Reply, Span};
+pub use fake_api::{Call, FakeApi, Fault, Flavor};
+pub use proc::{write_config, Relay};

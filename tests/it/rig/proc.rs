@@ -1,0 +1,194 @@
+//! Driving the real `pollhook` binary as a child process.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How often `wait_exit` / `wait_log` look again (tokio's "process" feature
+/// isn't enabled, so exits are polled with try_wait).
+const POLL: Duration = Duration::from_millis(20);
+
+/// The name `write_config` uses, next to which `spawn` puts the log.
+pub const CONFIG_FILE: &str = "pollhook.toml";
+pub const LOG_FILE: &str = "pollhook.log";
+
+/// A running `pollhook`; killed (SIGKILL) when dropped.
+pub struct Relay {
+    child: Child,
+    /// Exit status once reaped; after that the pid may belong to someone
+    /// else, so no signal is sent any more.
+    exited: Option<ExitStatus>,
+    /// stdout and stderr, appended across restarts.
+    pub log_path: PathBuf,
+}
+
+impl Relay {
+    /// Runs `pollhook run --config <config_path>`, logging to
+    /// `<config dir>/pollhook.log`.
+    pub fn spawn(config_path: &Path, extra_env: &[(&str, &str)]) -> Relay {
+        let dir = config_path
+            .parent()
+            .expect("rig: config path has no parent directory");
+        let config = config_path.to_str().expect("rig: config path is not UTF-8");
+        Self::spawn_args(&["run", "--config", config], extra_env, &dir.join(LOG_FILE))
+    }
+
+    /// Runs the binary with arbitrary arguments. `RUST_LOG=debug`,
+    /// `RUST_BACKTRACE=1` and `NO_COLOR=1` are set unless `env` overrides them.
+    pub fn spawn_args(args: &[&str], env: &[(&str, &str)], log_path: &Path) -> Relay {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .unwrap_or_else(|e| panic!("rig: cannot open log {}: {e}", log_path.display()));
+        // A marker so a test reading the log can tell restarts apart.
+        writeln!(log, "==== rig: starting pollhook {args:?} ====").expect("rig: write log");
+        let stderr = log.try_clone().expect("rig: clone log handle");
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pollhook"));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .env("RUST_LOG", "debug")
+            .env("RUST_BACKTRACE", "1")
+            // Plain logs are easier to grep than ANSI-coloured ones.
+            .env("NO_COLOR", "1");
+        // Keep tests hermetic: the developer's own POLLHOOK_* settings must
+        // not leak into the relay under test.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("POLLHOOK_") {
+                cmd.env_remove(key);
+            }
+        }
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("rig: cannot spawn pollhook: {e}"));
+        Relay {
+            child,
+            exited: None,
+            log_path: log_path.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` unless the process was already reaped.
+    pub fn signal(&self, signal: i32) {
+        if self.exited.is_none() {
+            // SAFETY: kill(2) has no memory-safety preconditions; the pid is
+            // our unreaped child, so it cannot have been reused.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// Kills the process hard and reaps it.
+    pub fn sigkill(&mut self) {
+        if self.try_exit().is_none() {
+            self.signal(libc::SIGKILL);
+            let status = self.child.wait().expect("rig: wait for pollhook");
+            self.exited = Some(status);
+        }
+    }
+
+    /// Asks for a graceful shutdown; pair with `wait_exit`.
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// The exit status if the process has exited (reaping it), else None.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("rig: try_wait pollhook");
+        }
+        self.exited
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_exit().is_none()
+    }
+
+    /// Waits for the process to exit; None on timeout (it keeps running).
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The whole log file (all runs that shared it).
+    pub fn logs(&self) -> String {
+        read_log(&self.log_path)
+    }
+
+    /// Waits until the log contains `needle`; panics with the log's tail on
+    /// timeout or if the process exits first.
+    pub async fn wait_log(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return;
+            }
+            let exited = self.try_exit();
+            if exited.is_some() || Instant::now() >= deadline {
+                panic!(
+                    "rig: {needle:?} not in pollhook's log within {within:?} (exit status {exited:?}); log tail:\n{}",
+                    tail(&logs, 60)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // kill_on_drop, and reap so no zombie is left behind.
+        if self.try_exit().is_none() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes `dir/pollhook.toml` and returns its path.
+pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
+    let path = dir.join(CONFIG_FILE);
+    fs::write(&path, toml).unwrap_or_else(|e| panic!("rig: write {}: {e}", path.display()));
+    path
+}
+
+fn read_log(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The last `lines` lines of `text`, for failure messages.
+pub fn tail(text: &str, lines: usize) -> &str {
+    let mut start = text.len();
+    for _ in 0..=lines {
+        match text[..start].rfind('\n') {
+            Some(i) => start = i,
+            None => return text,
+        }
+    }
+    &text[start + 1..]
+}
