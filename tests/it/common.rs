@@ -46,7 +46,7 @@ shutdown_timeout = "5s"
 name = "main"
 api_url = "{api}"
 token = "{TOKEN}"
-poll_timeout = "2s"
+{poll_timeout}
 {bot_extra}
 
 [[bot.forward]]
@@ -57,6 +57,7 @@ secret_token = "{SECRET_TOKEN}"
 {fwd_extra}
 "#,
             api = self.api.url_template(),
+            poll_timeout = if bot_extra.contains("poll_timeout") { "" } else { "poll_timeout = \"2s\"" },
             url = self.backend.url(),
         );
         write_config(self.path(), &toml)
