@@ -1,6 +1,8 @@
 //! Log output: human-readable lines on stderr, filtered by `RUST_LOG`
 //! (default `info`). Under systemd, stderr goes to the journal.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
@@ -16,6 +18,9 @@ pub fn init() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal; the journal and log
+        // collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
         .init();
 }

@@ -45,9 +45,10 @@ struct QuickArgs {
     /// Quick start: a backend URL to forward every update to (repeatable).
     #[arg(long = "forward", value_name = "URL")]
     forwards: Vec<String>,
-    /// Quick start: the environment variable holding the bot token.
-    #[arg(long, default_value = "BOT_TOKEN", value_name = "NAME")]
-    token_env: String,
+    /// Quick start: the environment variable holding the bot token
+    /// [default: BOT_TOKEN].
+    #[arg(long, value_name = "NAME")]
+    token_env: Option<String>,
     /// Quick start: telegram, mpchat or wwchat.
     #[arg(long)]
     flavor: Option<String>,
@@ -66,6 +67,18 @@ struct QuickArgs {
     /// else ./pollhook-state).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+}
+
+impl QuickArgs {
+    fn is_used(&self) -> bool {
+        !self.forwards.is_empty()
+            || self.token_env.is_some()
+            || self.flavor.is_some()
+            || self.api_url.is_some()
+            || self.signing_secret_env.is_some()
+            || self.secret_token_env.is_some()
+            || self.state_dir.is_some()
+    }
 }
 
 fn main() -> ExitCode {
@@ -97,8 +110,8 @@ fn main() -> ExitCode {
 fn settings_for_run(config: Option<PathBuf>, q: QuickArgs) -> Result<Settings, String> {
     match config {
         Some(path) => {
-            if !q.forwards.is_empty() {
-                return Err("--forward is for the quick start; with --config, forwards come from the file".into());
+            if q.is_used() {
+                return Err("--forward, --token-env, --flavor, --api-url, --signing-secret-env, --secret-token-env and --state-dir are for the quick start; with --config, put them in the file".into());
             }
             config::load(&path).map_err(|e| e.to_string())
         }
@@ -106,7 +119,7 @@ fn settings_for_run(config: Option<PathBuf>, q: QuickArgs) -> Result<Settings, S
             "nothing to run: give --config FILE, or --forward URL with the bot token in $BOT_TOKEN (see --help)".into(),
         ),
         None => config::quick_start(QuickStart {
-            token_env: q.token_env,
+            token_env: q.token_env.unwrap_or_else(|| "BOT_TOKEN".into()),
             flavor: q.flavor,
             api_url: q.api_url,
             forwards: q.forwards,
