@@ -57,7 +57,11 @@ secret_token = "{SECRET_TOKEN}"
 {fwd_extra}
 "#,
             api = self.api.url_template(),
-            poll_timeout = if bot_extra.contains("poll_timeout") { "" } else { "poll_timeout = \"2s\"" },
+            poll_timeout = if bot_extra.contains("poll_timeout") {
+                ""
+            } else {
+                "poll_timeout = \"2s\""
+            },
             url = self.backend.url(),
         );
         write_config(self.path(), &toml)

@@ -21,7 +21,9 @@ async fn forwards_exact_bytes_signed_with_the_secret_token_header() {
     for (i, raw) in raws.iter().enumerate() {
         setup.api.push_raw(TOKEN, i as i64 + 1, raw);
     }
-    let got = setup.backend.wait_accepted(2, LONG).await;
+    let mut got = setup.backend.wait_accepted(2, LONG).await;
+    // Different lanes, so either may arrive first.
+    got.sort_by_key(update_id);
     let verifier = standardwebhooks::Webhook::new(SECRET).unwrap();
     for (r, raw) in got.iter().zip(raws) {
         assert_eq!(r.body_str(), raw, "the payload was altered");
@@ -199,4 +201,86 @@ async fn refused_connections_then_the_backend_comes_back_on_its_port() {
         before,
         "delivered updates were sent again after a restart"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_bots_and_forwards_each_get_what_they_asked_for() {
+    let setup = Setup::new().await;
+    const OTHER: &str = "555:AAother-bot-token";
+    setup.api.add_bot(OTHER, 555, "other_bot");
+    let callbacks = Backend::start().await;
+    let toml = format!(
+        r#"
+state_dir = "state"
+
+[[bot]]
+name = "main"
+api_url = "{api}"
+token = "{TOKEN}"
+poll_timeout = "2s"
+allowed_updates = ["message", "callback_query"]
+
+[[bot.forward]]
+name = "everything"
+url = "{all}"
+
+[[bot.forward]]
+name = "buttons"
+url = "{cb}"
+updates = ["callback_query"]
+
+[[bot]]
+name = "other"
+api_url = "{api}"
+token = "{OTHER}"
+poll_timeout = "2s"
+
+[[bot.forward]]
+url = "{all}"
+"#,
+        api = setup.api.url_template(),
+        all = setup.backend.url(),
+        cb = callbacks.url(),
+    );
+    let config = crate::rig::write_config(setup.path(), &toml);
+    let mut relay = setup.spawn(&config);
+    setup.api.push_message(TOKEN, 1, 10, "to main");
+    setup.api.push_raw(TOKEN, 2, r#"{"update_id":2,"callback_query":{"id":"c","from":{"id":10},"message":{"message_id":1,"chat":{"id":10}},"data":"x"}}"#);
+    setup.api.push_message(OTHER, 900, 20, "to other");
+    let all = setup.backend.wait_accepted(3, LONG).await;
+    let by_bot: HashSet<(String, i64)> = all
+        .iter()
+        .map(|r| {
+            (
+                r.header("x-pollhook-bot").unwrap().to_string(),
+                update_id(r),
+            )
+        })
+        .collect();
+    let expected: HashSet<(String, i64)> = [
+        ("main".to_string(), 1),
+        ("main".to_string(), 2),
+        ("other".to_string(), 900),
+    ]
+    .into();
+    assert_eq!(by_bot, expected);
+    let cb = callbacks.wait_accepted(1, LONG).await;
+    assert_eq!(update_id(&cb[0]), 2);
+    // The configured allowed_updates went with the first call; the bot
+    // without any sent [] so an old server-side filter is reset.
+    let first = &setup.api.get_updates_calls(TOKEN)[0];
+    assert_eq!(
+        first.allowed_updates.as_deref(),
+        Some(&["message".to_string(), "callback_query".to_string()][..])
+    );
+    let first_other = &setup.api.get_updates_calls(OTHER)[0];
+    assert_eq!(first_other.allowed_updates.as_deref(), Some(&[][..]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        callbacks.received().len(),
+        1,
+        "the buttons forward got an update it did not ask for"
+    );
+    relay.sigterm();
+    assert!(relay.wait_exit(LONG).await.unwrap().success());
 }
