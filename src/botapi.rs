@@ -85,6 +85,23 @@ impl ApiError {
     }
 }
 
+/// The bot behind a token, as `getMe` describes it.
+#[derive(Debug, Deserialize)]
+pub struct Me {
+    /// A number on Telegram, possibly a string elsewhere.
+    pub id: serde_json::Value,
+    pub username: Option<String>,
+}
+
+impl std::fmt::Display for Me {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.username {
+            Some(u) => write!(f, "@{u} (id {})", self.id),
+            None => write!(f, "id {}", self.id),
+        }
+    }
+}
+
 /// The envelope every Bot API answer comes in.
 #[derive(Deserialize)]
 struct Envelope<'a> {
@@ -190,6 +207,15 @@ impl BotApi {
             .await
             .map_err(|e| self.transport_error(e, timeout))?;
         self.interpret(method, status, retry_after_header, &bytes)
+    }
+
+    /// `getMe`: who the token belongs to.
+    pub async fn get_me(&self) -> Result<Me, ApiError> {
+        let raw = self.call_quick("getMe", &serde_json::json!({})).await?;
+        serde_json::from_str(raw.get()).map_err(|e| ApiError::BadResponse {
+            status: 200,
+            detail: format!("getMe result is not a user: {e}"),
+        })
     }
 
     /// A call with the default timeout for non-polling methods.

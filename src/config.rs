@@ -41,6 +41,9 @@ pub struct Settings {
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
     pub bots: Vec<BotSettings>,
+    /// Values that were adjusted rather than refused (e.g. a poll timeout
+    /// above the platform's cap); logged at start, printed by check-config.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +244,7 @@ pub fn quick_start(q: QuickStart) -> Result<Settings, ConfigError> {
 struct Ctx<'a> {
     source_name: &'a str,
     base: &'a Path,
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
@@ -346,7 +350,11 @@ fn default_state_dir() -> PathBuf {
 }
 
 fn validate(raw: RawConfig, source_name: &str, base: &Path) -> Result<Settings, ConfigError> {
-    let ctx = Ctx { source_name, base };
+    let ctx = Ctx {
+        source_name,
+        base,
+        warnings: Default::default(),
+    };
     let state_dir = match raw.state_dir.as_deref() {
         Some("") => return Err(ctx.err("state_dir", "must not be empty")),
         Some(p) => ctx.path(p),
@@ -391,6 +399,7 @@ fn validate(raw: RawConfig, source_name: &str, base: &Path) -> Result<Settings, 
         shutdown_timeout,
         cache_bytes: cache_mb * 1024 * 1024,
         bots,
+        warnings: ctx.warnings.into_inner(),
     })
 }
 
@@ -442,11 +451,22 @@ fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSettings, ConfigEr
             "the token holds characters a bot token never has",
         ));
     }
-    let poll_timeout = ctx.duration(
+    let mut poll_timeout = ctx.duration(
         &format!("{prefix}.poll_timeout"),
         rb.poll_timeout.as_deref(),
         DEFAULT_POLL_TIMEOUT,
     )?;
+    let cap = flavor.max_poll_timeout();
+    if poll_timeout > cap {
+        // Clamped, not refused: a too-long poll is harmless once shortened,
+        // while sending it would be refused or silently cut by the platform.
+        ctx.warnings.borrow_mut().push(format!(
+            "{prefix}.poll_timeout: {} is above {flavor}'s limit; {} is used",
+            humantime::format_duration(poll_timeout),
+            humantime::format_duration(cap)
+        ));
+        poll_timeout = cap;
+    }
     if let Some(list) = &rb.allowed_updates {
         if list.iter().any(|k| k.trim().is_empty()) {
             return Err(ctx.err(
@@ -594,6 +614,9 @@ fn validate_forward(
 impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "configuration: {}", self.source_name)?;
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
         writeln!(f, "state_dir: {}", self.state_dir.display())?;
         match self.admin_listen {
             Some(a) => writeln!(f, "admin.listen: {a}")?,

@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod flavor;
 pub mod logging;
 pub mod poller;
+pub mod probe;
 pub mod relay;
 pub mod shutdown;
 pub mod signing;

@@ -37,6 +37,10 @@ enum Command {
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also call getMe for every bot (nothing is polled or forwarded);
+        /// exit 1 if any bot fails.
+        #[arg(long)]
+        probe: bool,
     },
 }
 
@@ -84,10 +88,14 @@ impl QuickArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match config::load(&config) {
+        Command::CheckConfig { config, probe } => match config::load(&config) {
             Ok(settings) => {
                 print!("{settings}");
-                ExitCode::SUCCESS
+                if probe {
+                    probe_bots(&settings)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -128,6 +136,37 @@ fn settings_for_run(config: Option<PathBuf>, q: QuickArgs) -> Result<Settings, S
             state_dir: q.state_dir,
         })
         .map_err(|e| e.to_string()),
+    }
+}
+
+fn probe_bots(settings: &Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = runtime.block_on(pollhook::probe::probe(settings));
+    let mut failed = Vec::new();
+    for (bot, result) in results {
+        match result {
+            Ok(who) => println!("probe: bot {bot:?}: ok, {who}"),
+            Err(why) => {
+                eprintln!("error: probe: bot {bot:?}: {why}");
+                failed.push(bot);
+            }
+        }
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: {} bot(s) failed the probe: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+        ExitCode::FAILURE
     }
 }
 

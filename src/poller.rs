@@ -43,13 +43,8 @@ pub struct Poller {
 impl Poller {
     pub async fn run(self, shutdown: CancellationToken) {
         let name = self.bot.name.clone();
-        let max = self.bot.flavor.max_poll_timeout();
-        let timeout = if self.bot.poll_timeout > max {
-            warn!(bot = %name, "poll_timeout {}s is above {}'s limit; using {}s", self.bot.poll_timeout.as_secs(), self.bot.flavor, max.as_secs());
-            max
-        } else {
-            self.bot.poll_timeout
-        };
+        // Already clamped to the platform's cap by config validation.
+        let timeout = self.bot.poll_timeout;
         let api = BotApi::new(&self.bot.api_url, self.bot.token.clone(), timeout);
         let mut offset = match self.store.offset(&name) {
             Ok(o) => o,
@@ -64,6 +59,19 @@ impl Poller {
         let allowed: Vec<String> = self.bot.allowed_updates.clone().unwrap_or_default();
         let mut allowed_sent = false;
         let mut failures: u32 = 0;
+        // Who is this token? Asked once, so a wrong token shows at start
+        // rather than after the first long poll.
+        let me = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            me = api.get_me() => me,
+        };
+        match me {
+            Ok(me) => info!(bot = %name, "the token belongs to {me}"),
+            Err(ApiError::NotImplemented { .. }) => {
+                info!(bot = %name, "the platform does not offer getMe; skipped")
+            }
+            Err(e) => error!(bot = %name, "getMe: {e}; {}", e.advice()),
+        }
         info!(bot = %name, flavor = %self.bot.flavor, offset = ?offset, "polling");
         loop {
             let call = api.get_updates(
@@ -98,6 +106,11 @@ impl Poller {
                         }
                     }
                 }
+                Err(e @ ApiError::NotImplemented { .. }) => {
+                    // Never retried: the platform said it does not have the method.
+                    error!(bot = %name, "getUpdates: {e}; this bot cannot be polled here (check flavor and api_url); its poller stops, other bots carry on");
+                    break;
+                }
                 Err(e) => {
                     failures += 1;
                     let wait = if e.jitter() {
@@ -124,11 +137,13 @@ impl Poller {
         for raw in batch {
             match Update::parse(raw) {
                 Ok(u) => {
-                    last_id = Some(u.update_id);
+                    last_id = u.update_id.or(last_id);
                     updates.push(u);
                 }
                 Err(e) => {
-                    warn!(bot = %name, "skipping an update pollhook cannot read ({e}): {:.200}", raw.get())
+                    // Forwarded anyway: dropping input is worse than passing it on.
+                    warn!(bot = %name, "an update pollhook cannot read ({e}) is forwarded as is: {:.200}", raw.get());
+                    updates.push(Update::opaque(raw));
                 }
             }
         }
@@ -155,7 +170,7 @@ impl Poller {
             .zip(&fwd_lists)
             .filter(|(u, f)| {
                 if f.is_empty() {
-                    debug!(bot = %name, update_id = u.update_id, kind = %u.kind, "no forward wants this update; dropped");
+                    debug!(bot = %name, update_id = ?u.update_id, kind = %u.kind, "no forward wants this update; dropped");
                 }
                 !f.is_empty()
             })

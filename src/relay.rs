@@ -24,6 +24,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         )
     })?;
     let store = Arc::new(Store::open(&settings.state_dir, settings.cache_bytes)?);
+    for w in &settings.warnings {
+        tracing::warn!("{}: {w}", settings.source_name);
+    }
     let tasks = TaskTracker::new();
     for bot in settings.bots {
         let mut routes = Vec::with_capacity(bot.forwards.len());

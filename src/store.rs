@@ -46,7 +46,7 @@ pub struct Job {
     pub next_at_ms: u64,
     /// When pollhook received the update, ms since the epoch.
     pub received_ms: u64,
-    pub update_id: i64,
+    pub update_id: Option<i64>,
     pub kind: String,
     pub lane: Lane,
     pub last_error: String,
@@ -71,6 +71,8 @@ pub struct Store {
 }
 
 const JOB_VERSION: u8 = 1;
+/// Stored in place of the update_id of an update that had none.
+const NO_UPDATE_ID: i64 = i64::MIN;
 
 impl Store {
     /// Opens (or creates) the database in `dir`. sled allows one process per
@@ -283,7 +285,7 @@ struct Head<'a> {
     attempts: u32,
     next_at_ms: u64,
     received_ms: u64,
-    update_id: i64,
+    update_id: Option<i64>,
     kind: &'a str,
     lane: &'a Lane,
     last_error: &'a str,
@@ -295,7 +297,7 @@ fn encode(h: Head<'_>, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&h.attempts.to_be_bytes());
     out.extend_from_slice(&h.next_at_ms.to_be_bytes());
     out.extend_from_slice(&h.received_ms.to_be_bytes());
-    out.extend_from_slice(&h.update_id.to_be_bytes());
+    out.extend_from_slice(&h.update_id.unwrap_or(NO_UPDATE_ID).to_be_bytes());
     put_str(&mut out, h.kind);
     put_str(&mut out, &h.lane.encode());
     put_str(&mut out, h.last_error);
@@ -369,7 +371,7 @@ fn decode_job(key: &[u8], value: &[u8]) -> Result<Job, StoreError> {
         attempts: r.u32()?,
         next_at_ms: r.u64()?,
         received_ms: r.u64()?,
-        update_id: r.u64()? as i64,
+        update_id: Some(r.u64()? as i64).filter(|id| *id != NO_UPDATE_ID),
         kind: r.string()?,
         lane: Lane::decode(&r.string()?),
         last_error: r.string()?,

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 /// The parsed head of one update plus its exact bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
-    pub update_id: i64,
+    /// None only for an update pollhook could not read; it is still stored
+    /// and forwarded, because dropping input is worse than passing it on.
+    pub update_id: Option<i64>,
     /// The update's type: the first field other than `update_id`
     /// (`message`, `callback_query`, …), or `unknown`.
     pub kind: String,
@@ -121,11 +123,23 @@ impl Update {
             .map(lane_of)
             .unwrap_or(Lane::Alone);
         Ok(Update {
-            update_id,
+            update_id: Some(update_id),
             kind,
             lane,
             payload: raw.get().as_bytes().to_vec(),
         })
+    }
+}
+
+impl Update {
+    /// An update that could not be read: forwarded as is, ordered with nothing.
+    pub fn opaque(raw: &RawValue) -> Update {
+        Update {
+            update_id: None,
+            kind: "unknown".to_string(),
+            lane: Lane::Alone,
+            payload: raw.get().as_bytes().to_vec(),
+        }
     }
 }
 
@@ -158,7 +172,7 @@ mod tests {
         let u = parse(r#"{"update_id":7,"message":{"message_id":1,"chat":{"id":-100,"type":"group"},"from":{"id":5}}}"#).unwrap();
         assert_eq!(
             (u.update_id, u.kind.as_str(), u.lane),
-            (7, "message", Lane::Chat("-100".into()))
+            (Some(7), "message", Lane::Chat("-100".into()))
         );
     }
 

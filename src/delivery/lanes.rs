@@ -134,7 +134,7 @@ mod tests {
             attempts: 0,
             next_at_ms: 0,
             received_ms: 0,
-            update_id: seq as i64,
+            update_id: Some(seq as i64),
             kind: "message".into(),
             lane,
             last_error: String::new(),

@@ -141,10 +141,10 @@ impl Forwarder {
         let now = now_ms();
         match outcome {
             Outcome::Delivered { status } => {
-                debug!(bot = %self.bot, forward = %self.settings.name, update_id = job.update_id, status, attempt = job.attempts + 1, "delivered");
+                debug!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered");
                 if let Err(e) = self.store.complete(self.fwd_id, job.seq) {
                     // The job stays stored and will be sent again: a duplicate, not a loss.
-                    error!(bot = %self.bot, forward = %self.settings.name, "cannot mark update {} delivered: {e}", job.update_id);
+                    error!(bot = %self.bot, forward = %self.settings.name, "cannot mark update {:?} delivered: {e}", job.update_id);
                 }
                 lanes.finish(&key, now);
             }
@@ -154,7 +154,7 @@ impl Forwarder {
                 job.next_at_ms = now + wait.as_millis() as u64;
                 job.last_error = error;
                 warn!(
-                    bot = %self.bot, forward = %self.settings.name, update_id = job.update_id,
+                    bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id,
                     attempt = job.attempts, retry_in = %format!("{:.1}s", wait.as_secs_f64()),
                     "delivery failed: {}; the update stays queued", job.last_error
                 );

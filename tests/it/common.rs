@@ -14,6 +14,7 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const SECRET_TOKEN: &str = "s3cret-header_token";
 
 pub struct Setup {
+    pub flavor: Flavor,
     pub api: std::sync::Arc<FakeApi>,
     pub backend: Backend,
     pub dir: tempfile::TempDir,
@@ -21,9 +22,14 @@ pub struct Setup {
 
 impl Setup {
     pub async fn new() -> Setup {
-        let api = std::sync::Arc::new(FakeApi::start(Flavor::Telegram).await);
+        Setup::with(Flavor::Telegram).await
+    }
+
+    pub async fn with(flavor: Flavor) -> Setup {
+        let api = std::sync::Arc::new(FakeApi::start(flavor).await);
         api.add_bot(TOKEN, 123456789, "test_bot");
         Setup {
+            flavor,
             api,
             backend: Backend::start().await,
             dir: tempfile::tempdir().unwrap(),
@@ -44,6 +50,7 @@ shutdown_timeout = "5s"
 
 [[bot]]
 name = "main"
+flavor = "{flavor}"
 api_url = "{api}"
 token = "{TOKEN}"
 {poll_timeout}
@@ -57,6 +64,7 @@ secret_token = "{SECRET_TOKEN}"
 {fwd_extra}
 "#,
             api = self.api.url_template(),
+            flavor = flavor_name(self.flavor),
             poll_timeout = if bot_extra.contains("poll_timeout") {
                 ""
             } else {
@@ -73,6 +81,14 @@ secret_token = "{SECRET_TOKEN}"
 
     pub fn state_dir(&self) -> PathBuf {
         self.path().join("state")
+    }
+}
+
+pub fn flavor_name(f: Flavor) -> &'static str {
+    match f {
+        Flavor::Telegram => "telegram",
+        Flavor::MpChat => "mpchat",
+        Flavor::WwChat => "wwchat",
     }
 }
 

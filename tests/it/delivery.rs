@@ -176,6 +176,7 @@ async fn refused_connections_then_the_backend_comes_back_on_its_port() {
         api,
         backend,
         dir: _dir,
+        ..
     } = setup;
     backend.shutdown().await;
     let mut relay = crate::rig::Relay::spawn(&config, &[]);

@@ -6,5 +6,6 @@ mod common;
 mod crash;
 mod delivery;
 mod lifecycle;
+mod platforms;
 mod rig;
 mod rig_sanity;

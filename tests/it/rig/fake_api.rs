@@ -30,6 +30,14 @@ pub enum Flavor {
 }
 
 impl Flavor {
+    /// The longest long poll the platform accepts, in seconds.
+    pub fn max_timeout(self) -> i64 {
+        match self {
+            Flavor::Telegram | Flavor::MpChat => 50,
+            Flavor::WwChat => 60,
+        }
+    }
+
     fn template(self) -> &'static str {
         match self {
             Flavor::Telegram => "/bot{token}/{method}",
@@ -132,6 +140,8 @@ struct Bot {
     /// newer generation was superseded and answers 409, like Telegram.
     generation: u64,
     calls: Vec<Call>,
+    /// The update ids of every non-empty batch answered, in answer order.
+    batches: Vec<Vec<i64>>,
 }
 
 struct Inner {
@@ -357,6 +367,11 @@ impl FakeApi {
     }
 
     /// The allowed_updates Telegram would remember for this bot.
+    /// The update ids of every non-empty batch answered, in order.
+    pub fn batches(&self, token: &str) -> Vec<Vec<i64>> {
+        self.inner.read(token, |b| b.batches.clone())
+    }
+
     pub fn remembered_allowed_updates(&self, token: &str) -> Option<Vec<String>> {
         self.inner.read(token, |b| b.allowed_updates.clone())
     }
@@ -572,7 +587,12 @@ async fn get_updates(
         Err(e) => return Ok(error(400, &e)),
     };
     let timeout = match int_param(params, "timeout") {
-        Ok(v) => v.unwrap_or(0).clamp(0, 50) as u64,
+        // WWChat allows 60 s and refuses more; Telegram clamps to 50 s;
+        // MPChat documents 0-50 s and refuses more.
+        Ok(Some(t)) if inner.flavor != Flavor::Telegram && t > inner.flavor.max_timeout() => {
+            return Ok(error(400, "Bad Request: timeout is too big"))
+        }
+        Ok(v) => v.unwrap_or(0).clamp(0, inner.flavor.max_timeout()) as u64,
         Err(e) => return Ok(error(400, &e)),
     };
     let limit = match int_param(params, "limit") {
@@ -595,7 +615,7 @@ async fn get_updates(
     let hang = match fault {
         None => None,
         Some(Fault::Hang(d)) => Some(d),
-        Some(fault) => return fault_response(fault),
+        Some(fault) => return fault_response(inner.flavor, fault),
     };
 
     if inner.read(token, |b| b.webhook.is_some()) {
@@ -639,7 +659,7 @@ async fn get_updates(
                 if b.generation != generation {
                     Some(None)
                 } else if !b.queue.is_empty() {
-                    Some(Some(result_body(b, limit)))
+                    Some(Some(limit))
                 } else {
                     None
                 }
@@ -647,7 +667,25 @@ async fn get_updates(
         })
         .await;
     Ok(match answer {
-        Some(Some(body)) => json(200, body),
+        Some(Some(limit)) => {
+            let flavor = inner.flavor;
+            let body = inner.with_bot(token, |b| {
+                let body = result_body(b, limit);
+                let ids: Vec<i64> = b.queue.iter().take(limit).map(|(id, _)| *id).collect();
+                if flavor == Flavor::MpChat {
+                    // MPChat: a successful response marks the batch consumed.
+                    for _ in 0..ids.len() {
+                        b.queue.pop_front();
+                    }
+                    if let Some(max) = ids.iter().max() {
+                        b.confirmed = Some(b.confirmed.map_or(*max, |c| c.max(*max)));
+                    }
+                }
+                b.batches.push(ids);
+                body
+            });
+            json(200, body)
+        }
         Some(None) => error(409, CONFLICT_OTHER_POLLER),
         // Timed out with nothing queued (the final check also found no
         // newer call, or it would have answered 409).
@@ -688,8 +726,18 @@ fn result_body(b: &Bot, limit: usize) -> String {
     body
 }
 
-fn fault_response(fault: Fault) -> Result<Response<Body>, DropConnection> {
+fn fault_response(flavor: Flavor, fault: Fault) -> Result<Response<Body>, DropConnection> {
     Ok(match fault {
+        // WWChat says how long to wait only in the Retry-After header.
+        Fault::TooManyRequests(secs) if flavor == Flavor::WwChat => {
+            let mut resp = json(
+                429,
+                r#"{"ok":false,"error_code":429,"description":"Too Many Requests"}"#.to_string(),
+            );
+            resp.headers_mut()
+                .insert(RETRY_AFTER, secs.to_string().parse().expect("valid header"));
+            resp
+        }
         Fault::ConflictOtherPoller => error(409, CONFLICT_OTHER_POLLER),
         Fault::ConflictWebhook => error(409, CONFLICT_WEBHOOK),
         Fault::TooManyRequests(secs) => {

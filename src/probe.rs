@@ -1,0 +1,28 @@
+//! `check-config --probe`: ask the platform who each token belongs to,
+//! without polling and without sending anything to a backend.
+
+use tokio::task::JoinSet;
+
+use crate::botapi::BotApi;
+use crate::config::Settings;
+
+/// One entry per bot, in configuration order: `Ok(who)` or `Err(reason)`.
+pub async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)> {
+    // Concurrently, so one slow platform does not delay the rest.
+    let mut calls = JoinSet::new();
+    for (i, bot) in settings.bots.iter().enumerate() {
+        let api = BotApi::new(&bot.api_url, bot.token.clone(), bot.poll_timeout);
+        let (name, flavor) = (bot.name.clone(), bot.flavor);
+        calls.spawn(async move {
+            let result = api
+                .get_me()
+                .await
+                .map(|me| format!("{me} on {flavor}"))
+                .map_err(|e| format!("{e}; {}", e.advice()));
+            (i, name, result)
+        });
+    }
+    let mut out: Vec<_> = calls.join_all().await;
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, name, r)| (name, r)).collect()
+}
