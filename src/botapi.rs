@@ -11,11 +11,16 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::body::{read_capped, BodyError};
+use crate::delivery::reply::Params;
+
 /// Extra time the HTTP client waits beyond the long-poll timeout before it
 /// calls a poll hung.
 pub const POLL_MARGIN: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// 100 updates are rarely more than a megabyte; anything near this is broken.
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ApiError {
@@ -71,7 +76,8 @@ impl ApiError {
             Duration::from_secs(base.saturating_mul(1 << exp).min(cap))
         };
         match self {
-            ApiError::RateLimited { retry_after } => *retry_after,
+            // A retry_after of 0 must not turn into a tight loop.
+            ApiError::RateLimited { retry_after } => (*retry_after).max(Duration::from_secs(1)),
             ApiError::OtherPoller { .. } | ApiError::WebhookSet { .. } => doubling(5, 60),
             ApiError::BadToken { .. } => doubling(60, 600),
             ApiError::Rejected { .. } | ApiError::NotImplemented { .. } => doubling(30, 300),
@@ -181,18 +187,56 @@ impl BotApi {
         Ok(parsed)
     }
 
-    /// Any method; returns the raw `result`.
+    /// Any method with JSON parameters; returns the raw `result`.
     pub async fn call(
         &self,
         method: &str,
         params: &serde_json::Value,
         timeout: Duration,
     ) -> Result<Box<RawValue>, ApiError> {
-        let response = self
-            .client
-            .post(self.url(method))
+        let request = self.client.post(self.url(method)).json(params);
+        self.execute(method, request, timeout).await
+    }
+
+    /// A method with parameters in whichever encoding a webhook reply used.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        params: &Params,
+    ) -> Result<Box<RawValue>, ApiError> {
+        let request = self.client.post(self.url(method));
+        let request = match params {
+            Params::Json(map) => request.json(map),
+            Params::Form(pairs) => request.form(pairs),
+            Params::Multipart(parts) => {
+                let mut form = reqwest::multipart::Form::new();
+                for p in parts {
+                    let mut part = reqwest::multipart::Part::bytes(p.data.to_vec());
+                    if let Some(f) = &p.file_name {
+                        part = part.file_name(f.clone());
+                    }
+                    if let Some(ct) = &p.content_type {
+                        part = part.mime_str(ct).map_err(|_| ApiError::Rejected {
+                            status: 0,
+                            description: format!("part {:?} has an invalid content type", p.name),
+                        })?;
+                    }
+                    form = form.part(p.name.clone(), part);
+                }
+                request.multipart(form)
+            }
+        };
+        self.execute(method, request, CALL_TIMEOUT).await
+    }
+
+    async fn execute(
+        &self,
+        method: &str,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, ApiError> {
+        let response = request
             .timeout(timeout)
-            .json(params)
             .send()
             .await
             .map_err(|e| self.transport_error(e, timeout))?;
@@ -202,10 +246,13 @@ impl BotApi {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e, timeout))?;
+        let bytes = match read_capped(response, MAX_RESPONSE).await {
+            Ok(b) => b,
+            Err(BodyError::Read(e)) if e.starts_with("timed out") => {
+                return Err(ApiError::Timeout { timeout })
+            }
+            Err(e) => return Err(ApiError::Transport(self.redact(&e.to_string()))),
+        };
         self.interpret(method, status, retry_after_header, &bytes)
     }
 

@@ -17,7 +17,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::delivery::retry::RetryPolicy;
+use crate::delivery::stale::StalePolicy;
 use crate::flavor::Flavor;
+use crate::routing::Filter;
 use crate::signing::SigningKey;
 
 /// A configuration mistake: where it is, which key, what is wrong.
@@ -36,6 +39,8 @@ pub struct Settings {
     pub source_name: String,
     pub state_dir: PathBuf,
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires, if set.
+    pub admin_token: Option<SecretString>,
     /// How long a graceful stop waits for in-flight deliveries.
     pub shutdown_timeout: Duration,
     /// sled's page cache, in bytes.
@@ -63,12 +68,18 @@ pub struct ForwardSettings {
     /// Stable identity of the forward inside its bot; its queue is keyed by it.
     pub name: String,
     pub url: Url,
+    /// Every request carries one signature per key (key rotation).
     pub signing_keys: Vec<SigningKey>,
     pub secret_token: Option<SecretString>,
-    /// Update kinds this forward wants; `None` means all.
-    pub updates: Option<Vec<String>>,
+    /// Which updates this forward wants.
+    pub filter: Filter,
     pub max_in_flight: usize,
     pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// What to do with interactive updates older than their platform lifetime.
+    pub stale: StalePolicy,
+    /// Execute Bot API calls a backend returns in its 2xx reply body.
+    pub reply_calls: bool,
 }
 
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,6 +106,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    token: Option<String>,
+    token_file: Option<String>,
+    token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,20 +126,54 @@ struct RawBot {
     forward: Vec<RawForward>,
 }
 
+/// A value written either once or as a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A chat id as written in the file: a number or a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawChatId {
+    Int(i64),
+    Text(String),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawForward {
     name: Option<String>,
     url: Option<String>,
-    signing_secret: Option<String>,
+    /// Several secrets during a key rotation.
+    signing_secret: Option<OneOrMany<String>>,
     signing_secret_file: Option<String>,
     signing_secret_env: Option<String>,
     secret_token: Option<String>,
     secret_token_file: Option<String>,
     secret_token_env: Option<String>,
     updates: Option<Vec<String>>,
+    chats: Option<Vec<RawChatId>>,
+    chat_types: Option<Vec<String>>,
     max_in_flight: Option<usize>,
     timeout: Option<String>,
+    retry_delay: Option<String>,
+    retry_max_delay: Option<String>,
+    max_attempts: Option<u32>,
+    max_age: Option<String>,
+    stale: Option<String>,
+    reply_calls: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -213,8 +261,16 @@ pub fn quick_start(q: QuickStart) -> Result<Settings, ConfigError> {
             secret_token_file: None,
             secret_token_env: q.secret_token_env.clone(),
             updates: None,
+            chats: None,
+            chat_types: None,
             max_in_flight: None,
             timeout: None,
+            retry_delay: None,
+            retry_max_delay: None,
+            max_attempts: None,
+            max_age: None,
+            stale: None,
+            reply_calls: None,
         })
         .collect();
     let raw = RawConfig {
@@ -360,15 +416,7 @@ fn validate(raw: RawConfig, source_name: &str, base: &Path) -> Result<Settings, 
         Some(p) => ctx.path(p),
         None => default_state_dir(),
     };
-    let admin_listen = match raw.admin.and_then(|a| a.listen) {
-        None => None,
-        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
-            ctx.err(
-                "admin.listen",
-                format!("{text:?} is not an address like \"127.0.0.1:9807\""),
-            )
-        })?),
-    };
+    let (admin_listen, admin_token) = validate_admin(&ctx, raw.admin)?;
     let shutdown_timeout = ctx.duration(
         "shutdown_timeout",
         raw.shutdown_timeout.as_deref(),
@@ -396,10 +444,79 @@ fn validate(raw: RawConfig, source_name: &str, base: &Path) -> Result<Settings, 
         source_name: source_name.to_string(),
         state_dir,
         admin_listen,
+        admin_token,
         shutdown_timeout,
         cache_bytes: cache_mb * 1024 * 1024,
         bots,
         warnings: ctx.warnings.into_inner(),
+    })
+}
+
+fn validate_admin(
+    ctx: &Ctx,
+    admin: Option<RawAdmin>,
+) -> Result<(Option<SocketAddr>, Option<SecretString>), ConfigError> {
+    let Some(a) = admin else {
+        return Ok((None, None));
+    };
+    let listen = match a.listen {
+        None => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            ctx.err(
+                "admin.listen",
+                format!("{text:?} is not an address like \"127.0.0.1:9807\""),
+            )
+        })?),
+    };
+    let token = ctx.secret(
+        "admin",
+        "token",
+        a.token.as_deref(),
+        a.token_file.as_deref(),
+        a.token_env.as_deref(),
+    )?;
+    Ok((listen, token))
+}
+
+/// What `pollhook dlq` needs from a configuration file: where the state is
+/// and how to reach a running daemon. Bots are not validated, so an
+/// operator's shell need not hold every bot token.
+pub struct AdminView {
+    pub state_dir: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub token: Option<SecretString>,
+}
+
+pub fn load_admin_view(path: &Path) -> Result<AdminView, ConfigError> {
+    let source_name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: source_name.clone(),
+        key: "(file)".into(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError {
+        source_name: source_name.clone(),
+        key: "(file)".into(),
+        message: e.to_string(),
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let ctx = Ctx {
+        source_name: &source_name,
+        base: &base,
+        warnings: Default::default(),
+    };
+    let state_dir = match raw.state_dir.as_deref() {
+        Some(p) => ctx.path(p),
+        None => default_state_dir(),
+    };
+    let (listen, token) = validate_admin(&ctx, raw.admin)?;
+    Ok(AdminView {
+        state_dir,
+        listen,
+        token,
     })
 }
 
@@ -456,6 +573,11 @@ fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSettings, ConfigEr
         rb.poll_timeout.as_deref(),
         DEFAULT_POLL_TIMEOUT,
     )?;
+    if poll_timeout < Duration::from_secs(1) {
+        // Telegram allows 0 (short polling), but then an idle bot would call
+        // getUpdates in a tight loop.
+        return Err(ctx.err(format!("{prefix}.poll_timeout"), "must be at least 1s"));
+    }
     let cap = flavor.max_poll_timeout();
     if poll_timeout > cap {
         // Clamped, not refused: a too-long poll is harmless once shortened,
@@ -553,16 +675,30 @@ fn validate_forward(
     if name.trim().is_empty() {
         return Err(ctx.err(format!("{prefix}.name"), "must not be empty"));
     }
+    // Several secrets (a rotation) are a list inline, or whitespace-separated
+    // in a file or variable.
+    let inline = rf.signing_secret.map(|s| s.into_vec().join(" "));
     let signing_keys = match ctx.secret(
         prefix,
         "signing_secret",
-        rf.signing_secret.as_deref(),
+        inline.as_deref(),
         rf.signing_secret_file.as_deref(),
         rf.signing_secret_env.as_deref(),
     )? {
         None => Vec::new(),
-        Some(s) => vec![SigningKey::parse(s.expose_secret())
-            .map_err(|m| ctx.err(format!("{prefix}.signing_secret"), m))?],
+        Some(s) => s
+            .expose_secret()
+            .split_whitespace()
+            .enumerate()
+            .map(|(i, one)| {
+                SigningKey::parse(one).map_err(|m| {
+                    ctx.err(
+                        format!("{prefix}.signing_secret"),
+                        format!("secret #{}: {m}", i + 1),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
     };
     let secret_token = ctx.secret(
         prefix,
@@ -597,14 +733,92 @@ fn validate_forward(
     if timeout.is_zero() {
         return Err(ctx.err(format!("{prefix}.timeout"), "must be longer than 0s"));
     }
+    let filter = Filter {
+        updates: rf.updates,
+        chats: rf.chats.map(|list| {
+            list.into_iter()
+                .map(|c| match c {
+                    RawChatId::Int(n) => n.to_string(),
+                    RawChatId::Text(s) => s,
+                })
+                .collect()
+        }),
+        chat_types: rf.chat_types,
+    };
+    let retry = validate_retry(
+        ctx,
+        prefix,
+        &rf.retry_delay,
+        &rf.retry_max_delay,
+        rf.max_attempts,
+        &rf.max_age,
+    )?;
+    let stale = match rf.stale.as_deref() {
+        None => StalePolicy::Deliver,
+        Some(s) => StalePolicy::parse(s).ok_or_else(|| {
+            ctx.err(
+                format!("{prefix}.stale"),
+                format!("{s:?} is not one of deliver, drop, dead-letter"),
+            )
+        })?,
+    };
     Ok(ForwardSettings {
         name,
         url,
         signing_keys,
         secret_token,
-        updates: rf.updates,
+        filter,
         max_in_flight,
         timeout,
+        retry,
+        stale,
+        reply_calls: rf.reply_calls.unwrap_or(true),
+    })
+}
+
+fn validate_retry(
+    ctx: &Ctx,
+    prefix: &str,
+    delay: &Option<String>,
+    max_delay: &Option<String>,
+    max_attempts: Option<u32>,
+    max_age: &Option<String>,
+) -> Result<RetryPolicy, ConfigError> {
+    let d = RetryPolicy::default();
+    let first = ctx.duration(
+        &format!("{prefix}.retry_delay"),
+        delay.as_deref(),
+        d.first_delay,
+    )?;
+    let cap = ctx.duration(
+        &format!("{prefix}.retry_max_delay"),
+        max_delay.as_deref(),
+        d.max_delay,
+    )?;
+    if first < Duration::from_millis(100) {
+        return Err(ctx.err(format!("{prefix}.retry_delay"), "must be at least 100ms"));
+    }
+    if cap < first {
+        return Err(ctx.err(
+            format!("{prefix}.retry_max_delay"),
+            "must not be shorter than retry_delay",
+        ));
+    }
+    if max_attempts == Some(0) {
+        return Err(ctx.err(
+            format!("{prefix}.max_attempts"),
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    let max_age = ctx.duration(&format!("{prefix}.max_age"), max_age.as_deref(), d.max_age)?;
+    if max_age.is_zero() {
+        return Err(ctx.err(format!("{prefix}.max_age"), "must be longer than 0s"));
+    }
+    Ok(RetryPolicy {
+        first_delay: first,
+        max_delay: cap,
+        max_attempts,
+        max_age,
     })
 }
 
@@ -619,7 +833,15 @@ impl fmt::Display for Settings {
         }
         writeln!(f, "state_dir: {}", self.state_dir.display())?;
         match self.admin_listen {
-            Some(a) => writeln!(f, "admin.listen: {a}")?,
+            Some(a) => writeln!(
+                f,
+                "admin.listen: {a}{}",
+                if self.admin_token.is_some() {
+                    " (bearer token required)"
+                } else {
+                    ""
+                }
+            )?,
             None => writeln!(f, "admin.listen: (off)")?,
         }
         writeln!(
@@ -655,10 +877,18 @@ impl fmt::Display for Settings {
                     Some(_) => writeln!(f, "    {}: ****", b.flavor.secret_token_header())?,
                     None => writeln!(f, "    secret token header: (none)")?,
                 }
-                match &fw.updates {
-                    Some(list) => writeln!(f, "    updates: {}", list.join(", "))?,
-                    None => writeln!(f, "    updates: (all)")?,
-                }
+                writeln!(f, "    routing: {}", fw.filter)?;
+                writeln!(f, "    retry: {}", fw.retry)?;
+                writeln!(f, "    stale interactive updates: {}", fw.stale)?;
+                writeln!(
+                    f,
+                    "    webhook reply calls: {}",
+                    if fw.reply_calls {
+                        "executed"
+                    } else {
+                        "ignored"
+                    }
+                )?;
                 writeln!(
                     f,
                     "    max_in_flight: {}, timeout: {}",

@@ -53,6 +53,12 @@ impl Flavor {
         }
     }
 
+    /// Whether a successful getUpdates response itself confirms the batch
+    /// (MPChat's documented behaviour), rather than the next call's offset.
+    pub fn confirms_on_response(self) -> bool {
+        matches!(self, Flavor::MpChat)
+    }
+
     /// The header a real webhook from this platform carries its secret token in,
     /// so a handler written for real webhooks checks it unchanged.
     pub fn secret_token_header(self) -> &'static str {

@@ -5,16 +5,22 @@
 //! wires them together for one [`config::Settings`]; the binary only parses
 //! the command line and calls it.
 
+pub mod admin;
+pub mod body;
 pub mod botapi;
 pub mod clock;
 pub mod config;
+pub mod deadletters;
 pub mod delivery;
+pub mod dlq;
 pub mod flavor;
 pub mod logging;
 pub mod poller;
 pub mod probe;
 pub mod relay;
+pub mod routing;
 pub mod shutdown;
 pub mod signing;
+pub mod stats;
 pub mod store;
 pub mod update;

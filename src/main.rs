@@ -33,6 +33,18 @@ enum Command {
         #[command(flatten)]
         quick: QuickArgs,
     },
+    /// Inspect, replay or drop dead letters (through the admin API while
+    /// pollhook runs, straight on the state directory while it is stopped).
+    Dlq {
+        /// The configuration file: where the state is, how to reach the daemon.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The state directory, when there is no configuration file.
+        #[arg(long, global = true, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Validate a configuration file and print what would run (secrets masked).
     CheckConfig {
         #[arg(long, short)]
@@ -42,6 +54,51 @@ enum Command {
         #[arg(long)]
         probe: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters.
+    List {
+        #[arg(long)]
+        bot: Option<String>,
+        #[arg(long)]
+        forward: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter with its payload.
+    Show { id: u64 },
+    /// Put dead letters back in their queue (each keeps its webhook-id).
+    Replay(DlqSelect),
+    /// Forget dead letters for good.
+    Drop(DlqSelect),
+}
+
+#[derive(clap::Args)]
+struct DlqSelect {
+    /// Dead-letter ids, as `dlq list` shows them.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    ids: Vec<u64>,
+    /// Every dead letter (of --bot / --forward, if given).
+    #[arg(long)]
+    all: bool,
+    #[arg(long, requires = "all")]
+    bot: Option<String>,
+    #[arg(long, requires = "all")]
+    forward: Option<String>,
+}
+
+impl From<DlqSelect> for pollhook::deadletters::Selection {
+    fn from(s: DlqSelect) -> Self {
+        pollhook::deadletters::Selection {
+            ids: s.ids,
+            all: s.all,
+            bot: s.bot,
+            forward: s.forward,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -102,6 +159,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Dlq {
+            config,
+            state_dir,
+            action,
+        } => dlq(config, state_dir, action),
         Command::Run { config, quick } => {
             let settings = match settings_for_run(config, quick) {
                 Ok(s) => s,
@@ -136,6 +198,58 @@ fn settings_for_run(config: Option<PathBuf>, q: QuickArgs) -> Result<Settings, S
             state_dir: q.state_dir,
         })
         .map_err(|e| e.to_string()),
+    }
+}
+
+fn dlq(config: Option<PathBuf>, state_dir: Option<PathBuf>, action: DlqAction) -> ExitCode {
+    use pollhook::dlq::{Command as C, Target};
+    let target = match (config, state_dir) {
+        (Some(_), Some(_)) => {
+            eprintln!("error: give --config or --state-dir, not both");
+            return ExitCode::FAILURE;
+        }
+        (Some(path), None) => match config::load_admin_view(&path) {
+            Ok(v) => Target {
+                state_dir: v.state_dir,
+                admin: v.listen,
+                token: v.token,
+                cache_bytes: 16 << 20,
+            },
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, dir) => Target {
+            state_dir: dir.unwrap_or_else(|| PathBuf::from("./pollhook-state")),
+            admin: None,
+            token: None,
+            cache_bytes: 16 << 20,
+        },
+    };
+    let command = match action {
+        DlqAction::List { bot, forward, json } => C::List { bot, forward, json },
+        DlqAction::Show { id } => C::Show { id },
+        DlqAction::Replay(sel) => C::Replay(sel.into()),
+        DlqAction::Drop(sel) => C::Drop(sel.into()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pollhook::dlq::run(target, command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

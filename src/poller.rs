@@ -7,7 +7,7 @@
 //! keeps unconfirmed updates for a day.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
@@ -15,29 +15,35 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::botapi::{jittered, ApiError, BotApi};
+use crate::clock::now_ms;
 use crate::config::BotSettings;
+use crate::routing::Filter;
+use crate::stats::{self, BotStats};
 use crate::store::{Incoming, Store};
 use crate::update::Update;
 
 /// A forward as the poller sees it: which updates it wants, whom to wake.
 pub struct Route {
     pub fwd_id: u32,
-    pub updates: Option<Vec<String>>,
+    pub filter: Filter,
     pub wake: Arc<Notify>,
-}
-
-impl Route {
-    fn wants(&self, kind: &str) -> bool {
-        self.updates
-            .as_ref()
-            .is_none_or(|k| k.iter().any(|x| x == kind))
-    }
 }
 
 pub struct Poller {
     pub bot: BotSettings,
+    pub api: Arc<BotApi>,
     pub store: Arc<Store>,
     pub routes: Vec<Route>,
+    pub stats: Arc<BotStats>,
+}
+
+enum Stored {
+    /// Stored and flushed: this offset may now be sent.
+    Offset(Option<i64>),
+    /// Nothing in the batch could be confirmed.
+    Unreadable,
+    /// Shutdown came while the store was failing; nothing was confirmed.
+    ShuttingDown,
 }
 
 impl Poller {
@@ -45,7 +51,6 @@ impl Poller {
         let name = self.bot.name.clone();
         // Already clamped to the platform's cap by config validation.
         let timeout = self.bot.poll_timeout;
-        let api = BotApi::new(&self.bot.api_url, self.bot.token.clone(), timeout);
         let mut offset = match self.store.offset(&name) {
             Ok(o) => o,
             Err(e) => {
@@ -53,28 +58,19 @@ impl Poller {
                 return;
             }
         };
+        if !self.introduce(&shutdown).await {
+            return;
+        }
         // The platform remembers allowed_updates across calls and restarts;
         // send ours (or [] for the platform's default) until one call
         // succeeds, so an old setting cannot silently filter updates.
         let allowed: Vec<String> = self.bot.allowed_updates.clone().unwrap_or_default();
         let mut allowed_sent = false;
         let mut failures: u32 = 0;
-        // Who is this token? Asked once, so a wrong token shows at start
-        // rather than after the first long poll.
-        let me = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            me = api.get_me() => me,
-        };
-        match me {
-            Ok(me) => info!(bot = %name, "the token belongs to {me}"),
-            Err(ApiError::NotImplemented { .. }) => {
-                info!(bot = %name, "the platform does not offer getMe; skipped")
-            }
-            Err(e) => error!(bot = %name, "getMe: {e}; {}", e.advice()),
-        }
         info!(bot = %name, flavor = %self.bot.flavor, offset = ?offset, "polling");
         loop {
-            let call = api.get_updates(
+            let started = Instant::now();
+            let call = self.api.get_updates(
                 offset,
                 timeout,
                 (!allowed_sent).then_some(allowed.as_slice()),
@@ -83,35 +79,41 @@ impl Poller {
                 _ = shutdown.cancelled() => break,
                 r = call => r,
             };
-            match result {
+            let wait = match result {
                 Ok(batch) => {
+                    self.record_poll(Ok(batch.len()));
                     if failures > 0 {
                         info!(bot = %name, "getUpdates works again after {failures} failure(s)");
                     }
                     failures = 0;
                     allowed_sent = true;
                     if batch.is_empty() {
-                        continue;
-                    }
-                    match self.store_batch(&batch, &shutdown).await {
-                        Stored::Offset(next) => offset = Some(next),
-                        Stored::ShuttingDown => break,
-                        Stored::Unreadable => {
-                            failures += 1;
-                            let wait = jittered(Duration::from_secs(5));
-                            tokio::select! {
-                                _ = shutdown.cancelled() => break,
-                                _ = tokio::time::sleep(wait) => {}
+                        // A long poll that comes back empty long before its
+                        // timeout (a proxy, a misbehaving server) must not
+                        // become a tight loop.
+                        early_empty_pause(started.elapsed(), timeout)
+                    } else {
+                        match self.store_batch(&batch, offset, &shutdown).await {
+                            Stored::Offset(next) => {
+                                offset = next;
+                                Duration::ZERO
+                            }
+                            Stored::ShuttingDown => break,
+                            Stored::Unreadable => {
+                                failures += 1;
+                                jittered(Duration::from_secs(5))
                             }
                         }
                     }
                 }
                 Err(e @ ApiError::NotImplemented { .. }) => {
-                    // Never retried: the platform said it does not have the method.
+                    // Never retried: the platform says it does not have the method.
+                    self.record_poll(Err(&e));
                     error!(bot = %name, "getUpdates: {e}; this bot cannot be polled here (check flavor and api_url); its poller stops, other bots carry on");
                     break;
                 }
                 Err(e) => {
+                    self.record_poll(Err(&e));
                     failures += 1;
                     let wait = if e.jitter() {
                         jittered(e.backoff(failures))
@@ -119,18 +121,60 @@ impl Poller {
                         e.backoff(failures)
                     };
                     log_failure(&name, &e, failures, wait);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+                    wait
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
         debug!(bot = %name, "poller stopped");
     }
 
+    /// Asks the platform who the token belongs to, once, so a wrong token
+    /// shows at start rather than after the first long poll. Returns false
+    /// if shutdown came first.
+    async fn introduce(&self, shutdown: &CancellationToken) -> bool {
+        let name = &self.bot.name;
+        let me = tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            me = self.api.get_me() => me,
+        };
+        match me {
+            Ok(me) => info!(bot = %name, "the token belongs to {me}"),
+            Err(ApiError::NotImplemented { .. }) => {
+                info!(bot = %name, "the platform does not offer getMe; skipped")
+            }
+            Err(e) => error!(bot = %name, "getMe: {e}; {}", e.advice()),
+        }
+        true
+    }
+
+    fn record_poll(&self, result: Result<usize, &ApiError>) {
+        let text = match result {
+            Ok(n) => {
+                stats::add(&self.stats.polls_ok, 1);
+                stats::add(&self.stats.updates_received, n as u64);
+                "ok".to_string()
+            }
+            Err(e) => {
+                stats::add(&self.stats.polls_failed, 1);
+                e.to_string()
+            }
+        };
+        stats::set_last(&self.stats.last_poll, now_ms(), text);
+    }
+
     /// Stores a batch, retrying until it is stored.
-    async fn store_batch(&self, batch: &[Box<RawValue>], shutdown: &CancellationToken) -> Stored {
+    async fn store_batch(
+        &self,
+        batch: &[Box<RawValue>],
+        offset: Option<i64>,
+        shutdown: &CancellationToken,
+    ) -> Stored {
         let name = &self.bot.name;
         let mut updates = Vec::with_capacity(batch.len());
         let mut last_id = None;
@@ -142,7 +186,7 @@ impl Poller {
                 }
                 Err(e) => {
                     // Forwarded anyway: dropping input is worse than passing it on.
-                    warn!(bot = %name, "an update pollhook cannot read ({e}) is forwarded as is: {:.200}", raw.get());
+                    warn!(bot = %name, "an update pollhook cannot read ({e}) is forwarded as is: {:.80}…", raw.get());
                     updates.push(Update::opaque(raw));
                 }
             }
@@ -150,17 +194,23 @@ impl Poller {
         // Telegram's ids rise within a batch but may jump down between
         // batches, so the next offset follows the batch's last update, not
         // the highest id ever seen.
-        let Some(last_id) = last_id else {
-            error!(bot = %name, "a batch of {} held no readable update_id, so it cannot be confirmed; asking again", batch.len());
-            return Stored::Unreadable;
+        let new_offset = match last_id {
+            Some(id) => Some(id + 1),
+            // No id to confirm with. Where the response itself confirmed the
+            // batch (MPChat) it must be stored anyway; elsewhere it will come
+            // again, so storing it now would only duplicate it.
+            None if self.bot.flavor.confirms_on_response() => offset,
+            None => {
+                error!(bot = %name, "a batch of {} held no readable update_id, so it cannot be confirmed; asking again", batch.len());
+                return Stored::Unreadable;
+            }
         };
-        let new_offset = last_id + 1;
         let fwd_lists: Vec<Vec<u32>> = updates
             .iter()
             .map(|u| {
                 self.routes
                     .iter()
-                    .filter(|r| r.wants(&u.kind))
+                    .filter(|r| r.filter.wants(u))
                     .map(|r| r.fwd_id)
                     .collect()
             })
@@ -170,13 +220,14 @@ impl Poller {
             .zip(&fwd_lists)
             .filter(|(u, f)| {
                 if f.is_empty() {
+                    stats::add(&self.stats.updates_unrouted, 1);
                     debug!(bot = %name, update_id = ?u.update_id, kind = %u.kind, "no forward wants this update; dropped");
                 }
                 !f.is_empty()
             })
             .map(|(update, forwards)| Incoming { update, forwards })
             .collect();
-        let received_ms = crate::clock::now_ms();
+        let received_ms = now_ms();
         let mut attempt: u32 = 0;
         loop {
             match self
@@ -196,7 +247,7 @@ impl Poller {
                 }
             }
         }
-        debug!(bot = %name, count = incoming.len(), new_offset, "stored batch");
+        debug!(bot = %name, count = incoming.len(), ?new_offset, "stored batch");
         for r in &self.routes {
             r.wake.notify_one();
         }
@@ -204,13 +255,14 @@ impl Poller {
     }
 }
 
-enum Stored {
-    /// Stored and flushed: this offset may now be sent.
-    Offset(i64),
-    /// Nothing in the batch could be confirmed.
-    Unreadable,
-    /// Shutdown came while the store was failing; nothing was confirmed.
-    ShuttingDown,
+/// The pause after an empty answer: none if the long poll ran its course,
+/// a second if it came back early.
+fn early_empty_pause(took: Duration, timeout: Duration) -> Duration {
+    if took >= timeout / 2 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(1)
+    }
 }
 
 fn log_failure(bot: &str, e: &ApiError, failures: u32, wait: Duration) {

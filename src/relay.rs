@@ -1,5 +1,6 @@
 //! The whole relay for one configuration: open the store, start a poller per
-//! bot and a dispatcher per forward, and stop them all in order.
+//! bot and a dispatcher per forward, serve the admin API, and stop them all
+//! in order.
 
 use std::sync::Arc;
 
@@ -7,11 +8,14 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::admin::{self, Admin, ForwardHandle};
+use crate::botapi::BotApi;
 use crate::config::Settings;
 use crate::delivery::Forwarder;
 use crate::poller::{Poller, Route};
+use crate::stats::{BotStats, ForwardStats};
 use crate::store::Store;
 
 /// Runs until `shutdown` is cancelled, then drains in-flight deliveries
@@ -25,18 +29,32 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     })?;
     let store = Arc::new(Store::open(&settings.state_dir, settings.cache_bytes)?);
     for w in &settings.warnings {
-        tracing::warn!("{}: {w}", settings.source_name);
+        warn!("{}: {w}", settings.source_name);
     }
     let tasks = TaskTracker::new();
+    let mut handles = Vec::new();
     for bot in settings.bots {
+        let api = Arc::new(BotApi::new(
+            &bot.api_url,
+            bot.token.clone(),
+            bot.poll_timeout,
+        ));
         let mut routes = Vec::with_capacity(bot.forwards.len());
         for fwd in &bot.forwards {
             let fwd_id = store.forward_id(&bot.name, &fwd.name)?;
             let wake = Arc::new(Notify::new());
+            let stats = Arc::new(ForwardStats::default());
             routes.push(Route {
                 fwd_id,
-                updates: fwd.updates.clone(),
+                filter: fwd.filter.clone(),
                 wake: wake.clone(),
+            });
+            handles.push(ForwardHandle {
+                bot: bot.name.clone(),
+                name: fwd.name.clone(),
+                id: fwd_id,
+                wake: wake.clone(),
+                stats: stats.clone(),
             });
             let forwarder = Forwarder {
                 bot: bot.name.clone(),
@@ -44,17 +62,33 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 settings: fwd.clone(),
                 flavor: bot.flavor,
                 store: store.clone(),
+                api: api.clone(),
                 wake,
+                stats,
                 drain_timeout: settings.shutdown_timeout,
             };
             tasks.spawn(forwarder.run(shutdown.clone()));
         }
         let poller = Poller {
             bot,
+            api,
             store: store.clone(),
             routes,
+            stats: Arc::new(BotStats::default()),
         };
         tasks.spawn(poller.run(shutdown.clone()));
+    }
+    if let Some(addr) = settings.admin_listen {
+        let admin = Admin {
+            store: store.clone(),
+            forwards: handles,
+            token: settings.admin_token.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on admin.listen {addr}"))?;
+        info!("admin API on http://{}", listener.local_addr()?);
+        tasks.spawn(admin::serve(listener, admin, shutdown.clone()));
     }
     tasks.close();
     tasks.wait().await;

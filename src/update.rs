@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
+use std::fmt;
 
 /// The parsed head of one update plus its exact bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct Update {
     pub kind: String,
     /// Updates of one lane are delivered in order, one at a time.
     pub lane: Lane,
+    /// `private`, `group`, `supergroup`, `channel`, when the update has a chat.
+    pub chat_type: Option<String>,
     pub payload: Vec<u8>,
 }
 
@@ -79,6 +81,8 @@ impl Id {
 #[derive(Deserialize)]
 struct HasId {
     id: Option<Id>,
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
 }
 
 /// The fields of an update's body that locate its chat or user.
@@ -104,28 +108,61 @@ pub enum ParseError {
     NoUpdateId,
 }
 
+/// An object's top-level fields in document order, values unparsed.
+struct Fields<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Fields<'a>, M::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, &'a RawValue>()? {
+                    out.push((k, v));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
 impl Update {
     pub fn parse(raw: &RawValue) -> Result<Update, ParseError> {
-        let fields: BTreeMap<String, &RawValue> =
+        let Fields(fields) =
             serde_json::from_str(raw.get()).map_err(|e| ParseError::NotAnObject(e.to_string()))?;
         let update_id = fields
-            .get("update_id")
-            .and_then(|v| serde_json::from_str::<i64>(v.get()).ok())
+            .iter()
+            .find(|(k, _)| k == "update_id")
+            .and_then(|(_, v)| serde_json::from_str::<i64>(v.get()).ok())
             .ok_or(ParseError::NoUpdateId)?;
-        // A BTreeMap sorts keys, but an update has exactly one body field, so
-        // "the first one that is not update_id" is that field.
-        let (kind, body) = match fields.iter().find(|(k, _)| k.as_str() != "update_id") {
+        // The kind is the body field: the first field, in the document's
+        // order, whose value is an object; a platform's extra top-level
+        // scalars (a timestamp, say) must not be taken for it.
+        let others = || fields.iter().filter(|(k, _)| k != "update_id");
+        let (kind, body) = match others()
+            .find(|(_, v)| v.get().starts_with('{'))
+            .or_else(|| others().next())
+        {
             Some((k, v)) => (k.clone(), Some(*v)),
             None => ("unknown".to_string(), None),
         };
-        let lane = body
+        let (lane, chat_type) = body
             .and_then(|b| serde_json::from_str::<Body>(b.get()).ok())
             .map(lane_of)
-            .unwrap_or(Lane::Alone);
+            .unwrap_or((Lane::Alone, None));
         Ok(Update {
             update_id: Some(update_id),
             kind,
             lane,
+            chat_type,
             payload: raw.get().as_bytes().to_vec(),
         })
     }
@@ -138,23 +175,25 @@ impl Update {
             update_id: None,
             kind: "unknown".to_string(),
             lane: Lane::Alone,
+            chat_type: None,
             payload: raw.get().as_bytes().to_vec(),
         }
     }
 }
 
-fn lane_of(body: Body) -> Lane {
-    let chat = body
-        .chat
-        .or(body.message.and_then(|m| m.chat))
-        .and_then(|c| c.id)
-        .and_then(Id::key);
-    if let Some(id) = chat {
-        return Lane::Chat(id);
+fn lane_of(body: Body) -> (Lane, Option<String>) {
+    let chat = body.chat.or(body.message.and_then(|m| m.chat));
+    let chat_type = chat
+        .as_ref()
+        .and_then(|c| c.kind.as_ref())
+        .and_then(|t| t.as_str())
+        .map(str::to_string);
+    if let Some(id) = chat.and_then(|c| c.id).and_then(Id::key) {
+        return (Lane::Chat(id), chat_type);
     }
     match body.from.or(body.user).and_then(|u| u.id).and_then(Id::key) {
-        Some(id) => Lane::User(id),
-        None => Lane::Alone,
+        Some(id) => (Lane::User(id), None),
+        None => (Lane::Alone, None),
     }
 }
 
@@ -213,6 +252,19 @@ mod tests {
         assert_eq!(u.payload, text.as_bytes());
         assert_eq!(u.lane, Lane::Alone);
         assert_eq!(u.kind, "future_thing");
+    }
+
+    #[test]
+    fn the_kind_is_the_body_field_even_after_extra_scalars() {
+        let u =
+            parse(r#"{"update_id":12,"a_timestamp":5,"message":{"chat":{"id":1,"type":"group"}}}"#)
+                .unwrap();
+        assert_eq!(
+            (u.kind.as_str(), u.chat_type.as_deref()),
+            ("message", Some("group"))
+        );
+        let z = parse(r#"{"update_id":13,"zzz":{"chat":{"id":2}},"aaa":{"x":1}}"#).unwrap();
+        assert_eq!(z.kind, "zzz", "document order, not alphabetical");
     }
 
     #[test]

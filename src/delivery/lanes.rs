@@ -4,12 +4,20 @@
 //! the timer heap (waiting for its head's retry time), or in flight (taken
 //! by `take_ready` and not yet settled). That is what keeps one request per
 //! lane in flight without scanning every lane on every event.
+//!
+//! A lane holds at most `PER_LANE` jobs in memory. Past that its further jobs
+//! stay in the store and the lane is marked as overflowing from the first one
+//! skipped; the dispatcher reloads them (`needs_reload`) as the lane drains.
+//! Without the cap, one chat stuck on a failing update could fill the whole
+//! window and stall every other chat of the forward.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::store::Job;
 use crate::update::Lane;
+
+pub const PER_LANE: usize = 256;
 
 #[derive(Default)]
 pub struct Lanes {
@@ -18,11 +26,13 @@ pub struct Lanes {
     timers: BinaryHeap<Reverse<(u64, String)>>,
     loaded: usize,
     cursor: Option<u64>,
+    /// Lanes with jobs left in the store: the first sequence number skipped.
+    overflow: HashMap<String, u64>,
 }
 
 /// The lane a job is ordered in. Updates with neither chat nor user are
 /// ordered with nothing, so each gets a lane of its own.
-fn key_of(job: &Job) -> String {
+pub fn key_of(job: &Job) -> String {
     match &job.lane {
         Lane::Alone => format!("#{}", job.seq),
         lane => lane.encode(),
@@ -39,10 +49,46 @@ impl Lanes {
         self.cursor
     }
 
-    /// Adds a job loaded from the store (in sequence order).
+    /// Adds a job scanned from the store (in sequence order) unless its lane
+    /// is full or already overflowing; the cursor moves past it either way.
     pub fn push(&mut self, job: Job, now: u64) {
         let key = key_of(&job);
         self.cursor = Some(self.cursor.map_or(job.seq, |c| c.max(job.seq)));
+        if self.overflow.contains_key(&key) {
+            return;
+        }
+        if self.queues.get(&key).is_some_and(|q| q.len() >= PER_LANE) {
+            self.overflow.insert(key, job.seq);
+            return;
+        }
+        self.insert(key, job, now);
+    }
+
+    /// If this lane has jobs left in the store and room for them: the
+    /// sequence number to reload from, how many fit, and up to where.
+    pub fn needs_reload(&self, key: &str) -> Option<(u64, usize, u64)> {
+        let from = *self.overflow.get(key)?;
+        let len = self.queues.get(key).map_or(0, |q| q.len());
+        (len <= PER_LANE / 2).then(|| (from, PER_LANE - len, self.cursor.unwrap_or(from)))
+    }
+
+    /// Adds jobs reloaded for an overflowing lane; `rest_from` is where its
+    /// jobs still in the store start, if any remain below the cursor.
+    pub fn reloaded(&mut self, key: &str, jobs: Vec<Job>, rest_from: Option<u64>, now: u64) {
+        match rest_from {
+            Some(seq) => {
+                self.overflow.insert(key.to_string(), seq);
+            }
+            None => {
+                self.overflow.remove(key);
+            }
+        }
+        for job in jobs {
+            self.insert(key.to_string(), job, now);
+        }
+    }
+
+    fn insert(&mut self, key: String, job: Job, now: u64) {
         self.loaded += 1;
         let at = job.next_at_ms;
         let queue = self.queues.entry(key.clone()).or_default();
@@ -114,13 +160,6 @@ impl Lanes {
             self.schedule(key.to_string(), at, now);
         }
     }
-
-    /// Puts a lane back on the timer without changing its head.
-    pub fn retry_head(&mut self, key: &str, at: u64, now: u64) {
-        if self.queues.get(key).is_some_and(|q| !q.is_empty()) {
-            self.schedule(key.to_string(), at, now);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -131,6 +170,8 @@ mod tests {
     fn job(seq: u64, lane: Lane) -> Job {
         Job {
             seq,
+            id_seq: seq,
+            dead_at_ms: 0,
             attempts: 0,
             next_at_ms: 0,
             received_ms: 0,
@@ -174,6 +215,43 @@ mod tests {
         l.release_due(100);
         let (_, again) = l.take_ready().unwrap();
         assert_eq!((again.seq, again.attempts), (1, 1));
+    }
+
+    #[test]
+    fn a_full_lane_overflows_without_holding_back_others() {
+        let mut l = Lanes::default();
+        let stuck = Lane::Chat("stuck".into());
+        for seq in 1..=(PER_LANE as u64 + 10) {
+            l.push(job(seq, stuck.clone()), 0);
+        }
+        l.push(job(1000, Lane::Chat("other".into())), 0);
+        assert_eq!(
+            l.loaded(),
+            PER_LANE + 1,
+            "the stuck lane keeps only PER_LANE in memory"
+        );
+        assert_eq!(l.cursor(), Some(1000));
+        let key = Lane::Chat("stuck".into()).encode();
+        assert_eq!(l.needs_reload(&key), None, "no room yet");
+        let (k1, _) = l.take_ready().unwrap();
+        let (k2, j2) = l.take_ready().unwrap();
+        assert_eq!(j2.seq, 1000, "the other chat is not held back");
+        l.finish(&k2, 0);
+        for _ in 0..(PER_LANE / 2) {
+            l.finish(&k1, 0);
+            if let Some((k, _)) = l.take_ready() {
+                assert_eq!(k, k1);
+            }
+        }
+        let (from, room, to) = l.needs_reload(&key).expect("room now");
+        assert_eq!((from, to), (PER_LANE as u64 + 1, 1000));
+        assert!(room >= PER_LANE / 2);
+        let rest: Vec<Job> = (from..from + 10).map(|s| job(s, stuck.clone())).collect();
+        l.reloaded(&key, rest, None, 0);
+        assert_eq!(l.needs_reload(&key), None);
+        // New jobs of the lane are accepted again once it no longer overflows.
+        l.push(job(1001, stuck.clone()), 0);
+        assert_eq!(l.queues[&key].back().unwrap().seq, 1001);
     }
 
     #[test]

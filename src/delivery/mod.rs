@@ -4,16 +4,20 @@
 //! Ordering works like Telegram's own webhook sender: updates of one lane
 //! (a chat, else a user) go one at a time in update order; different lanes go
 //! in parallel up to `max_in_flight`. A lane whose head fails waits for its
-//! retry; other lanes carry on.
+//! retry; other lanes carry on. A head that is given up on (too many
+//! attempts, too old, 410 Gone, or a stale interactive update) becomes a dead
+//! letter and its lane moves on.
 //!
 //! The store is the source of truth. The dispatcher keeps a bounded window of
-//! jobs in memory (metadata and payload), refilled from the store in
-//! sequence order whenever it runs low or the poller says new jobs arrived,
-//! so a backlog of millions costs disk, not memory.
+//! jobs in memory, refilled from the store in sequence order whenever it runs
+//! low or the poller says new jobs arrived, so a backlog of millions costs
+//! disk, not memory.
 
 mod lanes;
+pub mod reply;
 pub mod retry;
 mod send;
+pub mod stale;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,12 +28,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::botapi::{ApiError, BotApi};
 use crate::clock::now_ms;
 use crate::config::ForwardSettings;
 use crate::flavor::Flavor;
+use crate::stats::{self, ForwardStats};
 use crate::store::{Job, Store};
-use lanes::Lanes;
-pub use send::{Outcome, Target};
+use lanes::{key_of, Lanes};
+use send::{Outcome, Target};
+use stale::StalePolicy;
 
 /// Jobs held in memory per forward.
 const WINDOW: usize = 4096;
@@ -40,22 +47,33 @@ pub struct Forwarder {
     pub settings: ForwardSettings,
     pub flavor: Flavor,
     pub store: Arc<Store>,
-    /// Poked by the poller after it stored jobs for this forward.
+    /// The bot's API, for calls a backend returns in its reply.
+    pub api: Arc<BotApi>,
+    /// Poked by the poller after it stored jobs for this forward, and by the
+    /// admin API after a replay.
     pub wake: Arc<Notify>,
+    pub stats: Arc<ForwardStats>,
     /// How long a graceful stop waits for requests already in flight.
     pub drain_timeout: Duration,
 }
 
 type Attempt = (String, Job, Outcome);
 
+/// In-flight sends, each remembered with its lane and job so that even a
+/// task that dies unexpectedly gives its lane back.
+#[derive(Default)]
+struct InFlight {
+    tasks: JoinSet<Attempt>,
+    by_task: HashMap<tokio::task::Id, (String, Job)>,
+}
+
 impl Forwarder {
     pub async fn run(self, shutdown: CancellationToken) {
         let target = Arc::new(Target::new(&self.bot, self.flavor, &self.settings));
         let mut lanes = Lanes::default();
-        let mut inflight: JoinSet<Attempt> = JoinSet::new();
-        let mut inflight_lanes: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut inflight = InFlight::default();
         let mut refill = true;
-        info!(bot = %self.bot, forward = %self.settings.name, url = %self.settings.url, "delivering");
+        info!(bot = %self.bot, forward = %self.settings.name, url = %redacted(&self.settings.url), "delivering");
         loop {
             if refill || lanes.loaded() < WINDOW / 2 {
                 self.refill(&mut lanes);
@@ -63,18 +81,14 @@ impl Forwarder {
             }
             let now = now_ms();
             lanes.release_due(now);
-            while inflight.len() < self.settings.max_in_flight {
+            while inflight.tasks.len() < self.settings.max_in_flight {
                 let Some((key, job)) = lanes.take_ready() else {
                     break;
                 };
-                let target = target.clone();
-                let id = self.store.webhook_id(job.seq);
-                let lane = key.clone();
-                let handle = inflight.spawn(async move {
-                    let outcome = target.send(&id, &job, job.attempts + 1).await;
-                    (key, job, outcome)
-                });
-                inflight_lanes.insert(handle.id(), lane);
+                if self.expire_if_stale(&key, &job, &mut lanes) {
+                    continue;
+                }
+                self.start(&target, &mut inflight, key, job);
             }
             let next_timer = lanes.next_due();
             let sleep = async {
@@ -87,16 +101,27 @@ impl Forwarder {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(done) = inflight.join_next_with_id() => {
-                    self.settled(done, &mut lanes, &mut inflight_lanes);
+                Some(done) = inflight.tasks.join_next_with_id() => {
+                    self.settled(done, &mut lanes, &mut inflight);
                 }
                 _ = self.wake.notified() => refill = true,
                 _ = sleep => {}
             }
         }
-        self.drain(&mut inflight, &mut lanes, &mut inflight_lanes)
-            .await;
+        self.drain(&mut inflight, &mut lanes).await;
         debug!(bot = %self.bot, forward = %self.settings.name, "dispatcher stopped");
+    }
+
+    fn start(&self, target: &Arc<Target>, inflight: &mut InFlight, key: String, job: Job) {
+        let target = target.clone();
+        let id = self.store.webhook_id(&job);
+        let remembered = (key.clone(), job.clone());
+        stats::add(&self.stats.in_flight, 1);
+        let handle = inflight.tasks.spawn(async move {
+            let outcome = target.send(&id, &job, job.attempts + 1).await;
+            (key, job, outcome)
+        });
+        inflight.by_task.insert(handle.id(), remembered);
     }
 
     fn refill(&self, lanes: &mut Lanes) {
@@ -117,81 +142,250 @@ impl Forwarder {
         }
     }
 
-    fn settled(
-        &self,
-        done: Result<(tokio::task::Id, Attempt), tokio::task::JoinError>,
-        lanes: &mut Lanes,
-        inflight_lanes: &mut HashMap<tokio::task::Id, String>,
-    ) {
-        let (key, mut job, outcome) = match done {
-            Ok((id, attempt)) => {
-                inflight_lanes.remove(&id);
-                attempt
+    /// Brings back jobs of a lane that overflowed its in-memory share.
+    fn reload_lane(&self, key: &str, lanes: &mut Lanes) {
+        let Some((from, room, to)) = lanes.needs_reload(key) else {
+            return;
+        };
+        match self
+            .store
+            .scan(self.fwd_id, from.checked_sub(1), Some(to), room + 1, |j| {
+                key_of(j) == key
+            }) {
+            Ok(mut jobs) => {
+                let rest_from = (jobs.len() > room).then(|| jobs[room].seq);
+                jobs.truncate(room);
+                lanes.reloaded(key, jobs, rest_from, now_ms());
             }
             Err(e) => {
-                // A send task cannot panic on input, but if one ever does, its
-                // lane must not stay blocked: retry the head later.
-                error!(bot = %self.bot, forward = %self.settings.name, "a delivery task failed: {e}");
-                if let Some(key) = inflight_lanes.remove(&e.id()) {
-                    lanes.retry_head(&key, now_ms() + 1000, now_ms());
-                }
-                return;
-            }
-        };
-        let now = now_ms();
-        match outcome {
-            Outcome::Delivered { status } => {
-                debug!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered");
-                if let Err(e) = self.store.complete(self.fwd_id, job.seq) {
-                    // The job stays stored and will be sent again: a duplicate, not a loss.
-                    error!(bot = %self.bot, forward = %self.settings.name, "cannot mark update {:?} delivered: {e}", job.update_id);
-                }
-                lanes.finish(&key, now);
-            }
-            Outcome::Failed { error, retry_after } => {
-                job.attempts += 1;
-                let wait = retry::delay(job.attempts, retry_after);
-                job.next_at_ms = now + wait.as_millis() as u64;
-                job.last_error = error;
-                warn!(
-                    bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id,
-                    attempt = job.attempts, retry_in = %format!("{:.1}s", wait.as_secs_f64()),
-                    "delivery failed: {}; the update stays queued", job.last_error
-                );
-                if let Err(e) = self.store.reschedule(self.fwd_id, &job) {
-                    error!(bot = %self.bot, forward = %self.settings.name, "cannot store the retry schedule: {e}");
-                }
-                lanes.replace_head(&key, job, now);
+                error!(bot = %self.bot, forward = %self.settings.name, "cannot reload a lane: {e}")
             }
         }
     }
 
+    /// Drops or dead-letters an interactive update past its lifetime, if the
+    /// forward asks for that. Returns whether the job was taken care of.
+    fn expire_if_stale(&self, key: &str, job: &Job, lanes: &mut Lanes) -> bool {
+        if self.settings.stale == StalePolicy::Deliver
+            || !stale::is_stale(&job.kind, job.received_ms, now_ms())
+        {
+            return false;
+        }
+        let age = Duration::from_millis(now_ms().saturating_sub(job.received_ms));
+        let why = format!(
+            "stale: a {} {}s old is past its lifetime",
+            job.kind,
+            age.as_secs()
+        );
+        match self.settings.stale {
+            StalePolicy::Drop => {
+                info!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, "{why}; dropped");
+                stats::add(&self.stats.stale_dropped, 1);
+                if let Err(e) = self.store.complete(self.fwd_id, job.seq) {
+                    error!(bot = %self.bot, forward = %self.settings.name, "cannot drop a stale update: {e}");
+                }
+            }
+            _ => {
+                let mut job = job.clone();
+                job.last_error = why;
+                self.bury(&job);
+            }
+        }
+        lanes.finish(key, now_ms());
+        self.reload_lane(key, lanes);
+        true
+    }
+
+    fn bury(&self, job: &Job) {
+        warn!(
+            bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, attempts = job.attempts,
+            "moved to dead letters: {}; inspect with `pollhook dlq list`, resend with `pollhook dlq replay {}`",
+            job.last_error, job.seq
+        );
+        stats::add(&self.stats.dead_lettered, 1);
+        if let Err(e) = self.store.bury(self.fwd_id, job, now_ms()) {
+            error!(bot = %self.bot, forward = %self.settings.name, "cannot move update {:?} to dead letters: {e}", job.update_id);
+        }
+    }
+
+    fn settled(
+        &self,
+        done: Result<(tokio::task::Id, Attempt), tokio::task::JoinError>,
+        lanes: &mut Lanes,
+        inflight: &mut InFlight,
+    ) {
+        stats::sub(&self.stats.in_flight, 1);
+        let (key, mut job, outcome) = match done {
+            Ok((id, attempt)) => {
+                inflight.by_task.remove(&id);
+                attempt
+            }
+            Err(e) => {
+                // A send task cannot panic on input, but if one ever does, its
+                // lane must not stay blocked: count it as a failed attempt.
+                error!(bot = %self.bot, forward = %self.settings.name, "a delivery task failed: {e}");
+                let Some((key, job)) = inflight.by_task.remove(&e.id()) else {
+                    return;
+                };
+                let failed = Outcome::Failed {
+                    error: format!("internal error: {e}"),
+                    retry_after: None,
+                };
+                (key, job, failed)
+            }
+        };
+        let now = now_ms();
+        match outcome {
+            Outcome::Delivered {
+                status,
+                content_type,
+                body,
+            } => {
+                debug!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered");
+                stats::add(&self.stats.delivered, 1);
+                if let Err(e) = self.store.complete(self.fwd_id, job.seq) {
+                    // The job stays stored and will be sent again: a duplicate, not a loss.
+                    error!(bot = %self.bot, forward = %self.settings.name, "cannot mark update {:?} delivered: {e}", job.update_id);
+                }
+                if self.settings.reply_calls && !body.is_empty() {
+                    self.spawn_reply(content_type, body, job.update_id);
+                }
+                lanes.finish(&key, now);
+            }
+            Outcome::Gone => {
+                job.attempts += 1;
+                job.last_error = "HTTP 410 Gone: the backend refuses this update for good".into();
+                self.bury(&job);
+                lanes.finish(&key, now);
+            }
+            Outcome::Failed { error, retry_after } => {
+                job.attempts += 1;
+                job.last_error = error;
+                stats::add(&self.stats.failed_attempts, 1);
+                stats::set_last(&self.stats.last_error, now, job.last_error.clone());
+                if self
+                    .settings
+                    .retry
+                    .exhausted(job.attempts, job.received_ms, now)
+                {
+                    self.bury(&job);
+                    lanes.finish(&key, now);
+                } else {
+                    let wait = self.settings.retry.delay(job.attempts, retry_after);
+                    job.next_at_ms = now + wait.as_millis() as u64;
+                    warn!(
+                        bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id,
+                        attempt = job.attempts, retry_in = %format!("{:.1}s", wait.as_secs_f64()),
+                        "delivery failed: {}; the update stays queued", job.last_error
+                    );
+                    if let Err(e) = self.store.reschedule(self.fwd_id, &job) {
+                        error!(bot = %self.bot, forward = %self.settings.name, "cannot store the retry schedule: {e}");
+                    }
+                    lanes.replace_head(&key, job, now);
+                }
+            }
+        }
+        self.reload_lane(&key, lanes);
+    }
+
+    /// Runs a Bot API call from a webhook reply in its own task: it is
+    /// retried with backoff but never holds up the lane.
+    fn spawn_reply(
+        &self,
+        content_type: Option<String>,
+        body: bytes::Bytes,
+        update_id: Option<i64>,
+    ) {
+        let (api, stats, bot, fwd) = (
+            self.api.clone(),
+            self.stats.clone(),
+            self.bot.clone(),
+            self.settings.name.clone(),
+        );
+        tokio::spawn(async move {
+            let call = match reply::parse(content_type.as_deref(), body).await {
+                reply::Parsed::Nothing => return,
+                reply::Parsed::Ignored(method) => {
+                    stats::add(&stats.replies_ignored, 1);
+                    info!(bot = %bot, forward = %fwd, ?update_id, "webhook reply calls {method}, which is not executed from a reply; ignored");
+                    return;
+                }
+                reply::Parsed::Invalid(why) => {
+                    stats::add(&stats.replies_failed, 1);
+                    warn!(bot = %bot, forward = %fwd, ?update_id, "webhook reply not understood: {why}");
+                    return;
+                }
+                reply::Parsed::Call(call) => call,
+            };
+            for attempt in 1..=REPLY_ATTEMPTS {
+                match api.call_with(&call.method, &call.params).await {
+                    Ok(_) => {
+                        stats::add(&stats.replies_ok, 1);
+                        info!(bot = %bot, forward = %fwd, ?update_id, method = %call.method, "webhook reply executed");
+                        return;
+                    }
+                    Err(e) => {
+                        let retry = attempt < REPLY_ATTEMPTS && reply_retryable(&e);
+                        warn!(bot = %bot, forward = %fwd, ?update_id, method = %call.method, attempt, "webhook reply call failed: {e}{}", if retry { "; retrying" } else { "" });
+                        if !retry {
+                            break;
+                        }
+                        let wait = match &e {
+                            ApiError::RateLimited { retry_after } => {
+                                (*retry_after).max(Duration::from_secs(1))
+                            }
+                            _ => Duration::from_secs(1 << (attempt - 1)),
+                        };
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+            stats::add(&stats.replies_failed, 1);
+        });
+    }
+
     /// Waits for requests already sent, up to the drain timeout; anything
     /// unfinished stays in the store and is sent again after a restart.
-    async fn drain(
-        &self,
-        inflight: &mut JoinSet<Attempt>,
-        lanes: &mut Lanes,
-        inflight_lanes: &mut HashMap<tokio::task::Id, String>,
-    ) {
-        if inflight.is_empty() {
+    async fn drain(&self, inflight: &mut InFlight, lanes: &mut Lanes) {
+        if inflight.tasks.is_empty() {
             return;
         }
-        info!(bot = %self.bot, forward = %self.settings.name, in_flight = inflight.len(), "waiting for deliveries in flight");
+        info!(bot = %self.bot, forward = %self.settings.name, in_flight = inflight.tasks.len(), "waiting for deliveries in flight");
         let deadline = tokio::time::sleep(self.drain_timeout);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                done = inflight.join_next_with_id() => match done {
-                    Some(done) => self.settled(done, lanes, inflight_lanes),
+                done = inflight.tasks.join_next_with_id() => match done {
+                    Some(done) => self.settled(done, lanes, inflight),
                     None => return,
                 },
                 _ = &mut deadline => {
-                    warn!(bot = %self.bot, forward = %self.settings.name, abandoned = inflight.len(), "stop timeout reached; unfinished deliveries stay queued and will be sent again");
-                    inflight.abort_all();
+                    warn!(bot = %self.bot, forward = %self.settings.name, abandoned = inflight.tasks.len(), "stop timeout reached; unfinished deliveries stay queued and will be sent again");
+                    inflight.tasks.abort_all();
                     return;
                 }
             }
         }
     }
+}
+
+/// Attempts at a webhook reply's Bot API call (1 s, 2 s, 4 s, 8 s apart).
+const REPLY_ATTEMPTS: u32 = 5;
+
+/// Whether a failed reply call may succeed if made again: not when the
+/// platform refused it (a bad request stays bad) or lacks the method.
+fn reply_retryable(e: &ApiError) -> bool {
+    !matches!(
+        e,
+        ApiError::Rejected { .. } | ApiError::NotImplemented { .. } | ApiError::BadToken { .. }
+    )
+}
+
+/// A URL for logs: without any password it may carry.
+pub fn redacted(url: &url::Url) -> String {
+    let mut u = url.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("****"));
+    }
+    u.to_string()
 }

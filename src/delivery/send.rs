@@ -2,22 +2,36 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use secrecy::ExposeSecret;
 
+use crate::body::read_capped;
 use crate::botapi::error_chain;
 use crate::config::ForwardSettings;
 use crate::flavor::Flavor;
 use crate::signing::{signature_header, SigningKey};
 use crate::store::Job;
 
+/// The largest reply body read; a webhook reply may carry a file upload,
+/// and the Bot API takes uploads up to 50 MB.
+const MAX_REPLY: usize = 50 * 1024 * 1024;
+
 /// What became of one attempt.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The backend answered 2xx: the job is done.
-    Delivered { status: u16 },
+    /// The backend answered 2xx: the job is done. The body may hold a Bot
+    /// API call to make on its behalf.
+    Delivered {
+        status: u16,
+        content_type: Option<String>,
+        body: Bytes,
+    },
+    /// 410 Gone: the backend says this update will never be accepted; it
+    /// goes to dead letters at once instead of blocking its chat.
+    Gone,
     /// Anything else; try again later (after `retry_after` if the backend
-    /// said so).
+    /// said so on a 429 or 503).
     Failed {
         error: String,
         retry_after: Option<Duration>,
@@ -73,6 +87,9 @@ impl Target {
     /// Sends `job` as attempt number `attempt` (1 for the first).
     pub async fn send(&self, webhook_id: &str, job: &Job, attempt: u32) -> Outcome {
         let timestamp = (crate::clock::now_ms() / 1000) as i64;
+        let received_at = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(job.received_ms),
+        );
         let mut req = self
             .client
             .post(self.url.clone())
@@ -80,6 +97,7 @@ impl Target {
             .header("webhook-id", webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("x-pollhook-attempt", attempt.to_string())
+            .header("x-pollhook-received-at", received_at.to_string())
             .body(job.payload.clone());
         if !self.keys.is_empty() {
             req = req.header(
@@ -89,12 +107,7 @@ impl Target {
         }
         let response = match req.send().await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return Outcome::Failed {
-                    error: format!("no answer within {}s", self.timeout.as_secs_f64()),
-                    retry_after: None,
-                }
-            }
+            Err(e) if e.is_timeout() => return self.timed_out(),
             Err(e) => {
                 return Outcome::Failed {
                     error: error_chain(&e.without_url()),
@@ -104,13 +117,25 @@ impl Target {
         };
         let status = response.status();
         let retry_after = parse_retry_after(response.headers());
-        // Read the body so the connection can be reused; its content does not
-        // change the outcome.
-        let _ = response.bytes().await;
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         if status.is_success() {
+            // The body only matters as a possible webhook reply; if it cannot
+            // be read the update still counts as delivered.
+            let body = read_capped(response, MAX_REPLY).await.unwrap_or_default();
             return Outcome::Delivered {
                 status: status.as_u16(),
+                content_type,
+                body,
             };
+        }
+        // Read (and drop) the rest so the connection can be reused.
+        let _ = read_capped(response, 64 * 1024).await;
+        if status.as_u16() == 410 {
+            return Outcome::Gone;
         }
         let error = if status.is_redirection() {
             format!(
@@ -123,6 +148,13 @@ impl Target {
         Outcome::Failed {
             error,
             retry_after: if honour { retry_after } else { None },
+        }
+    }
+
+    fn timed_out(&self) -> Outcome {
+        Outcome::Failed {
+            error: format!("no answer within {}s", self.timeout.as_secs_f64()),
+            retry_after: None,
         }
     }
 }

@@ -1,0 +1,193 @@
+//! How a job is laid out in sled: a small binary header, then the update's
+//! exact bytes. Decoding never panics: a damaged record is an error the
+//! caller can set aside.
+//!
+//! ```text
+//! version u8 | attempts u32 | next_at u64 | received u64 | update_id i64
+//! | id_seq u64 | dead_at u64
+//! | kind: u16 len + bytes | lane: u16 len + bytes | last_error: u16 len + bytes
+//! | payload (the rest)
+//! ```
+
+use bytes::Bytes;
+
+use super::{Job, StoreError};
+use crate::update::{Lane, Update};
+
+const VERSION: u8 = 1;
+/// Stored in place of the update_id of an update that had none.
+const NO_UPDATE_ID: i64 = i64::MIN;
+
+pub fn key(prefix: u8, fwd: u32, seq: u64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = prefix;
+    k[1..5].copy_from_slice(&fwd.to_be_bytes());
+    k[5..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number in a 13-byte job key.
+pub fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    if key.len() != 13 {
+        return Err(StoreError::Corrupt("job key has the wrong length".into()));
+    }
+    u64_from(&key[5..])
+}
+
+pub fn u64_from(v: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = v
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("expected 8 bytes, found {}", v.len())))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+pub fn u32_from(v: &[u8]) -> Result<u32, StoreError> {
+    let arr: [u8; 4] = v
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("expected 4 bytes, found {}", v.len())))?;
+    Ok(u32::from_be_bytes(arr))
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Cut on a char boundary so the stored text stays valid UTF-8.
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+pub fn encode(j: &Job) -> Vec<u8> {
+    let lane = j.lane.encode();
+    let mut out =
+        Vec::with_capacity(64 + j.kind.len() + lane.len() + j.last_error.len() + j.payload.len());
+    out.push(VERSION);
+    out.extend_from_slice(&j.attempts.to_be_bytes());
+    out.extend_from_slice(&j.next_at_ms.to_be_bytes());
+    out.extend_from_slice(&j.received_ms.to_be_bytes());
+    out.extend_from_slice(&j.update_id.unwrap_or(NO_UPDATE_ID).to_be_bytes());
+    out.extend_from_slice(&j.id_seq.to_be_bytes());
+    out.extend_from_slice(&j.dead_at_ms.to_be_bytes());
+    put_str(&mut out, &j.kind);
+    put_str(&mut out, &lane);
+    put_str(&mut out, &j.last_error);
+    out.extend_from_slice(&j.payload);
+    out
+}
+
+/// A fresh job for an update just received.
+pub fn new_job(u: &Update, seq: u64, received_ms: u64) -> Job {
+    Job {
+        seq,
+        id_seq: seq,
+        attempts: 0,
+        next_at_ms: 0,
+        received_ms,
+        dead_at_ms: 0,
+        update_id: u.update_id,
+        kind: u.kind.clone(),
+        lane: u.lane.clone(),
+        last_error: String::new(),
+        payload: Bytes::copy_from_slice(&u.payload),
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.0.len() < n {
+            return Err(StoreError::Corrupt("job record is truncated".into()));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        u32_from(self.take(4)?)
+    }
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        u64_from(self.take(8)?)
+    }
+    fn string(&mut self) -> Result<String, StoreError> {
+        let len = self.take(2)?;
+        let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+        Ok(String::from_utf8_lossy(self.take(len)?).into_owned())
+    }
+}
+
+pub fn decode(key: &[u8], value: &[u8]) -> Result<Job, StoreError> {
+    let seq = seq_of(key)?;
+    let mut r = Reader(value);
+    let version = r.take(1)?[0];
+    if version != VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "job {seq} has unknown version {version}"
+        )));
+    }
+    Ok(Job {
+        seq,
+        attempts: r.u32()?,
+        next_at_ms: r.u64()?,
+        received_ms: r.u64()?,
+        update_id: Some(r.u64()? as i64).filter(|id| *id != NO_UPDATE_ID),
+        id_seq: r.u64()?,
+        dead_at_ms: r.u64()?,
+        kind: r.string()?,
+        lane: Lane::decode(&r.string()?),
+        last_error: r.string()?,
+        payload: Bytes::copy_from_slice(r.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_field() {
+        let j = Job {
+            seq: 9,
+            id_seq: 3,
+            attempts: 4,
+            next_at_ms: 5,
+            received_ms: 6,
+            dead_at_ms: 7,
+            update_id: Some(-8),
+            kind: "message".into(),
+            lane: Lane::Chat("c".into()),
+            last_error: "HTTP 503 é".into(),
+            payload: Bytes::from_static(b"{\"update_id\":-8}"),
+        };
+        let back = decode(&key(b'j', 1, 9), &encode(&j)).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{j:?}"));
+        let none = Job {
+            update_id: None,
+            ..j
+        };
+        assert_eq!(
+            decode(&key(b'j', 1, 9), &encode(&none)).unwrap().update_id,
+            None
+        );
+    }
+
+    #[test]
+    fn damaged_records_are_errors_not_panics() {
+        assert!(decode(&key(b'j', 1, 1), &[1, 0, 0]).is_err());
+        assert!(decode(&key(b'j', 1, 1), &[9; 60]).is_err());
+        assert!(decode(b"short", &[]).is_err());
+        let mut long_len = vec![1u8];
+        long_len.extend_from_slice(&[0; 44]);
+        long_len.extend_from_slice(&[0xff, 0xff]);
+        assert!(decode(&key(b'j', 1, 1), &long_len).is_err());
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_char_boundary() {
+        let mut out = Vec::new();
+        put_str(&mut out, &"é".repeat(40_000));
+        let len = u16::from_be_bytes([out[0], out[1]]) as usize;
+        assert!(std::str::from_utf8(&out[2..2 + len]).is_ok());
+    }
+}
