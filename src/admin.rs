@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::deadletters::{self, Selection};
-use crate::stats::ForwardStats;
+use crate::stats::{self, BotStats, ForwardStats};
 use crate::store::Store;
 
 /// What the admin API needs to know of a running forward.
@@ -35,6 +35,7 @@ pub struct ForwardHandle {
 
 pub struct Admin {
     pub store: Arc<Store>,
+    pub bots: Vec<(String, Arc<BotStats>)>,
     pub forwards: Vec<ForwardHandle>,
     pub token: Option<SecretString>,
 }
@@ -100,11 +101,25 @@ async fn status(State(admin): State<Shared>) -> Response {
                 "queue_depth": admin.store.depth(f.id),
                 "dead_letters": admin.store.dead_count(f.id),
                 "counters": f.stats.snapshot(),
-                "last_error": crate::stats::last(&f.stats.last_error).map(|(_, e)| e),
+                "last_error": stats::last(&f.stats.last_error).map(|(_, e)| e),
             })
         })
         .collect();
-    Json(serde_json::json!({ "forwards": forwards })).into_response()
+    let bots: Vec<serde_json::Value> = admin
+        .bots
+        .iter()
+        .map(|(name, s)| {
+            serde_json::json!({
+                "bot": name,
+                "updates_received": stats::get(&s.updates_received),
+                "updates_unrouted": stats::get(&s.updates_unrouted),
+                "polls_ok": stats::get(&s.polls_ok),
+                "polls_failed": stats::get(&s.polls_failed),
+                "last_poll": stats::last(&s.last_poll).map(|(_, r)| r),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "bots": bots, "forwards": forwards })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -33,6 +33,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
+    let mut bot_stats = Vec::new();
     for bot in settings.bots {
         let api = Arc::new(BotApi::new(
             &bot.api_url,
@@ -69,18 +70,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             };
             tasks.spawn(forwarder.run(shutdown.clone()));
         }
+        let stats = Arc::new(BotStats::default());
+        bot_stats.push((bot.name.clone(), stats.clone()));
         let poller = Poller {
             bot,
             api,
             store: store.clone(),
             routes,
-            stats: Arc::new(BotStats::default()),
+            stats,
         };
         tasks.spawn(poller.run(shutdown.clone()));
     }
     if let Some(addr) = settings.admin_listen {
         let admin = Admin {
             store: store.clone(),
+            bots: bot_stats,
             forwards: handles,
             token: settings.admin_token.clone(),
         };

@@ -43,10 +43,16 @@ impl Setup {
     /// One bot ("main") forwarding to the backend as forward "app";
     /// `bot_extra` and `fwd_extra` are TOML lines added to each table.
     pub fn config(&self, bot_extra: &str, fwd_extra: &str) -> PathBuf {
+        self.config_full("", bot_extra, fwd_extra)
+    }
+
+    /// Like `config`, with `top_extra` (e.g. an `[admin]` table) first.
+    pub fn config_full(&self, top_extra: &str, bot_extra: &str, fwd_extra: &str) -> PathBuf {
         let toml = format!(
             r#"
 state_dir = "state"
 shutdown_timeout = "5s"
+{top_extra}
 
 [[bot]]
 name = "main"
@@ -145,4 +151,38 @@ pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A port nothing listens on right now (for admin.listen in a config).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `pollhook` with `args` to completion: (success, stdout, stderr).
+pub fn pollhook(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pollhook"))
+        .args(args)
+        .output()
+        .expect("pollhook runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `pollhook` run off the test's async threads (it may talk to servers the
+/// test runtime serves).
+pub async fn pollhook_async(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        pollhook(&refs)
+    })
+    .await
+    .unwrap()
 }

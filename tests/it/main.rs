@@ -4,8 +4,10 @@
 mod api_errors;
 mod common;
 mod crash;
+mod dead_letters;
 mod delivery;
 mod lifecycle;
 mod platforms;
+mod replies;
 mod rig;
 mod rig_sanity;

@@ -135,6 +135,8 @@ struct Bot {
     confirmed: Option<i64>,
     allowed_updates: Option<Vec<String>>,
     faults: VecDeque<Fault>,
+    /// One-shot faults for other methods: (method, fault).
+    method_faults: VecDeque<(String, Fault)>,
     webhook: Option<String>,
     /// Bumped by every processed getUpdates; an in-flight call that sees a
     /// newer generation was superseded and answers 409, like Telegram.
@@ -383,6 +385,13 @@ impl FakeApi {
 
     /// While a webhook is set, getUpdates answers 409. The client may also
     /// change it with setWebhook / deleteWebhook, as on Telegram.
+    /// A one-shot fault for the next call of `method` (not getUpdates).
+    pub fn inject_method(&self, token: &str, method: &str, fault: Fault) {
+        self.inner.with_bot(token, |b| {
+            b.method_faults.push_back((method.to_string(), fault))
+        });
+    }
+
     pub fn set_webhook(&self, token: &str, url: Option<&str>) {
         self.inner
             .with_bot(token, |b| b.webhook = url.map(str::to_owned));
@@ -526,6 +535,18 @@ async fn dispatch(
     method: &str,
     params: &Value,
 ) -> Result<Response<Body>, DropConnection> {
+    if !method.eq_ignore_ascii_case("getUpdates") {
+        let fault = inner.with_bot(token, |b| {
+            let i = b
+                .method_faults
+                .iter()
+                .position(|(m, _)| m.eq_ignore_ascii_case(method))?;
+            b.method_faults.remove(i).map(|(_, f)| f)
+        });
+        if let Some(fault) = fault {
+            return fault_response(inner.flavor, fault);
+        }
+    }
     match method.to_ascii_lowercase().as_str() {
         "getupdates" => get_updates(inner, token, params).await,
         "getme" => {
@@ -791,6 +812,14 @@ fn parse_params(query: Option<&str>, content_type: &str, body: &[u8]) -> Result<
             Ok(_) => return Err("Bad Request: parameters must be a JSON object".into()),
             Err(_) => return Err("Bad Request: can't parse JSON object".into()),
         }
+    } else if mime == "multipart/form-data" {
+        let boundary = content_type
+            .split(';')
+            .filter_map(|p| p.trim().strip_prefix("boundary="))
+            .next()
+            .ok_or("Bad Request: multipart without boundary")?
+            .trim_matches('"');
+        map.extend(parse_multipart(body, boundary)?);
     } else if mime == "application/x-www-form-urlencoded" || mime.is_empty() {
         for (k, v) in url::form_urlencoded::parse(body) {
             map.insert(k.into_owned(), Value::String(v.into_owned()));
@@ -799,6 +828,48 @@ fn parse_params(query: Option<&str>, content_type: &str, body: &[u8]) -> Result<
         return Err(format!("Bad Request: unsupported content type {mime}"));
     }
     Ok(Value::Object(map))
+}
+
+/// A small multipart/form-data reader: text fields become strings, file
+/// fields `{"file_name", "content_type", "data"}` (data as lossy UTF-8).
+fn parse_multipart(body: &[u8], boundary: &str) -> Result<Map<String, Value>, String> {
+    let text = String::from_utf8_lossy(body);
+    let delimiter = format!("--{boundary}");
+    let mut map = Map::new();
+    for part in text.split(delimiter.as_str()).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let (head, data) = part
+            .split_once("\r\n\r\n")
+            .ok_or("Bad Request: broken multipart part")?;
+        let data = data.strip_suffix("\r\n").unwrap_or(data);
+        let disposition = head.lines().next().unwrap_or("");
+        let attr = |name: &str| {
+            disposition
+                .split(';')
+                .filter_map(|p| p.trim().strip_prefix(&format!("{name}=")))
+                .next()
+                .map(|v| v.trim_matches('"').to_string())
+        };
+        let name = attr("name").ok_or("Bad Request: multipart part without a name")?;
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Content-Type: ")
+                    .or_else(|| l.strip_prefix("content-type: "))
+            })
+            .map(str::to_string);
+        let value = match attr("filename") {
+            Some(file_name) => {
+                serde_json::json!({ "file_name": file_name, "content_type": content_type, "data": data })
+            }
+            None => Value::String(data.to_string()),
+        };
+        map.insert(name, value);
+    }
+    Ok(map)
 }
 
 /// An integer parameter given as a JSON number or a decimal string.
