@@ -185,7 +185,9 @@ async fn a_wrong_token_is_reported_and_retried_slowly_not_spun() {
         .replace(TOKEN, "999:AAwrong-secret-token");
     std::fs::write(&config, text).unwrap();
     let mut relay = setup.spawn(&config);
-    relay.wait_log("the bot token is not accepted", LONG).await;
+    relay
+        .wait_log("getUpdates: 401: the bot token is not accepted", LONG)
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let calls = setup.api.calls("999:AAwrong-secret-token");
     let polls = calls.iter().filter(|c| c.method == "getUpdates").count();
