@@ -16,27 +16,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::deadletters::{self, Selection};
-use crate::stats::{self, BotStats, ForwardStats};
-use crate::store::Store;
-
-/// What the admin API needs to know of a running forward.
-pub struct ForwardHandle {
-    pub bot: String,
-    pub name: String,
-    pub id: u32,
-    pub wake: Arc<Notify>,
-    pub stats: Arc<ForwardStats>,
-}
+use crate::status::{self, Observed};
 
 pub struct Admin {
-    pub store: Arc<Store>,
-    pub bots: Vec<(String, Arc<BotStats>)>,
-    pub forwards: Vec<ForwardHandle>,
+    pub relay: Arc<Observed>,
     pub token: Option<SecretString>,
 }
 
@@ -45,7 +32,8 @@ type Shared = Arc<Admin>;
 pub async fn serve(listener: tokio::net::TcpListener, admin: Admin, shutdown: CancellationToken) {
     let admin = Arc::new(admin);
     let guarded = Router::new()
-        .route("/status", get(status))
+        .route("/status", get(status_json))
+        .route("/metrics", get(metrics))
         .route("/dlq", get(dlq_list))
         .route("/dlq/{id}", get(dlq_show))
         .route("/dlq/replay", post(dlq_replay))
@@ -53,6 +41,7 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Admin, shutdown: Ca
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .merge(guarded)
         .with_state(admin);
     let stop = shutdown.clone();
@@ -90,36 +79,39 @@ fn store_error(e: crate::store::StoreError) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
 }
 
-async fn status(State(admin): State<Shared>) -> Response {
-    let forwards: Vec<serde_json::Value> = admin
-        .forwards
-        .iter()
-        .map(|f| {
-            serde_json::json!({
-                "bot": f.bot,
-                "forward": f.name,
-                "queue_depth": admin.store.depth(f.id),
-                "dead_letters": admin.store.dead_count(f.id),
-                "counters": f.stats.snapshot(),
-                "last_error": stats::last(&f.stats.last_error).map(|(_, e)| e),
-            })
-        })
-        .collect();
-    let bots: Vec<serde_json::Value> = admin
-        .bots
-        .iter()
-        .map(|(name, s)| {
-            serde_json::json!({
-                "bot": name,
-                "updates_received": stats::get(&s.updates_received),
-                "updates_unrouted": stats::get(&s.updates_unrouted),
-                "polls_ok": stats::get(&s.polls_ok),
-                "polls_failed": stats::get(&s.polls_failed),
-                "last_poll": stats::last(&s.last_poll).map(|(_, r)| r),
-            })
-        })
-        .collect();
-    Json(serde_json::json!({ "bots": bots, "forwards": forwards })).into_response()
+async fn status_json(State(admin): State<Shared>) -> Response {
+    Json(admin.relay.snapshot()).into_response()
+}
+
+async fn metrics(State(admin): State<Shared>) -> Response {
+    let snap = admin.relay.snapshot();
+    let body = crate::metrics::render(&snap, &admin.relay.bots, &admin.relay.forwards);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Ready: every bot polled successfully within twice its poll timeout and
+/// the store takes writes. Open, like /healthz: it says nothing secret.
+async fn readyz(State(admin): State<Shared>) -> Response {
+    let mut problems = status::unready(&admin.relay.bots);
+    if !admin.relay.store.writable() {
+        problems.push("the store does not take writes".into());
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{}\n", problems.join("\n")),
+        )
+            .into_response()
+    }
 }
 
 #[derive(Deserialize)]
@@ -129,14 +121,14 @@ struct ListQuery {
 }
 
 async fn dlq_list(State(admin): State<Shared>, Query(q): Query<ListQuery>) -> Response {
-    match deadletters::list(&admin.store, q.bot.as_deref(), q.forward.as_deref()) {
+    match deadletters::list(&admin.relay.store, q.bot.as_deref(), q.forward.as_deref()) {
         Ok(list) => Json(list).into_response(),
         Err(e) => store_error(e),
     }
 }
 
 async fn dlq_show(State(admin): State<Shared>, Path(id): Path<u64>) -> Response {
-    match deadletters::show(&admin.store, id) {
+    match deadletters::show(&admin.relay.store, id) {
         Ok(Some(d)) => Json(d).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, format!("no dead letter {id}\n")).into_response(),
         Err(e) => store_error(e),
@@ -144,10 +136,11 @@ async fn dlq_show(State(admin): State<Shared>, Path(id): Path<u64>) -> Response 
 }
 
 async fn dlq_replay(State(admin): State<Shared>, Json(sel): Json<Selection>) -> Response {
-    match deadletters::replay(&admin.store, &sel).await {
+    match deadletters::replay(&admin.relay.store, &sel).await {
         Ok(outcome) => {
             // Wake the dispatchers so replayed jobs go out now.
             for f in admin
+                .relay
                 .forwards
                 .iter()
                 .filter(|f| outcome.touched.contains(&f.id))
@@ -165,7 +158,7 @@ async fn dlq_replay(State(admin): State<Shared>, Json(sel): Json<Selection>) -> 
 }
 
 async fn dlq_drop(State(admin): State<Shared>, Json(sel): Json<Selection>) -> Response {
-    match deadletters::drop(&admin.store, &sel).await {
+    match deadletters::drop(&admin.relay.store, &sel).await {
         Ok(outcome) => {
             info!(
                 dropped = outcome.done.len(),

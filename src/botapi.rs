@@ -68,6 +68,20 @@ impl ApiError {
         }
     }
 
+    /// A few words for the bot's condition in `/status`.
+    pub fn state(&self) -> &'static str {
+        match self {
+            ApiError::OtherPoller { .. } => "another poller",
+            ApiError::WebhookSet { .. } => "webhook is set",
+            ApiError::BadToken { .. } => "token rejected",
+            ApiError::RateLimited { .. } => "rate limited",
+            ApiError::NotImplemented { .. } => "not implemented",
+            ApiError::Rejected { .. } => "request refused",
+            ApiError::Server { .. } | ApiError::BadResponse { .. } => "platform failing",
+            ApiError::Timeout { .. } | ApiError::Transport(_) => "unreachable",
+        }
+    }
+
     /// How long to wait before the next call after `failures` failures in a
     /// row (1 for the first), before jitter.
     pub fn backoff(&self, failures: u32) -> Duration {

@@ -109,6 +109,7 @@ struct RawAdmin {
     token: Option<String>,
     token_file: Option<String>,
     token_env: Option<String>,
+    token_credential: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +121,7 @@ struct RawBot {
     token: Option<String>,
     token_file: Option<String>,
     token_env: Option<String>,
+    token_credential: Option<String>,
     allowed_updates: Option<Vec<String>>,
     poll_timeout: Option<String>,
     #[serde(default)]
@@ -160,9 +162,11 @@ struct RawForward {
     signing_secret: Option<OneOrMany<String>>,
     signing_secret_file: Option<String>,
     signing_secret_env: Option<String>,
+    signing_secret_credential: Option<String>,
     secret_token: Option<String>,
     secret_token_file: Option<String>,
     secret_token_env: Option<String>,
+    secret_token_credential: Option<String>,
     updates: Option<Vec<String>>,
     chats: Option<Vec<RawChatId>>,
     chat_types: Option<Vec<String>>,
@@ -257,9 +261,11 @@ pub fn quick_start(q: QuickStart) -> Result<Settings, ConfigError> {
             signing_secret: None,
             signing_secret_file: None,
             signing_secret_env: q.signing_secret_env.clone(),
+            signing_secret_credential: None,
             secret_token: None,
             secret_token_file: None,
             secret_token_env: q.secret_token_env.clone(),
+            secret_token_credential: None,
             updates: None,
             chats: None,
             chat_types: None,
@@ -285,6 +291,7 @@ pub fn quick_start(q: QuickStart) -> Result<Settings, ConfigError> {
             token: None,
             token_file: None,
             token_env: Some(q.token_env),
+            token_credential: None,
             allowed_updates: None,
             poll_timeout: None,
             forward,
@@ -296,6 +303,15 @@ pub fn quick_start(q: QuickStart) -> Result<Settings, ConfigError> {
 
 // ---------------------------------------------------------------------------
 // Validation.
+
+/// Where a secret may come from; at most one is set.
+#[derive(Default, Clone, Copy)]
+struct Sources<'a> {
+    inline: Option<&'a str>,
+    file: Option<&'a str>,
+    env: Option<&'a str>,
+    credential: Option<&'a str>,
+}
 
 struct Ctx<'a> {
     source_name: &'a str,
@@ -346,30 +362,35 @@ impl Ctx<'_> {
         &self,
         prefix: &str,
         field: &str,
-        inline: Option<&str>,
-        file: Option<&str>,
-        env: Option<&str>,
+        src: Sources,
     ) -> Result<Option<SecretString>, ConfigError> {
-        let given = [inline.is_some(), file.is_some(), env.is_some()];
+        let given = [
+            src.inline.is_some(),
+            src.file.is_some(),
+            src.env.is_some(),
+            src.credential.is_some(),
+        ];
         if given.iter().filter(|g| **g).count() > 1 {
             return Err(self.err(
                 format!("{prefix}.{field}"),
-                format!("set only one of {field}, {field}_file, {field}_env"),
+                format!("set only one of {field}, {field}_file, {field}_env, {field}_credential"),
             ));
         }
-        let (key, value) = if let Some(v) = inline {
-            (field.to_string(), v.to_string())
-        } else if let Some(f) = file {
-            let key = format!("{field}_file");
-            let path = self.path(f);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
+        let read_file = |key: &str, path: PathBuf| {
+            std::fs::read_to_string(&path).map_err(|e| {
                 self.err(
                     format!("{prefix}.{key}"),
                     format!("cannot read {}: {e}", path.display()),
                 )
-            })?;
+            })
+        };
+        let (key, value) = if let Some(v) = src.inline {
+            (field.to_string(), v.to_string())
+        } else if let Some(f) = src.file {
+            let key = format!("{field}_file");
+            let text = read_file(&key, self.path(f))?;
             (key, text)
-        } else if let Some(name) = env {
+        } else if let Some(name) = src.env {
             let key = format!("{field}_env");
             let text = std::env::var(name).map_err(|_| {
                 self.err(
@@ -377,6 +398,18 @@ impl Ctx<'_> {
                     format!("environment variable {name} is not set"),
                 )
             })?;
+            (key, text)
+        } else if let Some(name) = src.credential {
+            // systemd's LoadCredential= puts each secret in a private,
+            // per-service directory named by $CREDENTIALS_DIRECTORY.
+            let key = format!("{field}_credential");
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                self.err(
+                    format!("{prefix}.{key}"),
+                    "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential=, or use _file or _env",
+                )
+            })?;
+            let text = read_file(&key, PathBuf::from(dir).join(name))?;
             (key, text)
         } else {
             return Ok(None);
@@ -468,13 +501,13 @@ fn validate_admin(
             )
         })?),
     };
-    let token = ctx.secret(
-        "admin",
-        "token",
-        a.token.as_deref(),
-        a.token_file.as_deref(),
-        a.token_env.as_deref(),
-    )?;
+    let sources = Sources {
+        inline: a.token.as_deref(),
+        file: a.token_file.as_deref(),
+        env: a.token_env.as_deref(),
+        credential: a.token_credential.as_deref(),
+    };
+    let token = ctx.secret("admin", "token", sources)?;
     Ok((listen, token))
 }
 
@@ -548,14 +581,17 @@ fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSettings, ConfigEr
         .secret(
             &prefix,
             "token",
-            rb.token.as_deref(),
-            rb.token_file.as_deref(),
-            rb.token_env.as_deref(),
+            Sources {
+                inline: rb.token.as_deref(),
+                file: rb.token_file.as_deref(),
+                env: rb.token_env.as_deref(),
+                credential: rb.token_credential.as_deref(),
+            },
         )?
         .ok_or_else(|| {
             ctx.err(
                 format!("{prefix}.token"),
-                "missing; set one of token_file, token_env, token",
+                "missing; set one of token_credential, token_file, token_env, token",
             )
         })?;
     if token
@@ -678,13 +714,13 @@ fn validate_forward(
     // Several secrets (a rotation) are a list inline, or whitespace-separated
     // in a file or variable.
     let inline = rf.signing_secret.map(|s| s.into_vec().join(" "));
-    let signing_keys = match ctx.secret(
-        prefix,
-        "signing_secret",
-        inline.as_deref(),
-        rf.signing_secret_file.as_deref(),
-        rf.signing_secret_env.as_deref(),
-    )? {
+    let sources = Sources {
+        inline: inline.as_deref(),
+        file: rf.signing_secret_file.as_deref(),
+        env: rf.signing_secret_env.as_deref(),
+        credential: rf.signing_secret_credential.as_deref(),
+    };
+    let signing_keys = match ctx.secret(prefix, "signing_secret", sources)? {
         None => Vec::new(),
         Some(s) => s
             .expose_secret()
@@ -700,13 +736,13 @@ fn validate_forward(
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let secret_token = ctx.secret(
-        prefix,
-        "secret_token",
-        rf.secret_token.as_deref(),
-        rf.secret_token_file.as_deref(),
-        rf.secret_token_env.as_deref(),
-    )?;
+    let sources = Sources {
+        inline: rf.secret_token.as_deref(),
+        file: rf.secret_token_file.as_deref(),
+        env: rf.secret_token_env.as_deref(),
+        credential: rf.secret_token_credential.as_deref(),
+    };
+    let secret_token = ctx.secret(prefix, "secret_token", sources)?;
     if let Some(t) = &secret_token {
         // Telegram's rule for secret_token: 1-256 of A-Z a-z 0-9 _ -
         let t = t.expose_secret();

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use pollhook::config::{self, QuickStart, Settings};
@@ -15,6 +15,9 @@ use pollhook::config::{self, QuickStart, Settings};
     about = "Long-polls Telegram-style Bot APIs and forwards every update as a signed webhook, durably"
 )]
 struct Cli {
+    /// Log lines as text (default) or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: pollhook::logging::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +48,19 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Show what a running pollhook is doing (through its admin API).
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the JSON the admin API answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Manpage,
     /// Validate a configuration file and print what would run (secrets masked).
     CheckConfig {
         #[arg(long, short)]
@@ -144,7 +160,27 @@ impl QuickArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = cli.log_format;
     match cli.command {
+        Command::Status { config, json } => status(&config, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "pollhook",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig { config, probe } => match config::load(&config) {
             Ok(settings) => {
                 print!("{settings}");
@@ -172,7 +208,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            run(settings)
+            run(settings, log_format)
         }
     }
 }
@@ -284,8 +320,45 @@ fn probe_bots(settings: &Settings) -> ExitCode {
     }
 }
 
-fn run(settings: Settings) -> ExitCode {
-    pollhook::logging::init();
+fn status(config: &std::path::Path, json: bool) -> ExitCode {
+    let view = match config::load_admin_view(config) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pollhook::status::fetch(view.listen, view.token)) {
+        Ok(snap) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&snap).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(snap) => {
+            print!("{}", pollhook::status::render_table(&snap));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(settings: Settings, log_format: pollhook::logging::Format) -> ExitCode {
+    pollhook::logging::init(log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

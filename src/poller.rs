@@ -14,13 +14,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::botapi::{jittered, ApiError, BotApi};
+use crate::botapi::{jittered, ApiError, BotApi, POLL_MARGIN};
 use crate::clock::now_ms;
 use crate::config::BotSettings;
 use crate::routing::Filter;
 use crate::stats::{self, BotStats};
 use crate::store::{Incoming, Store};
 use crate::update::Update;
+
+/// Extra time the watchdog allows beyond a step's own bound.
+const SLACK: Duration = Duration::from_secs(15);
 
 /// A forward as the poller sees it: which updates it wants, whom to wake.
 pub struct Route {
@@ -70,6 +73,10 @@ impl Poller {
         info!(bot = %name, flavor = %self.bot.flavor, offset = ?offset, "polling");
         loop {
             let started = Instant::now();
+            self.stats
+                .first_poll_started
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.stats.busy_for(now_ms(), timeout + POLL_MARGIN + SLACK);
             let call = self.api.get_updates(
                 offset,
                 timeout,
@@ -79,6 +86,7 @@ impl Poller {
                 _ = shutdown.cancelled() => break,
                 r = call => r,
             };
+            self.stats.poll_latency.observe(started.elapsed());
             let wait = match result {
                 Ok(batch) => {
                     self.record_poll(Ok(batch.len()));
@@ -125,12 +133,17 @@ impl Poller {
                 }
             };
             if !wait.is_zero() {
+                self.stats.busy_for(now_ms(), wait + SLACK);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
+        // A stopped poller is not a stalled one.
+        self.stats
+            .busy_until_ms
+            .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
         debug!(bot = %name, "poller stopped");
     }
 
@@ -144,7 +157,14 @@ impl Poller {
             me = self.api.get_me() => me,
         };
         match me {
-            Ok(me) => info!(bot = %name, "the token belongs to {me}"),
+            Ok(me) => {
+                info!(bot = %name, "the token belongs to {me}");
+                *self
+                    .stats
+                    .identity
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(me.to_string());
+            }
             Err(ApiError::NotImplemented { .. }) => {
                 info!(bot = %name, "the platform does not offer getMe; skipped")
             }
@@ -154,18 +174,24 @@ impl Poller {
     }
 
     fn record_poll(&self, result: Result<usize, &ApiError>) {
+        let now = now_ms();
         let text = match result {
             Ok(n) => {
                 stats::add(&self.stats.polls_ok, 1);
                 stats::add(&self.stats.updates_received, n as u64);
+                self.stats
+                    .last_ok_ms
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+                self.stats.set_state("ok");
                 "ok".to_string()
             }
             Err(e) => {
                 stats::add(&self.stats.polls_failed, 1);
+                self.stats.set_state(e.state());
                 e.to_string()
             }
         };
-        stats::set_last(&self.stats.last_poll, now_ms(), text);
+        stats::set_last(&self.stats.last_poll, now, text);
     }
 
     /// Stores a batch, retrying until it is stored.
@@ -240,6 +266,8 @@ impl Poller {
                     attempt += 1;
                     let wait = Duration::from_secs(1 << attempt.min(5));
                     error!(bot = %name, "cannot store a batch of {} updates: {e}; polling is paused (nothing is confirmed, the platform keeps the updates); retrying in {}s", incoming.len(), wait.as_secs());
+                    self.stats.set_state("store failing");
+                    self.stats.busy_for(now_ms(), wait + SLACK);
                     tokio::select! {
                         _ = shutdown.cancelled() => return Stored::ShuttingDown,
                         _ = tokio::time::sleep(wait) => {}

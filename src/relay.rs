@@ -10,12 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admin::{self, Admin, ForwardHandle};
+use crate::admin::{self, Admin};
 use crate::botapi::BotApi;
 use crate::config::Settings;
 use crate::delivery::Forwarder;
 use crate::poller::{Poller, Route};
 use crate::stats::{BotStats, ForwardStats};
+use crate::status::{BotHandle, ForwardHandle, Observed};
 use crate::store::Store;
 
 /// Runs until `shutdown` is cancelled, then drains in-flight deliveries
@@ -70,8 +71,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             };
             tasks.spawn(forwarder.run(shutdown.clone()));
         }
-        let stats = Arc::new(BotStats::default());
-        bot_stats.push((bot.name.clone(), stats.clone()));
+        let stats = Arc::new(BotStats::new(bot.poll_timeout));
+        bot_stats.push(BotHandle {
+            name: bot.name.clone(),
+            stats: stats.clone(),
+        });
         let poller = Poller {
             bot,
             api,
@@ -81,11 +85,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         };
         tasks.spawn(poller.run(shutdown.clone()));
     }
+    let observed = Arc::new(Observed {
+        store: store.clone(),
+        bots: bot_stats,
+        forwards: handles,
+    });
+    tasks.spawn(crate::notify::run(observed.clone(), shutdown.clone()));
     if let Some(addr) = settings.admin_listen {
         let admin = Admin {
-            store: store.clone(),
-            bots: bot_stats,
-            forwards: handles,
+            relay: observed,
             token: settings.admin_token.clone(),
         };
         let listener = tokio::net::TcpListener::bind(addr)

@@ -1,37 +1,14 @@
-//! Counters the relay keeps about itself, read by the admin API.
+//! Counters and histograms the relay keeps about itself, read by the admin
+//! API (`/status`, `/metrics`) and the systemd notifier.
 //!
 //! Plain atomics shared by `Arc`: the hot path only increments, and readers
-//! take a consistent-enough snapshot for a status page.
+//! take a consistent-enough snapshot for a status page or a scrape.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
-use serde::Serialize;
-
-#[derive(Default)]
-pub struct BotStats {
-    pub updates_received: AtomicU64,
-    /// Updates no forward wanted: counted and dropped.
-    pub updates_unrouted: AtomicU64,
-    pub polls_ok: AtomicU64,
-    pub polls_failed: AtomicU64,
-    /// The last poll's outcome: (ms since the epoch, "ok" or the error).
-    pub last_poll: Mutex<Option<(u64, String)>>,
-}
-
-#[derive(Default)]
-pub struct ForwardStats {
-    pub delivered: AtomicU64,
-    pub failed_attempts: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub stale_dropped: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub replies_ok: AtomicU64,
-    pub replies_failed: AtomicU64,
-    pub replies_ignored: AtomicU64,
-    /// The last failed attempt: (ms since the epoch, error).
-    pub last_error: Mutex<Option<(u64, String)>>,
-}
+use serde::{Deserialize, Serialize};
 
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
@@ -53,8 +30,168 @@ pub fn last(slot: &Mutex<Option<(u64, String)>>) -> Option<(u64, String)> {
     slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// A snapshot of one forward's counters, as the admin API shows it.
-#[derive(Debug, Serialize, serde::Deserialize, Clone, PartialEq)]
+/// A Prometheus-style histogram with fixed bucket bounds (seconds).
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Non-cumulative counts per bucket; the last one is +Inf.
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// Delivery latency: from receipt to a 2xx, milliseconds to a day.
+pub const LATENCY_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+/// getUpdates duration: long polls last up to a minute.
+pub const POLL_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        add(&self.buckets[i], 1);
+        add(&self.count, 1);
+        add(&self.sum_micros, d.as_micros() as u64);
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` lines; `labels` is
+    /// `key="value",…` without braces (may be empty).
+    pub fn render(&self, name: &str, labels: &str, out: &mut String) {
+        use std::fmt::Write;
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, b) in self.bounds.iter().enumerate() {
+            cumulative += get(&self.buckets[i]);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += get(&self.buckets[self.bounds.len()]);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {}",
+            get(&self.sum_micros) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{braces} {}", get(&self.count));
+    }
+}
+
+pub struct BotStats {
+    pub poll_timeout: Duration,
+    pub updates_received: AtomicU64,
+    /// Updates no forward wanted: counted and dropped.
+    pub updates_unrouted: AtomicU64,
+    pub polls_ok: AtomicU64,
+    pub polls_failed: AtomicU64,
+    /// The last poll's outcome: (ms since the epoch, "ok" or the error).
+    pub last_poll: Mutex<Option<(u64, String)>>,
+    /// When a poll last succeeded (ms since the epoch; 0: never).
+    pub last_ok_ms: AtomicU64,
+    /// A short word for the bot's condition: "ok", "webhook is set", …
+    pub state: Mutex<String>,
+    /// `@username (id …)` from getMe.
+    pub identity: Mutex<Option<String>>,
+    pub poll_latency: Histogram,
+    /// Set once the first getUpdates is on its way (systemd READY).
+    pub first_poll_started: AtomicBool,
+    /// The poller's current step should end by this time (ms since the
+    /// epoch): the watchdog's measure of a live poller.
+    pub busy_until_ms: AtomicU64,
+}
+
+impl BotStats {
+    pub fn new(poll_timeout: Duration) -> BotStats {
+        BotStats {
+            poll_timeout,
+            updates_received: AtomicU64::new(0),
+            updates_unrouted: AtomicU64::new(0),
+            polls_ok: AtomicU64::new(0),
+            polls_failed: AtomicU64::new(0),
+            last_poll: Mutex::new(None),
+            last_ok_ms: AtomicU64::new(0),
+            state: Mutex::new("starting".into()),
+            identity: Mutex::new(None),
+            poll_latency: Histogram::new(POLL_BOUNDS),
+            first_poll_started: AtomicBool::new(false),
+            busy_until_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub fn set_state(&self, s: &str) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s.to_string();
+    }
+
+    pub fn state(&self) -> String {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The poller's next step may take up to `d`.
+    pub fn busy_for(&self, now_ms: u64, d: Duration) {
+        self.busy_until_ms.store(
+            now_ms.saturating_add(d.as_millis() as u64),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+pub struct ForwardStats {
+    pub delivered: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub stale_dropped: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub replies_ok: AtomicU64,
+    pub replies_failed: AtomicU64,
+    pub replies_ignored: AtomicU64,
+    /// The last failed attempt: (ms since the epoch, error).
+    pub last_error: Mutex<Option<(u64, String)>>,
+    /// From receipt to a 2xx.
+    pub latency: Histogram,
+}
+
+impl Default for ForwardStats {
+    fn default() -> Self {
+        ForwardStats {
+            delivered: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            stale_dropped: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            replies_ok: AtomicU64::new(0),
+            replies_failed: AtomicU64::new(0),
+            replies_ignored: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            latency: Histogram::new(LATENCY_BOUNDS),
+        }
+    }
+}
+
+/// A snapshot of one forward's counters.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
 pub struct ForwardCounters {
     pub delivered: u64,
     pub failed_attempts: u64,
@@ -78,5 +215,34 @@ impl ForwardStats {
             replies_failed: get(&self.replies_failed),
             replies_ignored: get(&self.replies_ignored),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        h.observe(Duration::from_millis(50));
+        h.observe(Duration::from_millis(500));
+        h.observe(Duration::from_secs(5));
+        let mut out = String::new();
+        h.render("x_seconds", "bot=\"b\"", &mut out);
+        assert!(
+            out.contains("x_seconds_bucket{bot=\"b\",le=\"0.1\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{bot=\"b\",le=\"1\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{bot=\"b\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_seconds_count{bot=\"b\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_sum{bot=\"b\"} 5.55\n"), "{out}");
     }
 }

@@ -243,6 +243,9 @@ impl Forwarder {
             } => {
                 debug!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered");
                 stats::add(&self.stats.delivered, 1);
+                self.stats
+                    .latency
+                    .observe(Duration::from_millis(now.saturating_sub(job.received_ms)));
                 if let Err(e) = self.store.complete(self.fwd_id, job.seq) {
                     // The job stays stored and will be sent again: a duplicate, not a loss.
                     error!(bot = %self.bot, forward = %self.settings.name, "cannot mark update {:?} delivered: {e}", job.update_id);

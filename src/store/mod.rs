@@ -281,6 +281,29 @@ impl Store {
             .count()
     }
 
+    /// When the forward's oldest waiting update was received (ms since the
+    /// epoch), if it has any.
+    pub fn oldest(&self, fwd: u32) -> Result<Option<u64>, StoreError> {
+        match self
+            .tree
+            .range(key(JOB, fwd, 0)..=key(JOB, fwd, u64::MAX))
+            .next()
+        {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some(record::decode(&k, &v)?.received_ms))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the database still takes writes (for readiness).
+    pub fn writable(&self) -> bool {
+        self.tree
+            .insert(b"m/probe", &crate::clock::now_ms().to_be_bytes()[..])
+            .is_ok()
+    }
+
     /// The job is done. Not flushed on its own: losing a completion to a
     /// crash only means one duplicate delivery.
     pub fn complete(&self, fwd: u32, seq: u64) -> Result<(), StoreError> {

@@ -1,12 +1,14 @@
 //! pollhook's integration tests: the real binary against a fake Bot API and
 //! a recording backend, all on 127.0.0.1.
 
+mod alerts;
 mod api_errors;
 mod common;
 mod crash;
 mod dead_letters;
 mod delivery;
 mod lifecycle;
+mod operations;
 mod platforms;
 mod replies;
 mod rig;

@@ -1,0 +1,258 @@
+//! What the relay is doing, in one snapshot: served as `/status`, printed by
+//! `pollhook status`, rendered as `/metrics`, summed up for systemd.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::now_ms;
+use crate::stats::{self, BotStats, ForwardCounters, ForwardStats};
+use crate::store::Store;
+
+/// A running bot as the status side sees it.
+pub struct BotHandle {
+    pub name: String,
+    pub stats: Arc<BotStats>,
+}
+
+/// A running forward as the status side sees it.
+pub struct ForwardHandle {
+    pub bot: String,
+    pub name: String,
+    pub id: u32,
+    pub wake: Arc<tokio::sync::Notify>,
+    pub stats: Arc<ForwardStats>,
+}
+
+/// Everything there is to observe of a running relay.
+pub struct Observed {
+    pub store: Arc<Store>,
+    pub bots: Vec<BotHandle>,
+    pub forwards: Vec<ForwardHandle>,
+}
+
+impl Observed {
+    pub fn snapshot(&self) -> Snapshot {
+        snapshot(&self.store, &self.bots, &self.forwards)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub bots: Vec<BotStatus>,
+    pub forwards: Vec<ForwardStatus>,
+    pub store_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BotStatus {
+    pub bot: String,
+    /// `@username (id …)`, once getMe answered.
+    pub identity: Option<String>,
+    /// "ok", "webhook is set", "another poller", "token rejected", …
+    pub state: String,
+    pub offset: Option<i64>,
+    pub last_poll_at: Option<String>,
+    pub last_poll_result: Option<String>,
+    pub last_ok_at: Option<String>,
+    pub updates_received: u64,
+    pub updates_unrouted: u64,
+    pub polls_ok: u64,
+    pub polls_failed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForwardStatus {
+    pub bot: String,
+    pub forward: String,
+    pub queue_depth: u64,
+    pub oldest_pending_age_seconds: Option<f64>,
+    pub dead_letters: u64,
+    pub last_error: Option<String>,
+    pub counters: ForwardCounters,
+}
+
+pub fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub fn snapshot(store: &Store, bots: &[BotHandle], forwards: &[ForwardHandle]) -> Snapshot {
+    let now = now_ms();
+    let bots = bots
+        .iter()
+        .map(|b| {
+            let s = &b.stats;
+            let last = stats::last(&s.last_poll);
+            let last_ok = stats::get(&s.last_ok_ms);
+            BotStatus {
+                bot: b.name.clone(),
+                identity: s.identity.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                state: s.state(),
+                offset: store.offset(&b.name).ok().flatten(),
+                last_poll_at: last.as_ref().map(|(t, _)| time(*t)),
+                last_poll_result: last.map(|(_, r)| r),
+                last_ok_at: (last_ok > 0).then(|| time(last_ok)),
+                updates_received: stats::get(&s.updates_received),
+                updates_unrouted: stats::get(&s.updates_unrouted),
+                polls_ok: stats::get(&s.polls_ok),
+                polls_failed: stats::get(&s.polls_failed),
+            }
+        })
+        .collect();
+    let forwards = forwards
+        .iter()
+        .map(|f| ForwardStatus {
+            bot: f.bot.clone(),
+            forward: f.name.clone(),
+            queue_depth: store.depth(f.id) as u64,
+            oldest_pending_age_seconds: store
+                .oldest(f.id)
+                .ok()
+                .flatten()
+                .map(|ms| now.saturating_sub(ms) as f64 / 1000.0),
+            dead_letters: store.dead_count(f.id) as u64,
+            last_error: stats::last(&f.stats.last_error).map(|(t, e)| format!("{} {e}", time(t))),
+            counters: f.stats.snapshot(),
+        })
+        .collect();
+    Snapshot {
+        bots,
+        forwards,
+        store_bytes: store.size_on_disk().unwrap_or(0),
+    }
+}
+
+/// Ready: every bot polled successfully within twice its poll timeout.
+/// Returns the bots that are not, with why.
+pub fn unready(bots: &[BotHandle]) -> Vec<String> {
+    let now = now_ms();
+    bots.iter()
+        .filter_map(|b| {
+            let last_ok = stats::get(&b.stats.last_ok_ms);
+            let limit = 2 * b.stats.poll_timeout.as_millis() as u64;
+            if last_ok == 0 {
+                Some(format!(
+                    "{}: no successful poll yet ({})",
+                    b.name,
+                    b.stats.state()
+                ))
+            } else if now.saturating_sub(last_ok) > limit {
+                Some(format!(
+                    "{}: last successful poll {}s ago ({})",
+                    b.name,
+                    now.saturating_sub(last_ok) / 1000,
+                    b.stats.state()
+                ))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// One line for systemd's STATUS=: "3 bots, queue 12, 0 dead".
+pub fn summary(s: &Snapshot) -> String {
+    let queue: u64 = s.forwards.iter().map(|f| f.queue_depth).sum();
+    let dead: u64 = s.forwards.iter().map(|f| f.dead_letters).sum();
+    let troubled: Vec<&str> = s
+        .bots
+        .iter()
+        .filter(|b| b.state != "ok")
+        .map(|b| b.bot.as_str())
+        .collect();
+    let mut line = format!("{} bots, queue {queue}, {dead} dead", s.bots.len());
+    if !troubled.is_empty() {
+        line.push_str(&format!("; not ok: {}", troubled.join(", ")));
+    }
+    line
+}
+
+/// `pollhook status`: asks a running relay's admin API for its snapshot.
+pub async fn fetch(
+    admin: Option<std::net::SocketAddr>,
+    token: Option<secrecy::SecretString>,
+) -> Result<Snapshot, String> {
+    use secrecy::ExposeSecret;
+    let addr = admin
+        .ok_or("the configuration has no admin.listen, so a running pollhook cannot be asked")?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut request = client.get(format!("http://{addr}/status"));
+    if let Some(t) = &token {
+        request = request.bearer_auth(t.expose_secret());
+    }
+    let response = request.send().await.map_err(|e| {
+        format!(
+            "the admin API at {addr} does not answer ({}); is pollhook running?",
+            crate::botapi::error_chain(&e)
+        )
+    })?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "the admin API at {addr} answered {}",
+            response.status()
+        ));
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| format!("unreadable status: {e}"))
+}
+
+/// `pollhook status`: the snapshot as tables for a person.
+pub fn render_table(s: &Snapshot) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<14} {:<32} {:<18} {:>12} {:>10}  LAST POLL",
+        "BOT", "IDENTITY", "STATE", "OFFSET", "RECEIVED"
+    );
+    for b in &s.bots {
+        let _ = writeln!(
+            out,
+            "{:<14} {:<32} {:<18} {:>12} {:>10}  {}",
+            b.bot,
+            b.identity.as_deref().unwrap_or("-"),
+            b.state,
+            b.offset.map_or("-".into(), |o| o.to_string()),
+            b.updates_received,
+            match (&b.last_poll_at, &b.last_poll_result) {
+                (Some(t), Some(r)) => format!("{t} {r}"),
+                _ => "-".into(),
+            }
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<14} {:<24} {:>8} {:>10} {:>9} {:>6} {:>10}  LAST ERROR",
+        "BOT", "FORWARD", "QUEUE", "OLDEST", "IN FLIGHT", "DEAD", "DELIVERED"
+    );
+    for f in &s.forwards {
+        let _ = writeln!(
+            out,
+            "{:<14} {:<24} {:>8} {:>10} {:>9} {:>6} {:>10}  {}",
+            f.bot,
+            f.forward,
+            f.queue_depth,
+            f.oldest_pending_age_seconds
+                .map_or("-".into(), |a| format!("{a:.0}s")),
+            f.counters.in_flight,
+            f.dead_letters,
+            f.counters.delivered,
+            f.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "store: {:.1} MiB on disk; {}",
+        s.store_bytes as f64 / 1048576.0,
+        summary(s)
+    );
+    out
+}

@@ -1,0 +1,128 @@
+//! The example Prometheus alert rules in docs/alerts: valid for promtool, and
+//! written only against metrics a running pollhook really exports.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::*;
+
+fn rules_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/alerts/pollhook-rules.yml")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_pass_promtool() {
+    let rules = rules_path();
+    let output = match Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // CI installs promtool; a developer's machine may not have it.
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("promtool is not on PATH, and CI must check the alert rules with it");
+            }
+            eprintln!(
+                "note: promtool is not on PATH; {} not checked",
+                rules.display()
+            );
+            return;
+        }
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    assert!(
+        output.status.success(),
+        "promtool check rules {} failed:\n{}{}",
+        rules.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every `pollhook_…` metric name the rules file mentions.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    let mut before: Option<char> = None;
+    while let Some(at) = rest.find("pollhook_") {
+        // A name starts at a word boundary: not inside `xpollhook_…`.
+        let prev = rest[..at].chars().next_back().or(before);
+        let tail = &rest[at..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        if !prev.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            names.insert(tail[..len].to_string());
+        }
+        before = tail[..len].chars().next_back();
+        rest = &tail[len..];
+    }
+    names
+}
+
+/// Whether the scrape declares `name`, directly or as a histogram's
+/// `_bucket`, `_sum` or `_count` series.
+fn exported(scrape: &str, name: &str) -> bool {
+    let declared = |n: &str, kind: Option<&str>| {
+        scrape.lines().any(|line| {
+            let mut words = line.split_whitespace();
+            words.next() == Some("#")
+                && words.next() == Some("TYPE")
+                && words.next() == Some(n)
+                && kind.is_none_or(|k| words.next() == Some(k))
+        })
+    };
+    declared(name, None)
+        || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .is_some_and(|base| declared(base, Some("histogram")))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_only_use_metrics_pollhook_exports() {
+    let rules = std::fs::read_to_string(rules_path()).expect("the rules file is readable");
+    let used = metric_names(&rules);
+    assert!(
+        used.len() >= 6,
+        "the scan found too few metric names in the rules file: {used:?}"
+    );
+
+    let setup = Setup::new().await;
+    let port = free_port();
+    let config = setup.config_full(&format!("[admin]\nlisten = \"127.0.0.1:{port}\""), "", "");
+    let mut relay = setup.spawn(&config);
+    relay.wait_log("admin API on", LONG).await;
+    // One delivered update, so every per-bot and per-forward series exists.
+    setup.api.push_message(TOKEN, 1, 1, "x");
+    setup.backend.wait_accepted(1, LONG).await;
+
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("the admin API answers /metrics");
+    assert_eq!(response.status(), 200);
+    let scrape = response.text().await.expect("a /metrics body");
+
+    let missing: Vec<&String> = used.iter().filter(|n| !exported(&scrape, n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the alert rules use metrics pollhook does not export: {missing:?}\n/metrics:\n{scrape}"
+    );
+    assert_no_token(&relay.logs());
+}
+
+#[test]
+fn metric_names_finds_whole_names_only() {
+    let text = "expr: rate(pollhook_a_total[5m]) > 0 and xpollhook_b\n# pollhook_c_bucket";
+    let names: Vec<String> = metric_names(text).into_iter().collect();
+    assert_eq!(names, ["pollhook_a_total", "pollhook_c_bucket"]);
+    let scrape = "# TYPE pollhook_c histogram\n# TYPE pollhook_a_total counter\n";
+    assert!(exported(scrape, "pollhook_a_total"));
+    assert!(exported(scrape, "pollhook_c_bucket"));
+    assert!(!exported(scrape, "pollhook_a"));
+    assert!(!exported(scrape, "pollhook_a_total_count"));
+}

@@ -1,0 +1,505 @@
+//! Running pollhook as a service: the admin API, `pollhook status`, systemd
+//! notifications, logs, signals, the unit file and the package.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+use crate::rig::{Relay, Reply};
+
+fn admin_config(setup: &Setup, port: u16) -> std::path::PathBuf {
+    setup.config_full(&format!("[admin]\nlisten = \"127.0.0.1:{port}\""), "", "")
+}
+
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Waits until `path` answers `code`; returns the body.
+async fn wait_status(port: u16, path: &str, code: u16) -> String {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let (c, body) = get(port, path).await;
+        if c == code {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} still answers {c}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of one series in a Prometheus text scrape.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_health_readiness_status_and_metrics() {
+    let setup = Setup::new().await;
+    let port = free_port();
+    let config = admin_config(&setup, port);
+    let mut relay = setup.spawn(&config);
+    relay.wait_log("admin API on", LONG).await;
+    assert_eq!(get(port, "/healthz").await, (200, "ok\n".into()));
+    for id in 1..=3 {
+        setup.api.push_message(TOKEN, id, id, "m");
+    }
+    setup.backend.wait_accepted(3, LONG).await;
+    wait_status(port, "/readyz", 200).await;
+
+    let (code, metrics) = get(port, "/metrics").await;
+    assert_eq!(code, 200);
+    let l = "{bot=\"main\",forward=\"app\"}";
+    assert_eq!(
+        sample(&metrics, &format!("pollhook_updates_delivered_total{l}")),
+        3.0
+    );
+    assert_eq!(sample(&metrics, &format!("pollhook_queue_depth{l}")), 0.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("pollhook_delivery_latency_seconds_count{l}")
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(&metrics, "pollhook_updates_received_total{bot=\"main\"}"),
+        3.0
+    );
+    assert_eq!(sample(&metrics, "pollhook_bot_up{bot=\"main\"}"), 1.0);
+    assert!(sample(&metrics, "pollhook_store_size_bytes") > 0.0);
+    for name in [
+        "pollhook_poll_duration_seconds",
+        "pollhook_delivery_latency_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} histogram")),
+            "{name}"
+        );
+    }
+
+    // A backlog shows as depth and age.
+    setup.backend.set_reply(Reply::Status(503));
+    setup.api.push_message(TOKEN, 4, 4, "stuck");
+    wait_until("a failed attempt", LONG, || {
+        setup.backend.received().len() >= 5
+    })
+    .await;
+    let (_, metrics) = get(port, "/metrics").await;
+    assert_eq!(sample(&metrics, &format!("pollhook_queue_depth{l}")), 1.0);
+    assert!(sample(&metrics, &format!("pollhook_delivery_failures_total{l}")) >= 1.0);
+
+    // pollhook status, as a table and as JSON.
+    let cfg = config.to_str().unwrap();
+    let (ok, table, err) = pollhook_async(&["status", "--config", cfg]).await;
+    assert!(ok, "{err}");
+    assert!(table.contains("@test_bot (id 123456789)"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("main") && l.contains("app") && l.contains("HTTP 503")),
+        "{table}"
+    );
+    assert!(table.contains("1 bots, queue 1, 0 dead"), "{table}");
+    let (ok, json, _) = pollhook_async(&["status", "--config", cfg, "--json"]).await;
+    assert!(ok);
+    let snap: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(snap["bots"][0]["state"], "ok");
+    assert_eq!(snap["bots"][0]["offset"], 5);
+    assert_eq!(snap["forwards"][0]["queue_depth"], 1);
+    assert!(
+        snap["forwards"][0]["oldest_pending_age_seconds"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
+
+    // A webhook set on the platform: the state says so and /readyz fails.
+    setup
+        .api
+        .set_webhook(TOKEN, Some("https://example.invalid/hook"));
+    wait_until("the webhook state", LONG, || {
+        relay.logs().contains("a webhook is set")
+    })
+    .await;
+    let (_, json, _) = pollhook_async(&["status", "--config", cfg, "--json"]).await;
+    let snap: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(snap["bots"][0]["state"], "webhook is set");
+    // Not ready once no poll succeeded for twice the poll timeout (2 s).
+    let why = wait_status(port, "/readyz", 503).await;
+    assert!(
+        why.contains("main") && why.contains("webhook is set"),
+        "{why}"
+    );
+    assert_no_token(&relay.logs());
+    assert!(!json.contains(TOKEN.split(':').nth(1).unwrap()));
+}
+
+/// A stand-in for systemd's notification socket.
+struct NotifySocket {
+    sock: UnixDatagram,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifySocket {
+            sock,
+            _dir: dir,
+            path,
+        }
+    }
+
+    /// Messages received within `within`, until one contains `until`.
+    fn read_until(&self, until: &str, within: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + within;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = msg.contains(until);
+                got.push(msg);
+                if done {
+                    return got;
+                }
+            }
+        }
+        panic!("no {until:?} from pollhook within {within:?}; got {got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_after_the_first_poll_then_status_watchdog_and_stopping() {
+    let setup = Setup::new().await;
+    // Hold the first getUpdates so READY can be checked against it.
+    setup
+        .api
+        .inject(TOKEN, crate::rig::Fault::Hang(Duration::from_millis(1500)));
+    let notify = NotifySocket::new();
+    let config = setup.config("", "");
+    let path = notify.path.to_str().unwrap().to_string();
+    let mut relay = Relay::spawn(
+        &config,
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "1000000")],
+    );
+    let sock = std::sync::Arc::new(notify);
+    let reader = sock.clone();
+    let ready = tokio::task::spawn_blocking(move || reader.read_until("READY=1", LONG))
+        .await
+        .unwrap();
+    let polls = setup.api.get_updates_calls(TOKEN);
+    assert!(!polls.is_empty(), "READY=1 came before any getUpdates");
+    assert!(
+        ready
+            .last()
+            .unwrap()
+            .contains("STATUS=1 bots, queue 0, 0 dead"),
+        "{ready:?}"
+    );
+    let reader = sock.clone();
+    let pings = tokio::task::spawn_blocking(move || {
+        reader.read_until("WATCHDOG=1", Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    assert!(pings.iter().any(|m| m.contains("WATCHDOG=1")));
+    relay.sigterm();
+    let reader = sock.clone();
+    tokio::task::spawn_blocking(move || reader.read_until("STOPPING=1", LONG))
+        .await
+        .unwrap();
+    assert!(relay.wait_exit(LONG).await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let setup = Setup::new().await;
+    let config = setup.config("", "");
+    let log = setup.path().join("json.log");
+    let mut relay = Relay::spawn_args(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "info")],
+        &log,
+    );
+    setup.api.push_message(TOKEN, 1, 1, "x");
+    setup.backend.wait_accepted(1, LONG).await;
+    relay.wait_log("the token belongs to", LONG).await;
+    relay.sigterm();
+    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    let logs = relay.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| !l.starts_with("==== rig"))
+        .collect();
+    assert!(lines.len() >= 3, "{logs}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"bot\":\"main\"")),
+        "fields are kept: {logs}"
+    );
+    assert_no_token(&logs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_and_loses_nothing() {
+    let setup = Setup::new().await;
+    setup.backend.set_reply(Reply::Hang);
+    let config = setup
+        .config_full("shutdown_timeout = \"60s\"", "", "")
+        .to_path_buf();
+    // shutdown_timeout appears twice now; keep the long one.
+    let text =
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replacen("shutdown_timeout = \"5s\"\n", "", 1);
+    std::fs::write(&config, text).unwrap();
+    let mut relay = setup.spawn(&config);
+    for id in 1..=5 {
+        setup.api.push_message(TOKEN, id, id, "hangs");
+    }
+    setup.backend.wait_received(5, LONG).await;
+    relay.sigterm();
+    relay
+        .wait_log("waiting for deliveries in flight", LONG)
+        .await;
+    assert!(
+        relay.wait_exit(Duration::from_millis(500)).await.is_none(),
+        "the first SIGTERM waits for in-flight requests"
+    );
+    relay.sigterm();
+    let status = relay
+        .wait_exit(Duration::from_secs(3))
+        .await
+        .expect("a second SIGTERM stops at once");
+    assert!(!status.success());
+    setup.backend.set_reply(Reply::Ok);
+    let _relay = setup.spawn(&config);
+    wait_until("every update after the restart", LONG, || {
+        distinct_ids(&setup.backend.accepted()).len() == 5
+    })
+    .await;
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let (ok, bash, _) = pollhook(&["completions", "bash"]);
+    assert!(ok);
+    assert!(
+        bash.contains("pollhook") && bash.contains("check-config") && bash.contains("dlq"),
+        "{bash}"
+    );
+    let (ok, zsh, _) = pollhook(&["completions", "zsh"]);
+    assert!(ok && zsh.contains("#compdef pollhook"));
+    let (ok, man, _) = pollhook(&["manpage"]);
+    assert!(ok);
+    assert!(
+        man.contains(".TH pollhook") && man.contains("check\\-config"),
+        "{man}"
+    );
+}
+
+#[test]
+fn the_example_config_is_valid_with_systemd_credentials() {
+    let creds = tempfile::tempdir().unwrap();
+    for (name, value) in [
+        ("support-token", "4242:AAexample-token-secret"),
+        ("support-signing-secret", SECRET),
+        ("support-secret-token", "example_secret-token"),
+    ] {
+        std::fs::write(creds.path().join(name), value).unwrap();
+    }
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pollhook.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_pollhook"))
+        .args(["check-config", "--config", example.to_str().unwrap()])
+        .env("CREDENTIALS_DIRECTORY", creds.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4242:****") && !stdout.contains("AAexample"),
+        "{stdout}"
+    );
+    // Without systemd's credentials directory the error says what to do.
+    let out = Command::new(env!("CARGO_BIN_EXE_pollhook"))
+        .args(["check-config", "--config", example.to_str().unwrap()])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("bot[0].token_credential: $CREDENTIALS_DIRECTORY is not set"),
+        "{stderr}"
+    );
+}
+
+/// A tool CI installs; a developer machine may lack it.
+fn tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is missing on CI; .ci/run installs it"
+        );
+        eprintln!("skipped: {name} is not installed");
+    }
+    found
+}
+
+#[test]
+fn the_unit_is_hardened_and_verifies() {
+    if !tool("systemd-analyze") {
+        return;
+    }
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/pollhook.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for pollhook.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score in:\n{text}"));
+    eprintln!("systemd-analyze security: {score}");
+    assert!(score <= 2.0, "exposure {score} is above 2.0:\n{text}");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let complaints: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains("/usr/bin/pollhook"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "systemd-analyze verify: {complaints:?}"
+    );
+}
+
+#[test]
+fn the_package_holds_binary_unit_config_man_page_and_keeps_state() {
+    if !tool("cargo-deb") || !tool("dpkg-deb") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("packaging/build-deb.sh"))
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-deb.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = std::fs::read_dir(root.join("target/debian"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("a .deb was built");
+    let list = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for path in [
+        "./usr/bin/pollhook",
+        "./lib/systemd/system/pollhook.service",
+        "./etc/pollhook/pollhook.toml",
+        "./usr/share/man/man1/pollhook.1.gz",
+        "./usr/share/bash-completion/completions/pollhook",
+        "./usr/share/doc/pollhook/operations.md",
+    ] {
+        assert!(
+            list.lines().any(|l| l.ends_with(path)),
+            "{path} missing from the package:\n{list}"
+        );
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ctrl = Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(work.path())
+        .status()
+        .unwrap();
+    assert!(ctrl.success());
+    let conffiles = std::fs::read_to_string(work.path().join("conffiles")).unwrap();
+    assert!(
+        conffiles.contains("/etc/pollhook/pollhook.toml"),
+        "the config is a conffile: {conffiles}"
+    );
+    let postinst = std::fs::read_to_string(work.path().join("postinst")).unwrap_or_default();
+    let postrm = std::fs::read_to_string(work.path().join("postrm")).unwrap_or_default();
+    assert!(
+        postinst.contains("try-restart") || postinst.contains("restart"),
+        "an upgrade restarts the service:\n{postinst}"
+    );
+    assert!(
+        !postrm.contains("/var/lib"),
+        "removing must keep the state:\n{postrm}"
+    );
+    // The packaged example holds no secrets.
+    let example = std::fs::read_to_string(root.join("config/pollhook.example.toml")).unwrap();
+    let real_secret = |l: &str| {
+        l.split("whsec_")
+            .skip(1)
+            .any(|r| r.starts_with(|c: char| c.is_ascii_alphanumeric()))
+    };
+    assert!(
+        !example
+            .lines()
+            .any(|l| l.trim_start().starts_with("token =") || real_secret(l)),
+        "{example}"
+    );
+}
