@@ -90,8 +90,11 @@ impl ApiError {
             Duration::from_secs(base.saturating_mul(1 << exp).min(cap))
         };
         match self {
-            // A retry_after of 0 must not turn into a tight loop.
-            ApiError::RateLimited { retry_after } => (*retry_after).max(Duration::from_secs(1)),
+            // A retry_after of 0 must not turn into a tight loop, nor a
+            // huge one park the bot for days.
+            ApiError::RateLimited { retry_after } => {
+                (*retry_after).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+            }
             ApiError::OtherPoller { .. } | ApiError::WebhookSet { .. } => doubling(5, 60),
             ApiError::BadToken { .. } => doubling(60, 600),
             ApiError::Rejected { .. } | ApiError::NotImplemented { .. } => doubling(30, 300),

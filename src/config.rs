@@ -706,8 +706,10 @@ fn validate_forward(
             format!("{text:?}: scheme {:?} is not http or https", url.scheme()),
         ));
     }
-    // Without a name the URL is the identity, so the queue follows the URL.
-    let name = rf.name.unwrap_or_else(|| url.to_string());
+    // Without a name the URL is the identity, so the queue follows the URL;
+    // not its password or query, which may hold secrets and would show in
+    // every log line and in `pollhook dlq`.
+    let name = rf.name.unwrap_or_else(|| display_url(&url));
     if name.trim().is_empty() {
         return Err(ctx.err(format!("{prefix}.name"), "must not be empty"));
     }
@@ -775,7 +777,7 @@ fn validate_forward(
             list.into_iter()
                 .map(|c| match c {
                     RawChatId::Int(n) => n.to_string(),
-                    RawChatId::Text(s) => s,
+                    RawChatId::Text(s) => crate::update::chat_key(s),
                 })
                 .collect()
         }),
@@ -902,7 +904,7 @@ impl fmt::Display for Settings {
                 None => writeln!(f, "  allowed_updates: (platform default)")?,
             }
             for fw in &b.forwards {
-                writeln!(f, "  forward {:?} -> {}", fw.name, fw.url)?;
+                writeln!(f, "  forward {:?} -> {}", fw.name, display_url(&fw.url))?;
                 let keys = if fw.signing_keys.is_empty() {
                     "(none: requests are NOT signed)".to_string()
                 } else {
@@ -935,6 +937,19 @@ impl fmt::Display for Settings {
         }
         Ok(())
     }
+}
+
+/// A URL fit for logs and listings: no password, no query values.
+pub fn display_url(url: &Url) -> String {
+    let mut u = url.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("****"));
+    }
+    if u.query().is_some() {
+        u.set_query(Some("…"));
+    }
+    u.set_fragment(None);
+    u.to_string()
 }
 
 /// Shows only the bot id part of a token (`123456:****`), which identifies

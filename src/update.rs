@@ -71,11 +71,29 @@ enum Id {
 impl Id {
     fn key(self) -> Option<String> {
         match self {
+            // UUIDs are case-insensitive; one chat must map to one lane.
             Id::Int(n) => Some(n.to_string()),
-            Id::Text(s) if !s.is_empty() => Some(s),
+            Id::Text(s) if !s.is_empty() => Some(chat_key(s)),
             _ => None,
         }
     }
+}
+
+/// A chat id as lanes and filters compare it (UUIDs lower-cased).
+pub fn chat_key(id: String) -> String {
+    if looks_like_uuid(&id) {
+        id.to_ascii_lowercase()
+    } else {
+        id
+    }
+}
+
+fn looks_like_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 #[derive(Deserialize)]
@@ -141,7 +159,12 @@ impl Update {
         let update_id = fields
             .iter()
             .find(|(k, _)| k == "update_id")
-            .and_then(|(_, v)| serde_json::from_str::<i64>(v.get()).ok())
+            .and_then(|(_, v)| match serde_json::from_str::<Id>(v.get()).ok()? {
+                // MPChat may send ids as decimal strings.
+                Id::Int(n) => Some(n),
+                Id::Text(s) => s.trim().parse().ok(),
+                Id::Other(_) => None,
+            })
             .ok_or(ParseError::NoUpdateId)?;
         // The kind is the body field: the first field, in the document's
         // order, whose value is an object; a platform's extra top-level
@@ -265,6 +288,22 @@ mod tests {
         );
         let z = parse(r#"{"update_id":13,"zzz":{"chat":{"id":2}},"aaa":{"x":1}}"#).unwrap();
         assert_eq!(z.kind, "zzz", "document order, not alphabetical");
+    }
+
+    #[test]
+    fn string_update_ids_and_uuid_case() {
+        let u = parse(r#"{"update_id":"77","message":{"chat":{"id":"0B7E8F3A-6F5C-4F7A-9D1E-2C3B4A5D6E7F"}}}"#).unwrap();
+        assert_eq!(u.update_id, Some(77));
+        assert_eq!(
+            u.lane,
+            Lane::Chat("0b7e8f3a-6f5c-4f7a-9d1e-2c3b4a5d6e7f".into())
+        );
+        let other = parse(r#"{"update_id":1,"message":{"chat":{"id":"Alice"}}}"#).unwrap();
+        assert_eq!(
+            other.lane,
+            Lane::Chat("Alice".into()),
+            "only UUIDs are case-folded"
+        );
     }
 
     #[test]

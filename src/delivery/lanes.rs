@@ -172,6 +172,7 @@ mod tests {
             seq,
             id_seq: seq,
             dead_at_ms: 0,
+            replayed_ms: 0,
             attempts: 0,
             next_at_ms: 0,
             received_ms: 0,

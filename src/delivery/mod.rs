@@ -73,7 +73,7 @@ impl Forwarder {
         let mut lanes = Lanes::default();
         let mut inflight = InFlight::default();
         let mut refill = true;
-        info!(bot = %self.bot, forward = %self.settings.name, url = %redacted(&self.settings.url), "delivering");
+        info!(bot = %self.bot, forward = %self.settings.name, url = %crate::config::display_url(&self.settings.url), "delivering");
         loop {
             if refill || lanes.loaded() < WINDOW / 2 {
                 self.refill(&mut lanes);
@@ -167,6 +167,8 @@ impl Forwarder {
     /// forward asks for that. Returns whether the job was taken care of.
     fn expire_if_stale(&self, key: &str, job: &Job, lanes: &mut Lanes) -> bool {
         if self.settings.stale == StalePolicy::Deliver
+            // An operator who replays a stale update wants it delivered.
+            || job.replayed_ms != 0
             || !stale::is_stale(&job.kind, job.received_ms, now_ms())
         {
             return false;
@@ -269,7 +271,7 @@ impl Forwarder {
                 if self
                     .settings
                     .retry
-                    .exhausted(job.attempts, job.received_ms, now)
+                    .exhausted(job.attempts, job.age_base_ms(), now)
                 {
                     self.bury(&job);
                     lanes.finish(&key, now);
@@ -334,9 +336,8 @@ impl Forwarder {
                             break;
                         }
                         let wait = match &e {
-                            ApiError::RateLimited { retry_after } => {
-                                (*retry_after).max(Duration::from_secs(1))
-                            }
+                            ApiError::RateLimited { retry_after } => (*retry_after)
+                                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
                             _ => Duration::from_secs(1 << (attempt - 1)),
                         };
                         tokio::time::sleep(wait).await;
@@ -382,13 +383,4 @@ fn reply_retryable(e: &ApiError) -> bool {
         e,
         ApiError::Rejected { .. } | ApiError::NotImplemented { .. } | ApiError::BadToken { .. }
     )
-}
-
-/// A URL for logs: without any password it may carry.
-pub fn redacted(url: &url::Url) -> String {
-    let mut u = url.clone();
-    if u.password().is_some() {
-        let _ = u.set_password(Some("****"));
-    }
-    u.to_string()
 }

@@ -58,11 +58,21 @@ pub struct Job {
     pub received_ms: u64,
     /// When it became a dead letter (0 while it is a live job).
     pub dead_at_ms: u64,
+    /// When an operator last replayed it (0: never). Ages for giving up
+    /// count from here, so a replay gets a fresh chance.
+    pub replayed_ms: u64,
     pub update_id: Option<i64>,
     pub kind: String,
     pub lane: Lane,
     pub last_error: String,
     pub payload: Bytes,
+}
+
+impl Job {
+    /// What `max_age` counts from: receipt, or the last replay.
+    pub fn age_base_ms(&self) -> u64 {
+        self.received_ms.max(self.replayed_ms)
+    }
 }
 
 /// An update ready to be stored, with the forwards that want it.
@@ -366,18 +376,21 @@ impl Store {
     /// end (so the dispatcher finds it) that keeps its webhook-id. Flushed
     /// before it returns, like any append.
     pub async fn replay(&self, fwd: u32, seq: u64) -> Result<bool, StoreError> {
-        let Some(v) = self.tree.get(key(DEAD, fwd, seq))? else {
-            return Ok(false);
-        };
-        let old = record::decode(&key(DEAD, fwd, seq), &v)?;
         let new_seq = {
+            // Under the append lock, which `drop_dead` takes too: two
+            // replays, or a replay and a drop, cannot both act on one letter.
             let _order = self.append_order.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(v) = self.tree.get(key(DEAD, fwd, seq))? else {
+                return Ok(false);
+            };
+            let old = record::decode(&key(DEAD, fwd, seq), &v)?;
             let new_seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
             let job = Job {
                 seq: new_seq,
                 attempts: 0,
                 next_at_ms: 0,
                 dead_at_ms: 0,
+                replayed_ms: crate::clock::now_ms(),
                 last_error: String::new(),
                 ..old
             };
@@ -395,7 +408,10 @@ impl Store {
 
     /// Forgets a dead letter for good.
     pub async fn drop_dead(&self, fwd: u32, seq: u64) -> Result<bool, StoreError> {
-        let existed = self.tree.remove(key(DEAD, fwd, seq))?.is_some();
+        let existed = {
+            let _order = self.append_order.lock().unwrap_or_else(|e| e.into_inner());
+            self.tree.remove(key(DEAD, fwd, seq))?.is_some()
+        };
         self.db.flush_async().await?;
         Ok(existed)
     }
@@ -618,6 +634,7 @@ mod tests {
             next_at_ms: 0,
             received_ms: 0,
             dead_at_ms: 0,
+            replayed_ms: 0,
             update_id: None,
             kind: String::new(),
             lane: Lane::Alone,

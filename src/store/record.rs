@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! version u8 | attempts u32 | next_at u64 | received u64 | update_id i64
-//! | id_seq u64 | dead_at u64
+//! | id_seq u64 | dead_at u64 | replayed u64
 //! | kind: u16 len + bytes | lane: u16 len + bytes | last_error: u16 len + bytes
 //! | payload (the rest)
 //! ```
@@ -69,6 +69,7 @@ pub fn encode(j: &Job) -> Vec<u8> {
     out.extend_from_slice(&j.update_id.unwrap_or(NO_UPDATE_ID).to_be_bytes());
     out.extend_from_slice(&j.id_seq.to_be_bytes());
     out.extend_from_slice(&j.dead_at_ms.to_be_bytes());
+    out.extend_from_slice(&j.replayed_ms.to_be_bytes());
     put_str(&mut out, &j.kind);
     put_str(&mut out, &lane);
     put_str(&mut out, &j.last_error);
@@ -85,6 +86,7 @@ pub fn new_job(u: &Update, seq: u64, received_ms: u64) -> Job {
         next_at_ms: 0,
         received_ms,
         dead_at_ms: 0,
+        replayed_ms: 0,
         update_id: u.update_id,
         kind: u.kind.clone(),
         lane: u.lane.clone(),
@@ -134,6 +136,7 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<Job, StoreError> {
         update_id: Some(r.u64()? as i64).filter(|id| *id != NO_UPDATE_ID),
         id_seq: r.u64()?,
         dead_at_ms: r.u64()?,
+        replayed_ms: r.u64()?,
         kind: r.string()?,
         lane: Lane::decode(&r.string()?),
         last_error: r.string()?,
@@ -154,6 +157,7 @@ mod tests {
             next_at_ms: 5,
             received_ms: 6,
             dead_at_ms: 7,
+            replayed_ms: 8,
             update_id: Some(-8),
             kind: "message".into(),
             lane: Lane::Chat("c".into()),
@@ -178,7 +182,7 @@ mod tests {
         assert!(decode(&key(b'j', 1, 1), &[9; 60]).is_err());
         assert!(decode(b"short", &[]).is_err());
         let mut long_len = vec![1u8];
-        long_len.extend_from_slice(&[0; 44]);
+        long_len.extend_from_slice(&[0; 52]);
         long_len.extend_from_slice(&[0xff, 0xff]);
         assert!(decode(&key(b'j', 1, 1), &long_len).is_err());
     }

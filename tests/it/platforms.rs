@@ -60,6 +60,10 @@ pub async fn normal_flow(f: Flavor) {
         assert_eq!(ids, sorted, "chat {chat} out of order");
     }
     assert_eq!(setup.backend.max_concurrent_per_key(chat_id), 1);
+    assert!(
+        setup.backend.max_concurrent() >= 2,
+        "different chats must go in parallel"
+    );
     let cap = f.max_timeout() as u64;
     let first = &setup.api.get_updates_calls(TOKEN)[0];
     assert_eq!(
@@ -157,16 +161,10 @@ pub async fn id_jump_down(f: Flavor) {
     setup.backend.wait_accepted(2, LONG).await;
     // Wait until the long poll carrying offset 5002 is waiting, then the
     // platform restarts its ids lower.
-    wait_until("a poll with offset 5002", LONG, || {
-        setup
-            .api
-            .get_updates_calls(TOKEN)
-            .iter()
-            .any(|c| c.offset == Some(5002))
+    wait_until("the offset 5002 to be applied", LONG, || {
+        setup.api.applied_offset(TOKEN) == Some(5002)
     })
     .await;
-    // The call is recorded on arrival; let it apply its offset first.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     for id in [17, 18] {
         setup.api.push_raw(TOKEN, id, &message(f, id, 7));
     }
@@ -318,7 +316,7 @@ url = "{url}"
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         stdout.contains("bot \"good\": ok, @test_bot (id 123456789)"),
         "{stdout}"
@@ -338,4 +336,41 @@ url = "{url}"
     );
     assert!(!stderr.contains("AAunknown") && !stdout.contains("AAunknown"));
     drop(rt);
+}
+
+/// MPChat may answer 501 for a method it lacks: never retried, neither for
+/// getUpdates (that bot's poller stops, the process runs on) nor for a
+/// webhook reply's call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpchat_501_is_never_retried() {
+    let setup = Setup::with(Flavor::MpChat).await;
+    setup.backend.set_reply(Reply::Body(
+        200,
+        "application/json".into(),
+        r#"{"method":"sendSticker","chat_id":"1","sticker":"x"}"#.into(),
+    ));
+    setup
+        .api
+        .inject_method(TOKEN, "sendSticker", Fault::NotImplemented);
+    let mut relay = setup.spawn(&setup.config("", ""));
+    setup.api.push_raw(TOKEN, 1, &message(Flavor::MpChat, 1, 1));
+    setup.backend.wait_accepted(1, LONG).await;
+    relay.wait_log("webhook reply call failed: 501", LONG).await;
+    setup.api.inject(TOKEN, Fault::NotImplemented);
+    relay.wait_log("this bot cannot be polled here", LONG).await;
+    let polls = setup.api.get_updates_calls(TOKEN).len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        setup.api.get_updates_calls(TOKEN).len(),
+        polls,
+        "getUpdates was retried after a 501"
+    );
+    let stickers = setup
+        .api
+        .calls(TOKEN)
+        .iter()
+        .filter(|c| c.method == "sendSticker")
+        .count();
+    assert_eq!(stickers, 1, "a reply call answered 501 was retried");
+    assert!(relay.is_running(), "the process keeps running");
 }

@@ -79,9 +79,12 @@ async fn webhook_replies_in_json_form_and_multipart_become_bot_api_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_reply_call_is_retried_without_blocking_its_chat() {
     let setup = Setup::new().await;
-    setup
-        .api
-        .inject_method(TOKEN, "sendMessage", Fault::ServerError(502));
+    // Three failures: the successful call comes at least 1 + 2 + 4 s later.
+    for _ in 0..3 {
+        setup
+            .api
+            .inject_method(TOKEN, "sendMessage", Fault::ServerError(502));
+    }
     setup
         .backend
         .set_script(|r, _| match r.json()["update_id"].as_i64().unwrap() {
@@ -95,15 +98,25 @@ async fn a_failing_reply_call_is_retried_without_blocking_its_chat() {
     setup.api.push_message(TOKEN, 1, 7, "first");
     setup.api.push_message(TOKEN, 2, 7, "second, same chat");
     let got = setup.backend.wait_accepted(2, LONG).await;
-    let calls = setup
+    setup
         .api
-        .wait_method_calls(TOKEN, "sendMessage", 2, LONG)
+        .wait_method_calls(TOKEN, "sendMessage", 4, LONG)
         .await;
-    assert_eq!(calls[0].status, 502);
-    assert_eq!(calls[1].params["text"], "retried");
+    relay.wait_log("webhook reply executed", LONG).await;
+    let calls: Vec<_> = setup
+        .api
+        .calls(TOKEN)
+        .into_iter()
+        .filter(|c| c.method == "sendMessage")
+        .collect();
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [502, 502, 502, 200]
+    );
+    assert_eq!(calls[3].params["text"], "retried");
     // The lane went on while the reply call waited for its retry.
     assert!(
-        got[1].at < calls[1].at,
+        got[1].at < calls[3].at,
         "update 2 waited for the reply call"
     );
     relay.wait_log("webhook reply executed", LONG).await;
@@ -190,18 +203,32 @@ chat_types = ["group", "supergroup"]
     assert_eq!(ids(&vip), [1, 2]);
     assert_eq!(ids(&grp), [2, 3]);
     relay.wait_log("no forward wants this update", LONG).await;
-    let status: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["bots"][0]["updates_unrouted"], 2, "{status}");
-    assert_eq!(status["bots"][0]["updates_received"], 5, "{status}");
-    // A sentinel for each proves nothing else is on its way.
+    let status = || async move {
+        let v: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    let deadline = std::time::Instant::now() + LONG;
+    while status().await["bots"][0]["updates_received"] != 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "five updates never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = status().await;
+    assert_eq!(s["bots"][0]["updates_unrouted"], 2, "{s}");
+    // Sentinels, one for each, prove nothing else is on its way.
     setup.api.push_message(TOKEN, 6, 5, "sentinel");
+    setup.api.push_raw(TOKEN, 7, &group(7, -3003));
     setup.backend.wait_accepted(3, LONG).await;
+    groups.wait_accepted(3, LONG).await;
     assert_eq!(setup.backend.received().len(), 3);
+    assert_eq!(groups.received().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

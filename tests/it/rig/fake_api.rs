@@ -84,6 +84,8 @@ pub enum Fault {
     Hang(Duration),
     /// 404 Not Found.
     NotFound,
+    /// 501 {"ok":false,"error_code":501,"description":"Not Implemented"}
+    NotImplemented,
 }
 
 /// One recorded request.
@@ -144,6 +146,8 @@ struct Bot {
     calls: Vec<Call>,
     /// The update ids of every non-empty batch answered, in answer order.
     batches: Vec<Vec<i64>>,
+    /// The last positive offset applied (after a call's faults and checks).
+    applied_offset: Option<i64>,
 }
 
 struct Inner {
@@ -369,6 +373,11 @@ impl FakeApi {
     }
 
     /// The allowed_updates Telegram would remember for this bot.
+    /// The last positive offset a getUpdates applied.
+    pub fn applied_offset(&self, token: &str) -> Option<i64> {
+        self.inner.read(token, |b| b.applied_offset)
+    }
+
     /// The update ids of every non-empty batch answered, in order.
     pub fn batches(&self, token: &str) -> Vec<Vec<i64>> {
         self.inner.read(token, |b| b.batches.clone())
@@ -717,6 +726,7 @@ async fn get_updates(
 /// Applies a getUpdates offset the way Telegram does.
 fn confirm(b: &mut Bot, offset: i64) {
     if offset > 0 {
+        b.applied_offset = Some(offset);
         // Queue order, not numeric order: ids may jump down after a reset.
         while b.queue.front().is_some_and(|(id, _)| *id < offset) {
             b.queue.pop_front();
@@ -783,6 +793,7 @@ fn fault_response(flavor: Flavor, fault: Fault) -> Result<Response<Body>, DropCo
         Fault::MalformedJson => json(200, r#"{"ok":true,"result":[{"update_id":"#),
         Fault::Reset => return Err(DropConnection),
         Fault::NotFound => error(404, "Not Found"),
+        Fault::NotImplemented => error(501, "Not Implemented"),
         Fault::Hang(_) => unreachable!("Hang is handled by the caller"),
     })
 }
