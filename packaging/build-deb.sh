@@ -8,4 +8,4 @@ cargo build --release --locked
 mkdir -p target/pkg
 target/release/pollhook manpage | gzip -9n > target/pkg/pollhook.1.gz
 target/release/pollhook completions bash > target/pkg/pollhook.bash
-cargo deb --no-build --locked "$@"
+cargo deb --no-build --locked --strip "$@"

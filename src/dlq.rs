@@ -126,6 +126,14 @@ async fn connect(t: Target) -> Result<Via, String> {
             });
         }
     }
+    // Opening would create an empty database and report "no dead letters"
+    // for a mistyped path; say what is wrong instead.
+    if !t.state_dir.join("db").exists() {
+        return Err(format!(
+            "no pollhook state in {} (set state_dir in the configuration, or pass --state-dir)",
+            t.state_dir.display()
+        ));
+    }
     match Store::open(&t.state_dir, t.cache_bytes) {
         Ok(s) => Ok(Via::Store(s)),
         Err(e) => Err(match t.admin {

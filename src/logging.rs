@@ -1,15 +1,50 @@
-//! Log output on stderr (the journal under systemd), filtered by `RUST_LOG`
-//! (default `info`): human-readable lines, or one JSON object per line for
-//! log collectors.
+//! Log output on stderr, filtered by `RUST_LOG` (default `info`):
+//! human-readable lines, or one JSON object per line for log collectors.
+//!
+//! Under systemd (`JOURNAL_STREAM` set) text lines start with a syslog
+//! priority prefix (`<3>` error … `<7>` debug), which journald turns into the
+//! entry's priority, so `journalctl -p warning` works; the journal stamps
+//! the time itself, so the line carries none.
 
+use std::fmt;
 use std::io::IsTerminal;
 
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Text,
     Json,
+}
+
+/// Prefixes each line with its syslog priority for journald.
+struct Priority<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Priority<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 pub fn init(format: Format) {
@@ -34,9 +69,17 @@ pub fn init(format: Format) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match format {
         Format::Json => builder.json().flatten_event(true).init(),
-        // Colour only for a person at a terminal; the journal gets plain text.
+        Format::Text if journald => {
+            let plain = tracing_subscriber::fmt::format()
+                .with_target(false)
+                .without_time()
+                .with_ansi(false);
+            builder.event_format(Priority(plain)).init()
+        }
+        // Colour only for a person at a terminal.
         Format::Text => builder
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .init(),

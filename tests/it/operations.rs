@@ -455,11 +455,12 @@ fn the_package_holds_binary_unit_config_man_page_and_keeps_state() {
     let list = String::from_utf8_lossy(&list.stdout);
     for path in [
         "./usr/bin/pollhook",
-        "./lib/systemd/system/pollhook.service",
+        "systemd/system/pollhook.service",
         "./etc/pollhook/pollhook.toml",
         "./usr/share/man/man1/pollhook.1.gz",
         "./usr/share/bash-completion/completions/pollhook",
         "./usr/share/doc/pollhook/operations.md",
+        "./usr/share/doc/pollhook/pollhook-rules.yml",
     ] {
         assert!(
             list.lines().any(|l| l.ends_with(path)),
@@ -501,5 +502,43 @@ fn the_package_holds_binary_unit_config_man_page_and_keeps_state() {
             .lines()
             .any(|l| l.trim_start().starts_with("token =") || real_secret(l)),
         "{example}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_journald_lines_carry_their_syslog_priority() {
+    let setup = Setup::new().await;
+    setup.backend.set_script(|_, i| {
+        if i == 0 {
+            Reply::Status(503)
+        } else {
+            Reply::Ok
+        }
+    });
+    let config = setup.config("", "");
+    let mut relay = Relay::spawn(
+        &config,
+        &[("JOURNAL_STREAM", "8:12345"), ("RUST_LOG", "info")],
+    );
+    setup.api.push_message(TOKEN, 1, 1, "x");
+    setup.backend.wait_accepted(1, LONG).await;
+    relay.wait_log("delivery failed", LONG).await;
+    let logs = relay.logs();
+    let line = |needle: &str| {
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle}: {logs}"))
+    };
+    assert!(
+        line("delivery failed").starts_with("<4>"),
+        "a warning is <4>"
+    );
+    assert!(
+        line("the token belongs to").starts_with("<6>"),
+        "info is <6>"
+    );
+    assert!(
+        !line("the token belongs to").contains("Z "),
+        "no timestamp: the journal adds its own"
     );
 }

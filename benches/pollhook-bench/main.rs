@@ -1,0 +1,570 @@
+//! pollhook's benchmarks, measured the way users feel them, each against a
+//! baseline measured in the same run (see BENCHMARKS.md).
+//!
+//! `cargo bench --bench pollhook-bench -- <scenario>`; `all` runs every one
+//! and prints the table. The fake Bot API and the backend can also run on
+//! their own (`serve-api`, `serve-backend`) to measure another relay against
+//! the very same servers.
+
+mod baseline;
+mod proc;
+mod servers;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use proc::{Child, Config};
+use servers::{update_json, Api, Backend};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// `cargo bench` appends this; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Run a fake Bot API holding a backlog; prints its URL template.
+    ServeApi {
+        #[arg(long, default_value_t = 100_000)]
+        backlog: i64,
+        #[arg(long, default_value_t = 100)]
+        chats: i64,
+    },
+    /// Run a backend that answers 200 (after --delay-ms); prints its URL.
+    ServeBackend {
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
+    /// Requests per second each server serves alone.
+    Servers,
+    /// End-to-end updates/s, pollhook vs the storage-free baseline.
+    Throughput {
+        #[arg(long, default_value_t = 100_000)]
+        updates: i64,
+    },
+    /// Latency added: update appears at the API → backend receives it.
+    Latency {
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+    },
+    /// One bot idle-polling: CPU and RSS.
+    Idle {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Many bots idle-polling in one process: RSS and threads.
+    ManyBots {
+        #[arg(long, default_value_t = 1000)]
+        bots: usize,
+    },
+    /// Backend down while a backlog arrives: disk, RSS, restart, drain.
+    Backlog {
+        #[arg(long, default_value_t = 1_000_000)]
+        updates: i64,
+    },
+    /// A backend taking 50 ms per request, 100 chats, max_in_flight 16.
+    SlowBackend {
+        #[arg(long, default_value_t = 3_000)]
+        updates: i64,
+    },
+    /// Every scenario (smaller sizes with --quick).
+    All {
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The baseline forwarder as its own process (used by the scenarios).
+    #[command(hide = true)]
+    Baseline {
+        api: String,
+        backend: String,
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+    },
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        match args.scenario {
+            Scenario::ServeApi { backlog, chats } => serve_api(backlog, chats).await,
+            Scenario::ServeBackend { delay_ms } => serve_backend(delay_ms).await,
+            Scenario::Servers => println!("{}", servers_alone().await),
+            Scenario::Throughput { updates } => println!("{}", throughput(updates).await),
+            Scenario::Latency { samples } => println!("{}", latency(samples).await),
+            Scenario::Idle { seconds } => println!("{}", idle(seconds).await),
+            Scenario::ManyBots { bots } => println!("{}", many_bots(bots).await),
+            Scenario::Backlog { updates } => println!("{}", backlog(updates).await),
+            Scenario::SlowBackend { updates } => println!("{}", slow_backend(updates).await),
+            Scenario::All { quick } => all(quick).await,
+            Scenario::Baseline {
+                api,
+                backend,
+                in_flight,
+            } => baseline::run(&api, &backend, in_flight).await,
+        }
+    });
+}
+
+async fn serve_api(backlog: i64, chats: i64) {
+    let api = Api::new();
+    for id in 1..=backlog {
+        api.push(id, update_json(id, chats));
+    }
+    let addr = api.start().await;
+    println!("fake Bot API: http://{addr}/bot{{token}}/{{method}} ({backlog} updates over {chats} chats)");
+    std::future::pending::<()>().await;
+}
+
+async fn serve_backend(delay_ms: u64) {
+    let b = Backend::new(Duration::from_millis(delay_ms));
+    let addr = b.start().await;
+    println!("backend: http://{addr}/webhook");
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        eprintln!(
+            "received {} requests, {} distinct updates",
+            b.received.load(Ordering::Relaxed),
+            b.distinct.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// A markdown table row: figure, baseline, measured, ratio, target, met?
+fn row(
+    figure: &str,
+    baseline: &str,
+    measured: &str,
+    ratio: Option<f64>,
+    target: &str,
+    met: Option<bool>,
+) -> String {
+    let ratio = ratio.map_or("-".to_string(), |r| format!("{r:.2}×"));
+    let met = match met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "-",
+    };
+    format!("| {figure} | {baseline} | {measured} | {ratio} | {target} | {met} |")
+}
+
+async fn servers_alone() -> String {
+    let api = Api::new();
+    let api_addr = api.start().await;
+    let backend = Backend::new(Duration::ZERO);
+    let backend_addr = backend.start().await;
+    let body = update_json(1, 1);
+    let api_rps = hammer(
+        format!("http://{api_addr}/botX/getMe"),
+        bytes::Bytes::from_static(b"{}"),
+    )
+    .await;
+    let backend_rps = hammer(format!("http://{backend_addr}/webhook"), body).await;
+    [
+        row(
+            "fake Bot API alone (getMe, 32 clients)",
+            "-",
+            &format!("{api_rps:.0} req/s"),
+            None,
+            "≫ relay rates",
+            None,
+        ),
+        row(
+            "backend alone (POST update, 32 clients)",
+            "-",
+            &format!("{backend_rps:.0} req/s"),
+            None,
+            "≫ relay rates",
+            None,
+        ),
+    ]
+    .join("\n")
+}
+
+/// Requests/s a server answers from 32 keep-alive clients for 3 s.
+async fn hammer(url: String, body: bytes::Bytes) -> f64 {
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                if client
+                    .post(&url)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .is_ok()
+                {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / 3.0
+}
+
+/// Runs a relay (pollhook or the baseline) against a fresh API holding
+/// `updates` updates over 100 chats; returns updates/s end to end.
+async fn run_throughput(updates: i64, relay: Relay) -> f64 {
+    let api = Api::new();
+    for id in 1..=updates {
+        api.push(id, update_json(id, 100));
+    }
+    let api_addr = api.start().await;
+    let backend = Backend::new(Duration::ZERO);
+    let backend_addr = backend.start().await;
+    let start = Instant::now();
+    let child = relay.spawn(api_addr, backend_addr, &Config::default());
+    let ok = backend
+        .wait_distinct(updates as u64, Duration::from_secs(1800))
+        .await;
+    let took = start.elapsed();
+    drop(child);
+    assert!(ok, "not all updates arrived");
+    updates as f64 / took.as_secs_f64()
+}
+
+#[derive(Clone, Copy)]
+enum Relay {
+    Pollhook,
+    Baseline,
+}
+
+impl Relay {
+    fn spawn(
+        self,
+        api: std::net::SocketAddr,
+        backend: std::net::SocketAddr,
+        cfg: &Config,
+    ) -> Child {
+        match self {
+            Relay::Pollhook => Child::pollhook(api, backend, cfg),
+            Relay::Baseline => Child::baseline(api, backend, cfg.max_in_flight),
+        }
+    }
+}
+
+async fn throughput(updates: i64) -> String {
+    let base = run_throughput(updates, Relay::Baseline).await;
+    let ours = run_throughput(updates, Relay::Pollhook).await;
+    let ratio = ours / base;
+    row(
+        &format!("throughput, {updates} updates (updates/s)"),
+        &format!("{base:.0}"),
+        &format!("{ours:.0}"),
+        Some(ratio),
+        "≥ 0.7× baseline",
+        Some(ratio >= 0.7),
+    )
+}
+
+/// Pushes one update at a time into a waiting long poll; returns sorted
+/// latencies (push → backend receipt).
+async fn run_latency(samples: usize, relay: Relay) -> Vec<Duration> {
+    let api = Api::new();
+    let api_addr = api.start().await;
+    let backend = Backend::new(Duration::ZERO);
+    let backend_addr = backend.start().await;
+    let _child = relay.spawn(api_addr, backend_addr, &Config::default());
+    // Warm up: the first update also waits for start-up.
+    api.push(1, update_json(1, 100));
+    assert!(backend.wait_distinct(1, Duration::from_secs(30)).await);
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..samples as i64 {
+        let id = i + 2;
+        // Let the relay's next long poll be waiting before the update appears.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        api.push(id, update_json(id, 100));
+        assert!(
+            backend
+                .wait_distinct(id as u64, Duration::from_secs(30))
+                .await
+        );
+        if let (Some(a), Some(b)) = (api.pushed_at(id), backend.arrived(id)) {
+            out.push(b.saturating_duration_since(a));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn latency(samples: usize) -> String {
+    let base = run_latency(samples, Relay::Baseline).await;
+    let ours = run_latency(samples, Relay::Pollhook).await;
+    let (b50, b99, o50, o99) = (
+        pct(&base, 0.5),
+        pct(&base, 0.99),
+        pct(&ours, 0.5),
+        pct(&ours, 0.99),
+    );
+    [
+        row(
+            "latency added p50",
+            &ms(b50),
+            &ms(o50),
+            Some(o50.as_secs_f64() / b50.as_secs_f64()),
+            "-",
+            None,
+        ),
+        row(
+            "latency added p99",
+            &ms(b99),
+            &ms(o99),
+            Some(o99.as_secs_f64() / b99.as_secs_f64()),
+            "< 5 ms",
+            Some(o99 < Duration::from_millis(5)),
+        ),
+    ]
+    .join("\n")
+}
+
+async fn measure_idle(relay: Relay, seconds: u64) -> (f64, u64) {
+    let api = Api::new();
+    let api_addr = api.start().await;
+    let backend = Backend::new(Duration::ZERO);
+    let backend_addr = backend.start().await;
+    let child = relay.spawn(api_addr, backend_addr, &Config::default());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu0 = child.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu = (child.cpu_seconds() - cpu0) * 60.0 / seconds as f64;
+    (cpu, child.rss_kb())
+}
+
+async fn idle(seconds: u64) -> String {
+    let (bcpu, brss) = measure_idle(Relay::Baseline, seconds).await;
+    let (cpu, rss) = measure_idle(Relay::Pollhook, seconds).await;
+    [
+        row(
+            "idle: CPU per minute, 1 bot",
+            &format!("{bcpu:.3} s"),
+            &format!("{cpu:.3} s"),
+            Some(cpu / bcpu.max(1e-3)),
+            "< 0.5 s",
+            Some(cpu < 0.5),
+        ),
+        row(
+            "idle: RSS, 1 bot",
+            &format!("{:.1} MB", brss as f64 / 1024.0),
+            &format!("{:.1} MB", rss as f64 / 1024.0),
+            Some(rss as f64 / brss as f64),
+            "< 20 MB",
+            Some(rss < 20 * 1024),
+        ),
+    ]
+    .join("\n")
+}
+
+async fn many_bots(bots: usize) -> String {
+    let api = Api::new();
+    let api_addr = api.start().await;
+    let backend = Backend::new(Duration::ZERO);
+    let backend_addr = backend.start().await;
+    let one = Child::pollhook(api_addr, backend_addr, &Config::default());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rss1, threads1) = (one.rss_kb(), one.threads());
+    drop(one);
+    let cfg = Config {
+        bots,
+        ..Config::default()
+    };
+    let child = Child::pollhook(api_addr, backend_addr, &cfg);
+    // Every bot is polling once the API has seen a getUpdates from each
+    // (plus its getMe); then give the process a moment to settle.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while api.calls.load(Ordering::Relaxed) < 2 * bots as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss, threads) = (child.rss_kb(), child.threads());
+    [
+        row(
+            &format!("{bots} bots idle: RSS"),
+            &format!("{:.1} MB (1 bot)", rss1 as f64 / 1024.0),
+            &format!("{:.1} MB", rss as f64 / 1024.0),
+            Some(rss as f64 / rss1 as f64),
+            "< 150 MB",
+            Some(rss < 150 * 1024),
+        ),
+        row(
+            &format!("{bots} bots idle: threads"),
+            &format!("{threads1} (1 bot)"),
+            &format!("{threads}"),
+            Some(threads as f64 / threads1 as f64),
+            "-",
+            None,
+        ),
+    ]
+    .join("\n")
+}
+
+async fn backlog(updates: i64) -> String {
+    let api = Api::new();
+    let mut payload_bytes = 0u64;
+    for id in 1..=updates {
+        let u = update_json(id, 100);
+        payload_bytes += u.len() as u64;
+        api.push(id, u);
+    }
+    let api_addr = api.start().await;
+    let backend = Backend::new(Duration::ZERO);
+    backend.down.store(true, Ordering::Relaxed);
+    let backend_addr = backend.start().await;
+    let cfg = Config {
+        retry_max_delay: "60s",
+        ..Config::default()
+    };
+    let mut child = Child::pollhook(api_addr, backend_addr, &cfg);
+    let start = Instant::now();
+    let mut max_rss = 0;
+    let mut rss_samples = Vec::new();
+    while api.pending() > 0 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = child.rss_kb();
+        max_rss = max_rss.max(rss);
+        rss_samples.push((updates as usize - api.pending(), rss));
+    }
+    let ingest = start.elapsed();
+    // The last batch is confirmed by the next poll; let it land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let disk = proc::du(&child.state_dir);
+    child.stop();
+    // Restart with the backlog present: time until the relay polls again.
+    let calls_before = api.calls.load(Ordering::Relaxed);
+    let restart = Instant::now();
+    let child = child.restart(api_addr, backend_addr, &cfg);
+    while api.calls.load(Ordering::Relaxed) < calls_before + 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let restart_took = restart.elapsed();
+    backend.down.store(false, Ordering::Relaxed);
+    let drain_start = Instant::now();
+    assert!(
+        backend
+            .wait_distinct(updates as u64, Duration::from_secs(3600))
+            .await
+    );
+    let drain = updates as f64 / drain_start.elapsed().as_secs_f64();
+    let half_rss = rss_samples
+        .iter()
+        .find(|(n, _)| *n as i64 >= updates / 2)
+        .map_or(0, |(_, r)| *r);
+    drop(child);
+    let ratio = disk as f64 / payload_bytes as f64;
+    [
+        row(
+            &format!("backlog {updates}: disk / payload"),
+            &format!("{:.0} MB payload", payload_bytes as f64 / 1e6),
+            &format!("{:.0} MB", disk as f64 / 1e6),
+            Some(ratio),
+            "< 3×",
+            Some(ratio < 3.0),
+        ),
+        row(
+            &format!("backlog {updates}: RSS at half / at end"),
+            &format!("{:.1} MB", half_rss as f64 / 1024.0),
+            &format!("{:.1} MB", max_rss as f64 / 1024.0),
+            Some(max_rss as f64 / half_rss.max(1) as f64),
+            "bounded (≈1×)",
+            Some((max_rss as f64) < half_rss as f64 * 1.5),
+        ),
+        row(
+            &format!("backlog {updates}: ingest rate (backend down)"),
+            "-",
+            &format!("{:.0} updates/s", updates as f64 / ingest.as_secs_f64()),
+            None,
+            "-",
+            None,
+        ),
+        row(
+            &format!("backlog {updates}: restart until polling"),
+            "-",
+            &format!("{:.2} s", restart_took.as_secs_f64()),
+            None,
+            "< 3 s",
+            Some(restart_took < Duration::from_secs(3)),
+        ),
+        row(
+            &format!("backlog {updates}: drain rate once back"),
+            "-",
+            &format!("{drain:.0} updates/s"),
+            None,
+            "-",
+            None,
+        ),
+    ]
+    .join("\n")
+}
+
+async fn slow_backend(updates: i64) -> String {
+    let run = |relay: Relay| async move {
+        let api = Api::new();
+        for id in 1..=updates {
+            api.push(id, update_json(id, 100));
+        }
+        let api_addr = api.start().await;
+        let backend = Backend::new(Duration::from_millis(50));
+        let backend_addr = backend.start().await;
+        let start = Instant::now();
+        let _child = relay.spawn(api_addr, backend_addr, &Config::default());
+        assert!(
+            backend
+                .wait_distinct(updates as u64, Duration::from_secs(600))
+                .await
+        );
+        updates as f64 / start.elapsed().as_secs_f64()
+    };
+    let base = run(Relay::Baseline).await;
+    let ours = run(Relay::Pollhook).await;
+    row(
+        "slow backend (50 ms), 100 chats, 16 in flight (updates/s)",
+        &format!("{base:.0}"),
+        &format!("{ours:.0}"),
+        Some(ours / base),
+        "→ 320/s",
+        Some(ours >= 0.85 * 320.0),
+    )
+}
+
+async fn all(quick: bool) {
+    println!("| figure | baseline | pollhook | ratio | target | met? |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", servers_alone().await);
+    println!("{}", throughput(if quick { 20_000 } else { 100_000 }).await);
+    println!("{}", latency(if quick { 200 } else { 500 }).await);
+    println!("{}", slow_backend(if quick { 1_500 } else { 3_000 }).await);
+    println!("{}", idle(if quick { 10 } else { 60 }).await);
+    println!("{}", many_bots(if quick { 200 } else { 1000 }).await);
+    println!("{}", backlog(if quick { 100_000 } else { 1_000_000 }).await);
+}

@@ -1,0 +1,155 @@
+//! The relays under test as child processes, and what /proc says of them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub struct Config {
+    pub bots: usize,
+    pub max_in_flight: usize,
+    pub retry_max_delay: &'static str,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bots: 1,
+            max_in_flight: 16,
+            retry_max_delay: "60s",
+        }
+    }
+}
+
+pub struct Child {
+    child: std::process::Child,
+    _dir: Option<tempfile::TempDir>,
+    pub state_dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Child {
+    pub fn pollhook(api: SocketAddr, backend: SocketAddr, cfg: &Config) -> Child {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut toml = String::from("state_dir = \"state\"\nshutdown_timeout = \"5s\"\n");
+        for i in 0..cfg.bots {
+            toml.push_str(&format!(
+                "[[bot]]\nname = \"b{i}\"\napi_url = \"http://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"30s\"\n\
+                 [[bot.forward]]\nname = \"f\"\nurl = \"http://{backend}/webhook\"\nmax_in_flight = {}\nretry_max_delay = \"{}\"\n\
+                 signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                cfg.max_in_flight, cfg.retry_max_delay
+            ));
+        }
+        let config = dir.path().join("pollhook.toml");
+        std::fs::write(&config, toml).expect("config");
+        let state_dir = dir.path().join("state");
+        let child = spawn_pollhook(&config);
+        Child {
+            child,
+            _dir: Some(dir),
+            state_dir,
+            config,
+        }
+    }
+
+    pub fn baseline(api: SocketAddr, backend: SocketAddr, in_flight: usize) -> Child {
+        let child = Command::new(std::env::current_exe().expect("own path"))
+            .args([
+                "baseline",
+                &format!("http://{api}"),
+                &format!("http://{backend}/webhook"),
+            ])
+            .args(["--in-flight", &in_flight.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("baseline starts");
+        Child {
+            child,
+            _dir: None,
+            state_dir: PathBuf::new(),
+            config: PathBuf::new(),
+        }
+    }
+
+    /// Graceful stop (SIGTERM), waiting for the exit.
+    pub fn stop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    /// Starts pollhook again on the same configuration and state.
+    pub fn restart(mut self, _api: SocketAddr, _backend: SocketAddr, _cfg: &Config) -> Child {
+        self.child = spawn_pollhook(&self.config);
+        self
+    }
+
+    fn proc_file(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+    }
+
+    /// User + system CPU time so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = self.proc_file("stat");
+        // Fields after the ")" that closes the command name: utime is the
+        // 12th, stime the 13th (fields 14 and 15 of the whole line).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    fn status_field(&self, key: &str) -> u64 {
+        self.proc_file("status")
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        self.status_field("VmRSS:")
+    }
+
+    pub fn threads(&self) -> u64 {
+        self.status_field("Threads:")
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_pollhook(config: &Path) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_pollhook"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pollhook starts");
+    std::thread::sleep(Duration::from_millis(10));
+    child
+}
+
+/// Bytes a directory occupies on disk (allocated blocks).
+pub fn du(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            total += if meta.is_dir() {
+                du(&e.path())
+            } else {
+                meta.blocks() * 512
+            };
+        }
+    }
+    total
+}
