@@ -117,6 +117,13 @@ impl Lanes {
         }
     }
 
+    /// Every lane waiting out a backoff becomes ready now.
+    pub fn release_all(&mut self) {
+        while let Some(Reverse((_, key))) = self.timers.pop() {
+            self.ready.push_back(key);
+        }
+    }
+
     /// When the earliest waiting lane becomes ready.
     pub fn next_due(&self) -> Option<u64> {
         self.timers.peek().map(|Reverse((at, _))| *at)

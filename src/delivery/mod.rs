@@ -65,6 +65,11 @@ type Attempt = (String, Job, Outcome);
 struct InFlight {
     tasks: JoinSet<Attempt>,
     by_task: HashMap<tokio::task::Id, (String, Job)>,
+    /// Delivered jobs not yet removed from the store: removed together,
+    /// because sled rewrites a whole node per removal.
+    done: Vec<u64>,
+    /// Some attempt failed since the last success (the backend may be down).
+    failing: bool,
 }
 
 impl Forwarder {
@@ -103,6 +108,12 @@ impl Forwarder {
                 _ = shutdown.cancelled() => break,
                 Some(done) = inflight.tasks.join_next_with_id() => {
                     self.settled(done, &mut lanes, &mut inflight);
+                    // Take every other finished send too, then remove the
+                    // delivered ones from the store in one batch.
+                    while let Some(done) = inflight.tasks.try_join_next_with_id() {
+                        self.settled(done, &mut lanes, &mut inflight);
+                    }
+                    self.forget_delivered(&mut inflight);
                 }
                 _ = self.wake.notified() => refill = true,
                 _ = sleep => {}
@@ -248,9 +259,12 @@ impl Forwarder {
                 self.stats
                     .latency
                     .observe(Duration::from_millis(now.saturating_sub(job.received_ms)));
-                if let Err(e) = self.store.complete(self.fwd_id, job.seq) {
-                    // The job stays stored and will be sent again: a duplicate, not a loss.
-                    error!(bot = %self.bot, forward = %self.settings.name, "cannot mark update {:?} delivered: {e}", job.update_id);
+                inflight.done.push(job.seq);
+                if inflight.failing {
+                    // The backend answers again: lanes waiting out their
+                    // backoff need not wait any longer.
+                    inflight.failing = false;
+                    lanes.release_all();
                 }
                 if self.settings.reply_calls && !body.is_empty() {
                     self.spawn_reply(content_type, body, job.update_id);
@@ -264,6 +278,7 @@ impl Forwarder {
                 lanes.finish(&key, now);
             }
             Outcome::Failed { error, retry_after } => {
+                inflight.failing = true;
                 job.attempts += 1;
                 job.last_error = error;
                 stats::add(&self.stats.failed_attempts, 1);
@@ -291,6 +306,19 @@ impl Forwarder {
             }
         }
         self.reload_lane(&key, lanes);
+    }
+
+    /// Removes delivered jobs from the store. Not flushed: losing a removal
+    /// to a crash only means one duplicate delivery.
+    fn forget_delivered(&self, inflight: &mut InFlight) {
+        if inflight.done.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.complete_many(self.fwd_id, &inflight.done) {
+            // They stay stored and will be sent again: duplicates, not a loss.
+            error!(bot = %self.bot, forward = %self.settings.name, "cannot mark {} updates delivered: {e}", inflight.done.len());
+        }
+        inflight.done.clear();
     }
 
     /// Runs a Bot API call from a webhook reply in its own task: it is
@@ -360,7 +388,10 @@ impl Forwarder {
         loop {
             tokio::select! {
                 done = inflight.tasks.join_next_with_id() => match done {
-                    Some(done) => self.settled(done, lanes, inflight),
+                    Some(done) => {
+                        self.settled(done, lanes, inflight);
+                        self.forget_delivered(inflight);
+                    }
                     None => return,
                 },
                 _ = &mut deadline => {

@@ -321,6 +321,16 @@ impl Store {
         Ok(())
     }
 
+    /// Several jobs are done, removed in one batch.
+    pub fn complete_many(&self, fwd: u32, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for &seq in seqs {
+            b.remove(&key(JOB, fwd, seq)[..]);
+        }
+        self.tree.apply_batch(b)?;
+        Ok(())
+    }
+
     /// Records a failed attempt and when to try next, if the job still exists.
     pub fn reschedule(&self, fwd: u32, job: &Job) -> Result<(), StoreError> {
         let encoded = record::encode(job);
