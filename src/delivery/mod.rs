@@ -40,6 +40,10 @@ use stale::StalePolicy;
 
 /// Jobs held in memory per forward.
 const WINDOW: usize = 4096;
+/// Delivered jobs are removed from the store in batches of this many, or
+/// this long after the first of them was delivered, whichever comes first.
+const FORGET_BATCH: usize = 512;
+const FORGET_AFTER: Duration = Duration::from_millis(100);
 
 pub struct Forwarder {
     pub bot: String,
@@ -66,8 +70,11 @@ struct InFlight {
     tasks: JoinSet<Attempt>,
     by_task: HashMap<tokio::task::Id, (String, Job)>,
     /// Delivered jobs not yet removed from the store: removed together,
-    /// because sled rewrites a whole node per removal.
+    /// because sled rewrites (and logs) a whole node per removal; removing
+    /// hundreds of neighbouring keys at once rewrites each node once.
     done: Vec<u64>,
+    /// When the oldest of `done` was delivered.
+    done_since: Option<std::time::Instant>,
     /// Some attempt failed since the last success (the backend may be down).
     failing: bool,
 }
@@ -95,12 +102,19 @@ impl Forwarder {
                 }
                 self.start(&target, &mut inflight, key, job);
             }
-            let next_timer = lanes.next_due();
+            let next_timer = lanes
+                .next_due()
+                .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+            let forget_in = inflight
+                .done_since
+                .map(|t| FORGET_AFTER.saturating_sub(t.elapsed()));
+            let wait = match (next_timer, forget_in) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
-                match next_timer {
-                    Some(at) => {
-                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await
-                    }
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
                     None => std::future::pending().await,
                 }
             };
@@ -113,13 +127,20 @@ impl Forwarder {
                     while let Some(done) = inflight.tasks.try_join_next_with_id() {
                         self.settled(done, &mut lanes, &mut inflight);
                     }
-                    self.forget_delivered(&mut inflight);
                 }
                 _ = self.wake.notified() => refill = true,
                 _ = sleep => {}
             }
+            if inflight.done.len() >= FORGET_BATCH
+                || inflight
+                    .done_since
+                    .is_some_and(|t| t.elapsed() >= FORGET_AFTER)
+            {
+                self.forget_delivered(&mut inflight);
+            }
         }
         self.drain(&mut inflight, &mut lanes).await;
+        self.forget_delivered(&mut inflight);
         debug!(bot = %self.bot, forward = %self.settings.name, "dispatcher stopped");
     }
 
@@ -260,6 +281,9 @@ impl Forwarder {
                     .latency
                     .observe(Duration::from_millis(now.saturating_sub(job.received_ms)));
                 inflight.done.push(job.seq);
+                inflight
+                    .done_since
+                    .get_or_insert_with(std::time::Instant::now);
                 if inflight.failing {
                     // The backend answers again: lanes waiting out their
                     // backoff need not wait any longer.
@@ -319,6 +343,7 @@ impl Forwarder {
             error!(bot = %self.bot, forward = %self.settings.name, "cannot mark {} updates delivered: {e}", inflight.done.len());
         }
         inflight.done.clear();
+        inflight.done_since = None;
     }
 
     /// Runs a Bot API call from a webhook reply in its own task: it is
@@ -388,10 +413,7 @@ impl Forwarder {
         loop {
             tokio::select! {
                 done = inflight.tasks.join_next_with_id() => match done {
-                    Some(done) => {
-                        self.settled(done, lanes, inflight);
-                        self.forget_delivered(inflight);
-                    }
+                    Some(done) => self.settled(done, lanes, inflight),
                     None => return,
                 },
                 _ = &mut deadline => {

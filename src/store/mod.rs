@@ -115,6 +115,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|source| StoreError::Open {
                 path: dir.display().to_string(),
