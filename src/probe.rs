@@ -10,8 +10,9 @@ use crate::config::Settings;
 pub async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)> {
     // Concurrently, so one slow platform does not delay the rest.
     let mut calls = JoinSet::new();
+    let client = crate::botapi::shared_client();
     for (i, bot) in settings.bots.iter().enumerate() {
-        let api = BotApi::new(&bot.api_url, bot.token.clone(), bot.poll_timeout);
+        let api = BotApi::new(&bot.api_url, bot.token.clone(), client.clone());
         let (name, flavor) = (bot.name.clone(), bot.flavor);
         calls.spawn(async move {
             let result = api

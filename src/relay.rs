@@ -35,12 +35,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
     let mut bot_stats = Vec::new();
+    let client = crate::botapi::shared_client();
     for bot in settings.bots {
-        let api = Arc::new(BotApi::new(
-            &bot.api_url,
-            bot.token.clone(),
-            bot.poll_timeout,
-        ));
+        let api = Arc::new(BotApi::new(&bot.api_url, bot.token.clone(), client.clone()));
         let mut routes = Vec::with_capacity(bot.forwards.len());
         for fwd in &bot.forwards {
             let fwd_id = store.forward_id(&bot.name, &fwd.name)?;
@@ -65,6 +62,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 flavor: bot.flavor,
                 store: store.clone(),
                 api: api.clone(),
+                client: client.clone(),
                 wake,
                 stats,
                 drain_timeout: settings.shutdown_timeout,

@@ -53,6 +53,8 @@ pub struct Forwarder {
     pub store: Arc<Store>,
     /// The bot's API, for calls a backend returns in its reply.
     pub api: Arc<BotApi>,
+    /// The process's shared HTTP client.
+    pub client: reqwest::Client,
     /// Poked by the poller after it stored jobs for this forward, and by the
     /// admin API after a replay.
     pub wake: Arc<Notify>,
@@ -81,7 +83,7 @@ struct InFlight {
 
 impl Forwarder {
     pub async fn run(self, shutdown: CancellationToken) {
-        let target = Arc::new(Target::new(&self.bot, self.flavor, &self.settings));
+        let target = Arc::new(Target::new(&self.bot, self.flavor, &self.settings, self.client.clone()));
         let mut lanes = Lanes::default();
         let mut inflight = InFlight::default();
         let mut refill = true;

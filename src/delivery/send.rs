@@ -49,18 +49,10 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(bot: &str, flavor: Flavor, fwd: &ForwardSettings) -> Target {
-        let client = reqwest::Client::builder()
-            // A redirect is a misconfiguration to surface, not to follow:
-            // following it would send signed updates somewhere unreviewed.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(fwd.timeout.min(Duration::from_secs(5)))
-            .timeout(fwd.timeout)
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(fwd.max_in_flight)
-            .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a client with static settings always builds");
+    /// `client` is the process's shared one: it follows no redirect (a
+    /// redirect is a misconfiguration to surface; following it would send
+    /// signed updates somewhere unreviewed); the timeout is set per request.
+    pub fn new(bot: &str, flavor: Flavor, fwd: &ForwardSettings, client: reqwest::Client) -> Target {
         let mut fixed = HeaderMap::new();
         fixed.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Ok(v) = HeaderValue::from_str(bot) {
@@ -93,6 +85,7 @@ impl Target {
         let mut req = self
             .client
             .post(self.url.clone())
+            .timeout(self.timeout)
             .headers(self.fixed.clone())
             .header("webhook-id", webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
