@@ -140,6 +140,11 @@ impl Lanes {
         None
     }
 
+    /// A copy of the lane's head (the job in flight, while it is).
+    pub fn head(&self, key: &str) -> Option<Job> {
+        self.queues.get(key).and_then(|q| q.front()).cloned()
+    }
+
     /// The lane's head was delivered: drop it and schedule the next one.
     pub fn finish(&mut self, key: &str, now: u64) {
         let Some(queue) = self.queues.get_mut(key) else {

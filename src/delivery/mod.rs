@@ -65,12 +65,12 @@ pub struct Forwarder {
 
 type Attempt = (String, Job, Outcome);
 
-/// In-flight sends, each remembered with its lane and job so that even a
-/// task that dies unexpectedly gives its lane back.
+/// In-flight sends, each remembered with its lane (whose head is the job in
+/// flight) so that even a task that dies unexpectedly gives its lane back.
 #[derive(Default)]
 struct InFlight {
     tasks: JoinSet<Attempt>,
-    by_task: HashMap<tokio::task::Id, (String, Job)>,
+    by_task: HashMap<tokio::task::Id, String>,
     /// Delivered jobs not yet removed from the store: removed together,
     /// because sled rewrites (and logs) a whole node per removal; removing
     /// hundreds of neighbouring keys at once rewrites each node once.
@@ -149,7 +149,7 @@ impl Forwarder {
     fn start(&self, target: &Arc<Target>, inflight: &mut InFlight, key: String, job: Job) {
         let target = target.clone();
         let id = self.store.webhook_id(&job);
-        let remembered = (key.clone(), job.clone());
+        let remembered = key.clone();
         stats::add(&self.stats.in_flight, 1);
         let handle = inflight.tasks.spawn(async move {
             let outcome = target.send(&id, &job, job.attempts + 1).await;
@@ -260,9 +260,10 @@ impl Forwarder {
                 // A send task cannot panic on input, but if one ever does, its
                 // lane must not stay blocked: count it as a failed attempt.
                 error!(bot = %self.bot, forward = %self.settings.name, "a delivery task failed: {e}");
-                let Some((key, job)) = inflight.by_task.remove(&e.id()) else {
+                let Some(key) = inflight.by_task.remove(&e.id()) else {
                     return;
                 };
+                let Some(job) = lanes.head(&key) else { return };
                 let failed = Outcome::Failed {
                     error: format!("internal error: {e}"),
                     retry_after: None,

@@ -208,8 +208,7 @@ impl Store {
                 for &fwd in inc.forwards {
                     let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
                     last_seq = Some(seq);
-                    let job = record::new_job(inc.update, seq, received_ms);
-                    b.insert(&key(JOB, fwd, seq)[..], record::encode(&job));
+                    b.insert(&key(JOB, fwd, seq)[..], record::encode_new(inc.update, seq, received_ms));
                 }
             }
             if let Some(seq) = last_seq {

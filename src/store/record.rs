@@ -58,41 +58,72 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
-pub fn encode(j: &Job) -> Vec<u8> {
-    let lane = j.lane.encode();
-    let mut out =
-        Vec::with_capacity(64 + j.kind.len() + lane.len() + j.last_error.len() + j.payload.len());
+/// Everything a record holds, borrowed: built from a `Job`, or straight
+/// from a freshly received `Update` (so its payload is copied only once,
+/// into the record).
+struct Fields<'a> {
+    attempts: u32,
+    next_at_ms: u64,
+    received_ms: u64,
+    update_id: Option<i64>,
+    id_seq: u64,
+    dead_at_ms: u64,
+    replayed_ms: u64,
+    kind: &'a str,
+    lane: &'a Lane,
+    last_error: &'a str,
+    payload: &'a [u8],
+}
+
+fn write(f: &Fields<'_>) -> Vec<u8> {
+    let lane = f.lane.encode();
+    let mut out = Vec::with_capacity(64 + f.kind.len() + lane.len() + f.last_error.len() + f.payload.len());
     out.push(VERSION);
-    out.extend_from_slice(&j.attempts.to_be_bytes());
-    out.extend_from_slice(&j.next_at_ms.to_be_bytes());
-    out.extend_from_slice(&j.received_ms.to_be_bytes());
-    out.extend_from_slice(&j.update_id.unwrap_or(NO_UPDATE_ID).to_be_bytes());
-    out.extend_from_slice(&j.id_seq.to_be_bytes());
-    out.extend_from_slice(&j.dead_at_ms.to_be_bytes());
-    out.extend_from_slice(&j.replayed_ms.to_be_bytes());
-    put_str(&mut out, &j.kind);
+    out.extend_from_slice(&f.attempts.to_be_bytes());
+    out.extend_from_slice(&f.next_at_ms.to_be_bytes());
+    out.extend_from_slice(&f.received_ms.to_be_bytes());
+    out.extend_from_slice(&f.update_id.unwrap_or(NO_UPDATE_ID).to_be_bytes());
+    out.extend_from_slice(&f.id_seq.to_be_bytes());
+    out.extend_from_slice(&f.dead_at_ms.to_be_bytes());
+    out.extend_from_slice(&f.replayed_ms.to_be_bytes());
+    put_str(&mut out, f.kind);
     put_str(&mut out, &lane);
-    put_str(&mut out, &j.last_error);
-    out.extend_from_slice(&j.payload);
+    put_str(&mut out, f.last_error);
+    out.extend_from_slice(f.payload);
     out
 }
 
-/// A fresh job for an update just received.
-pub fn new_job(u: &Update, seq: u64, received_ms: u64) -> Job {
-    Job {
-        seq,
-        id_seq: seq,
+pub fn encode(j: &Job) -> Vec<u8> {
+    write(&Fields {
+        attempts: j.attempts,
+        next_at_ms: j.next_at_ms,
+        received_ms: j.received_ms,
+        update_id: j.update_id,
+        id_seq: j.id_seq,
+        dead_at_ms: j.dead_at_ms,
+        replayed_ms: j.replayed_ms,
+        kind: &j.kind,
+        lane: &j.lane,
+        last_error: &j.last_error,
+        payload: &j.payload,
+    })
+}
+
+/// The record of a job for an update just received.
+pub fn encode_new(u: &Update, seq: u64, received_ms: u64) -> Vec<u8> {
+    write(&Fields {
         attempts: 0,
         next_at_ms: 0,
         received_ms,
+        update_id: u.update_id,
+        id_seq: seq,
         dead_at_ms: 0,
         replayed_ms: 0,
-        update_id: u.update_id,
-        kind: u.kind.clone(),
-        lane: u.lane.clone(),
-        last_error: String::new(),
-        payload: Bytes::copy_from_slice(&u.payload),
-    }
+        kind: &u.kind,
+        lane: &u.lane,
+        last_error: "",
+        payload: &u.payload,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -119,7 +150,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub fn decode(key: &[u8], value: &[u8]) -> Result<Job, StoreError> {
+/// Decodes a record; the payload is a view into sled's buffer, not a copy.
+pub fn decode(key: &[u8], value: &sled::IVec) -> Result<Job, StoreError> {
     let seq = seq_of(key)?;
     let mut r = Reader(value);
     let version = r.take(1)?[0];
@@ -140,7 +172,10 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<Job, StoreError> {
         kind: r.string()?,
         lane: Lane::decode(&r.string()?),
         last_error: r.string()?,
-        payload: Bytes::copy_from_slice(r.0),
+        payload: {
+            let start = value.len() - r.0.len();
+            Bytes::from_owner(value.clone()).slice(start..)
+        },
     })
 }
 
@@ -164,27 +199,27 @@ mod tests {
             last_error: "HTTP 503 é".into(),
             payload: Bytes::from_static(b"{\"update_id\":-8}"),
         };
-        let back = decode(&key(b'j', 1, 9), &encode(&j)).unwrap();
+        let back = decode(&key(b'j', 1, 9), &encode(&j).into()).unwrap();
         assert_eq!(format!("{back:?}"), format!("{j:?}"));
         let none = Job {
             update_id: None,
             ..j
         };
         assert_eq!(
-            decode(&key(b'j', 1, 9), &encode(&none)).unwrap().update_id,
+            decode(&key(b'j', 1, 9), &encode(&none).into()).unwrap().update_id,
             None
         );
     }
 
     #[test]
     fn damaged_records_are_errors_not_panics() {
-        assert!(decode(&key(b'j', 1, 1), &[1, 0, 0]).is_err());
-        assert!(decode(&key(b'j', 1, 1), &[9; 60]).is_err());
-        assert!(decode(b"short", &[]).is_err());
+        assert!(decode(&key(b'j', 1, 1), &[1u8, 0, 0][..].into()).is_err());
+        assert!(decode(&key(b'j', 1, 1), &[9u8; 60][..].into()).is_err());
+        assert!(decode(b"short", &sled::IVec::default()).is_err());
         let mut long_len = vec![1u8];
         long_len.extend_from_slice(&[0; 52]);
         long_len.extend_from_slice(&[0xff, 0xff]);
-        assert!(decode(&key(b'j', 1, 1), &long_len).is_err());
+        assert!(decode(&key(b'j', 1, 1), &long_len.into()).is_err());
     }
 
     #[test]
