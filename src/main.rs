@@ -16,7 +16,6 @@ use pollhook::config::{self, QuickStart, Settings};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-
 #[derive(Parser)]
 #[command(
     name = "pollhook",

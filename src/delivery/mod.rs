@@ -83,7 +83,12 @@ struct InFlight {
 
 impl Forwarder {
     pub async fn run(self, shutdown: CancellationToken) {
-        let target = Arc::new(Target::new(&self.bot, self.flavor, &self.settings, self.client.clone()));
+        let target = Arc::new(Target::new(
+            &self.bot,
+            self.flavor,
+            &self.settings,
+            self.client.clone(),
+        ));
         let mut lanes = Lanes::default();
         let mut inflight = InFlight::default();
         let mut refill = true;

@@ -52,7 +52,12 @@ impl Target {
     /// `client` is the process's shared one: it follows no redirect (a
     /// redirect is a misconfiguration to surface; following it would send
     /// signed updates somewhere unreviewed); the timeout is set per request.
-    pub fn new(bot: &str, flavor: Flavor, fwd: &ForwardSettings, client: reqwest::Client) -> Target {
+    pub fn new(
+        bot: &str,
+        flavor: Flavor,
+        fwd: &ForwardSettings,
+        client: reqwest::Client,
+    ) -> Target {
         let mut fixed = HeaderMap::new();
         fixed.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Ok(v) = HeaderValue::from_str(bot) {

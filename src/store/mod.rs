@@ -208,7 +208,10 @@ impl Store {
                 for &fwd in inc.forwards {
                     let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
                     last_seq = Some(seq);
-                    b.insert(&key(JOB, fwd, seq)[..], record::encode_new(inc.update, seq, received_ms));
+                    b.insert(
+                        &key(JOB, fwd, seq)[..],
+                        record::encode_new(inc.update, seq, received_ms),
+                    );
                 }
             }
             if let Some(seq) = last_seq {

@@ -77,7 +77,8 @@ struct Fields<'a> {
 
 fn write(f: &Fields<'_>) -> Vec<u8> {
     let lane = f.lane.encode();
-    let mut out = Vec::with_capacity(64 + f.kind.len() + lane.len() + f.last_error.len() + f.payload.len());
+    let mut out =
+        Vec::with_capacity(64 + f.kind.len() + lane.len() + f.last_error.len() + f.payload.len());
     out.push(VERSION);
     out.extend_from_slice(&f.attempts.to_be_bytes());
     out.extend_from_slice(&f.next_at_ms.to_be_bytes());
@@ -206,7 +207,9 @@ mod tests {
             ..j
         };
         assert_eq!(
-            decode(&key(b'j', 1, 9), &encode(&none).into()).unwrap().update_id,
+            decode(&key(b'j', 1, 9), &encode(&none).into())
+                .unwrap()
+                .update_id,
             None
         );
     }
