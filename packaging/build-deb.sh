@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
+# The package metadata reads target/pkg; the binary may be built elsewhere.
+bin="${CARGO_TARGET_DIR:-target}/release/pollhook"
 mkdir -p target/pkg
-target/release/pollhook manpage | gzip -9n > target/pkg/pollhook.1.gz
-target/release/pollhook completions bash > target/pkg/pollhook.bash
+"$bin" manpage | gzip -9n > target/pkg/pollhook.1.gz
+"$bin" completions bash > target/pkg/pollhook.bash
 cargo deb --no-build --locked --strip "$@"

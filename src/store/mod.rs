@@ -11,21 +11,30 @@
 //! m/fwd/<bot>\0<name>   u32 id of a forward (compact job keys)
 //! m/next-fwd            next forward id
 //! o<bot>                i64 offset for the bot's next getUpdates
-//! j<fwd u32><seq u64>   a job: one update waiting for one forward
+//! g<fwd u32><seq u64>   a group: the jobs of one batch for one forward,
+//!                       numbered seq, seq+1, … (see group.rs)
+//! k<fwd u32><seq u64>   which entries of group seq are finished (bitmap)
+//! j<fwd u32><seq u64>   a job on its own: a group entry's retry state
+//!                       (it wins over the entry), or a replayed dead letter
 //! d<fwd u32><seq u64>   a dead letter: a job given up on, kept for replay
 //! x<fwd u32><seq u64>   a damaged record, set aside so the queue moves on
 //! ```
 //!
 //! Jobs are keyed by a local monotonic sequence number, never by update_id:
-//! ids can jump down after a platform resets them. Each job carries its own
-//! copy of the payload and its retry state, so finishing a job is one delete
-//! and the retry schedule survives a restart with the job.
+//! ids can jump down after a platform resets them. A new job lives in its
+//! group; the first failed attempt writes it out as its own `j` record with
+//! its retry state, so the schedule survives a restart. Finishing a job
+//! sets its bit in memory; bitmaps are written, and finished groups
+//! removed, in batches. A bit lost to a crash means a duplicate delivery,
+//! never a loss.
 
+mod group;
 mod record;
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tracing::error;
@@ -90,6 +99,8 @@ pub struct ForwardRef {
 }
 
 const JOB: u8 = b'j';
+const GROUP: u8 = b'g';
+const DONE: u8 = b'k';
 const DEAD: u8 = b'd';
 const DAMAGED: u8 = b'x';
 
@@ -106,6 +117,18 @@ pub struct Store {
     /// `m/seq` only ever grows, even with many bots appending.
     append_order: Mutex<()>,
     instance: String,
+    live: Mutex<Live>,
+}
+
+/// What the store keeps in memory about jobs, so that finishing one costs
+/// no read of sled.
+#[derive(Default)]
+struct Live {
+    /// Finished entries of the groups read so far, per forward, by the
+    /// group's first seq. A group leaves when all its entries are finished.
+    groups: HashMap<u32, BTreeMap<u64, group::Done>>,
+    /// Every `j` key in the store (few: retries and replays).
+    own: HashSet<(u32, u64)>,
 }
 
 impl Store {
@@ -135,6 +158,13 @@ impl Store {
             Some(v) => u64_from(&v)?,
             None => 0,
         };
+        let mut live = Live::default();
+        for item in tree.scan_prefix([JOB]) {
+            let (k, _) = item?;
+            if let (Ok(fwd), Ok(seq)) = (record::fwd_of(&k), record::seq_of(&k)) {
+                live.own.insert((fwd, seq));
+            }
+        }
         Ok(Store {
             db,
             tree,
@@ -142,6 +172,7 @@ impl Store {
             committed: AtomicU64::new(last),
             append_order: Mutex::new(()),
             instance,
+            live: Mutex::new(live),
         })
     }
 
@@ -204,14 +235,31 @@ impl Store {
         let last_seq = {
             let _order = self.append_order.lock().unwrap_or_else(|e| e.into_inner());
             let mut last_seq = None;
-            for inc in batch {
-                for &fwd in inc.forwards {
+            // Forward by forward, so each forward's jobs of this batch get
+            // consecutive numbers and fill as few groups as possible.
+            let mut fwds: Vec<u32> = batch
+                .iter()
+                .flat_map(|i| i.forwards.iter().copied())
+                .collect();
+            fwds.sort_unstable();
+            fwds.dedup();
+            for fwd in fwds {
+                let mut g = group::Builder::new();
+                let mut first = 0;
+                for inc in batch.iter().filter(|i| i.forwards.contains(&fwd)) {
+                    if g.is_full() {
+                        let full = std::mem::replace(&mut g, group::Builder::new());
+                        b.insert(&key(GROUP, fwd, first)[..], full.finish());
+                    }
                     let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+                    if g.is_empty() {
+                        first = seq;
+                    }
                     last_seq = Some(seq);
-                    b.insert(
-                        &key(JOB, fwd, seq)[..],
-                        record::encode_new(inc.update, seq, received_ms),
-                    );
+                    g.push_with(|buf| record::encode_new_into(buf, inc.update, seq, received_ms));
+                }
+                if !g.is_empty() {
+                    b.insert(&key(GROUP, fwd, first)[..], g.finish());
                 }
             }
             if let Some(seq) = last_seq {
@@ -245,22 +293,93 @@ impl Store {
         mut keep: impl FnMut(&Job) -> bool,
     ) -> Result<Vec<Job>, StoreError> {
         let committed = self.committed.load(Ordering::SeqCst);
-        let end = to.unwrap_or(committed).min(committed);
+        let mut end = to.unwrap_or(committed).min(committed);
         let start = match after {
             Some(seq) if seq >= end => return Ok(Vec::new()),
             Some(seq) => seq + 1,
             None => 0,
         };
-        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Jobs on their own first: they win over their group's entry. If
+        // `limit` of them are found by seq S, nothing past S is needed.
+        let mut own = Vec::new();
+        let mut seen = HashSet::new();
         for item in self.tree.range(key(JOB, fwd, start)..=key(JOB, fwd, end)) {
             let (k, v) = item?;
+            let seq = record::seq_of(&k)?;
+            seen.insert(seq);
             match record::decode(&k, &v) {
-                Ok(job) if keep(&job) => out.push(job),
+                Ok(job) if keep(&job) => own.push(job),
                 Ok(_) => {}
                 Err(e) => self.set_aside(fwd, &k, &v, &e),
             }
-            if out.len() >= limit {
+            if own.len() >= limit {
+                end = seq;
                 break;
+            }
+        }
+        let mut grouped = Vec::new();
+        let mut damaged = Vec::new();
+        {
+            let from = self
+                .group_start(fwd, start)?
+                .map_or(start, |(first, _)| first);
+            for item in self
+                .tree
+                .range(key(GROUP, fwd, from)..=key(GROUP, fwd, end))
+            {
+                let (k, v) = item?;
+                let first = record::seq_of(&k)?;
+                let whole = Bytes::from_owner(v.clone());
+                let ranges = match group::entries(&whole) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        damaged.push((k.to_vec(), v.to_vec(), e));
+                        continue;
+                    }
+                };
+                let done = self
+                    .done_of(&mut self.live(), fwd, first, ranges.len())?
+                    .clone();
+                for (i, range) in ranges.into_iter().enumerate() {
+                    let seq = first + i as u64;
+                    if seq < start || done.is_set(i) || seen.contains(&seq) {
+                        continue;
+                    }
+                    if seq > end {
+                        break;
+                    }
+                    match record::decode_in(seq, &whole, range.clone()) {
+                        Ok(job) if keep(&job) => grouped.push(job),
+                        Ok(_) => {}
+                        Err(e) => {
+                            damaged.push((key(JOB, fwd, seq).to_vec(), whole[range].to_vec(), e))
+                        }
+                    }
+                }
+                if grouped.len() >= limit {
+                    break;
+                }
+            }
+        }
+        for (k, v, e) in damaged {
+            self.set_aside(fwd, &k, &v, &e);
+        }
+        // Both lists are in seq order; merge them.
+        let mut out = Vec::with_capacity(limit.min(own.len() + grouped.len()));
+        let (mut own, mut grouped) = (own.into_iter().peekable(), grouped.into_iter().peekable());
+        while out.len() < limit {
+            let next = match (own.peek(), grouped.peek()) {
+                (Some(a), Some(b)) if a.seq < b.seq => own.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => grouped.next(),
+                (Some(_), None) => own.next(),
+                (None, None) => None,
+            };
+            match next {
+                Some(job) => out.push(job),
+                None => break,
             }
         }
         Ok(out)
@@ -276,11 +395,129 @@ impl Store {
         self.scan(fwd, after, None, limit, |_| true)
     }
 
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The group that holds `seq`, if one does: its first seq and size.
+    fn group_start(&self, fwd: u32, seq: u64) -> Result<Option<(u64, usize)>, StoreError> {
+        let Some(item) = self
+            .tree
+            .range(key(GROUP, fwd, 0)..=key(GROUP, fwd, seq))
+            .next_back()
+        else {
+            return Ok(None);
+        };
+        let (k, v) = item?;
+        let first = record::seq_of(&k)?;
+        let n = group::count(&v).unwrap_or(0);
+        Ok((seq < first + n as u64).then_some((first, n)))
+    }
+
+    /// The finished-entries state of a group, read from the store the first
+    /// time it is needed.
+    fn done_of<'l>(
+        &self,
+        live: &'l mut Live,
+        fwd: u32,
+        first: u64,
+        n: usize,
+    ) -> Result<&'l mut group::Done, StoreError> {
+        match live.groups.entry(fwd).or_default().entry(first) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let done = match self.tree.get(key(DONE, fwd, first))? {
+                    Some(bits) => group::Done::load(n, &bits),
+                    None => group::Done::none(n),
+                };
+                Ok(e.insert(done))
+            }
+        }
+    }
+
+    /// The group holding `seq` and its state: from memory, else from sled.
+    fn group_of<'l>(
+        &self,
+        live: &'l mut Live,
+        fwd: u32,
+        seq: u64,
+    ) -> Result<Option<(u64, &'l mut group::Done)>, StoreError> {
+        let known = live
+            .groups
+            .get(&fwd)
+            .and_then(|g| g.range(..=seq).next_back())
+            .filter(|(first, done)| seq < **first + done.len() as u64)
+            .map(|(first, done)| (*first, done.len()));
+        let Some((first, n)) = known.map_or_else(|| self.group_start(fwd, seq), |k| Ok(Some(k)))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((first, self.done_of(live, fwd, first, n)?)))
+    }
+
+    /// Marks jobs finished, adding to `b` the writes that record it: their
+    /// own records removed, their groups' bitmaps saved, or their groups
+    /// removed once every entry is finished.
+    fn finish_into(
+        &self,
+        live: &mut Live,
+        fwd: u32,
+        seqs: &[u64],
+        b: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let mut touched = Vec::new();
+        for &seq in seqs {
+            if live.own.remove(&(fwd, seq)) {
+                b.remove(&key(JOB, fwd, seq)[..]);
+            }
+            if let Some((first, done)) = self.group_of(live, fwd, seq)? {
+                if done.set((seq - first) as usize) && touched.last() != Some(&first) {
+                    touched.push(first);
+                }
+            }
+        }
+        let groups = live.groups.entry(fwd).or_default();
+        for first in touched {
+            let Some(done) = groups.get_mut(&first) else {
+                continue;
+            };
+            if done.left() == 0 {
+                b.remove(&key(GROUP, fwd, first)[..]);
+                if done.saved {
+                    b.remove(&key(DONE, fwd, first)[..]);
+                }
+                groups.remove(&first);
+            } else {
+                b.insert(&key(DONE, fwd, first)[..], done.bytes());
+                done.saved = true;
+            }
+        }
+        Ok(())
+    }
+
     fn set_aside(&self, fwd: u32, k: &[u8], v: &[u8], e: &StoreError) {
         let seq = record::seq_of(k).unwrap_or(0);
         error!("job {seq} of forward #{fwd} is damaged ({e}); set aside under x-keys, the queue moves on");
         let mut b = sled::Batch::default();
-        b.remove(k);
+        let mut live = self.live();
+        match k.first() {
+            Some(&GROUP) => {
+                // The whole group is unreadable.
+                b.remove(k);
+                b.remove(&key(DONE, fwd, seq)[..]);
+                if let Some(g) = live.groups.get_mut(&fwd) {
+                    g.remove(&seq);
+                }
+            }
+            _ => {
+                // One job: on its own, or an entry of a readable group.
+                if let Err(e) = self.finish_into(&mut live, fwd, &[seq], &mut b) {
+                    error!("cannot set the damaged job aside: {e}");
+                    return;
+                }
+                b.remove(k);
+            }
+        }
         b.insert(&key(DAMAGED, fwd, seq)[..], v);
         if let Err(e) = self.tree.apply_batch(b) {
             error!("cannot set the damaged job aside: {e}");
@@ -289,25 +526,60 @@ impl Store {
 
     /// How many jobs a forward has waiting.
     pub fn depth(&self, fwd: u32) -> usize {
-        self.tree
-            .range(key(JOB, fwd, 0)..=key(JOB, fwd, u64::MAX))
+        // A snapshot of what is known in memory; the scan below does not
+        // hold the lock, so delivery does not wait for a metrics scrape.
+        let (known, own): (HashMap<u64, usize>, Vec<u64>) = {
+            let live = self.live();
+            let known = live
+                .groups
+                .get(&fwd)
+                .map(|g| g.iter().map(|(f, d)| (*f, d.left())).collect())
+                .unwrap_or_default();
+            let own = live
+                .own
+                .iter()
+                .filter(|(f, _)| *f == fwd)
+                .map(|(_, s)| *s)
+                .collect();
+            (known, own)
+        };
+        let mut n = 0;
+        let mut groups = Vec::new();
+        for (k, v) in self
+            .tree
+            .range(key(GROUP, fwd, 0)..=key(GROUP, fwd, u64::MAX))
+            .flatten()
+        {
+            let (Ok(first), Ok(count)) = (record::seq_of(&k), group::count(&v)) else {
+                continue;
+            };
+            groups.push((first, count as u64));
+            n += match known.get(&first) {
+                Some(left) => *left,
+                None => match self.tree.get(key(DONE, fwd, first)) {
+                    Ok(Some(bits)) => group::Done::load(count, &bits).left(),
+                    _ => count,
+                },
+            };
+        }
+        // Own records of group entries are counted with their group.
+        n + own
+            .iter()
+            .filter(|seq| {
+                let i = groups.partition_point(|(first, _)| *first <= **seq);
+                i == 0 || {
+                    let (first, count) = groups[i - 1];
+                    **seq >= first + count
+                }
+            })
             .count()
     }
 
     /// When the forward's oldest waiting update was received (ms since the
     /// epoch), if it has any.
     pub fn oldest(&self, fwd: u32) -> Result<Option<u64>, StoreError> {
-        match self
-            .tree
-            .range(key(JOB, fwd, 0)..=key(JOB, fwd, u64::MAX))
-            .next()
-        {
-            Some(item) => {
-                let (k, v) = item?;
-                Ok(Some(record::decode(&k, &v)?.received_ms))
-            }
-            None => Ok(None),
-        }
+        let first = self.scan(fwd, None, Some(u64::MAX), 1, |_| true)?;
+        Ok(first.first().map(|j| j.received_ms))
     }
 
     /// Whether the database still takes writes (for readiness).
@@ -320,27 +592,33 @@ impl Store {
     /// The job is done. Not flushed on its own: losing a completion to a
     /// crash only means one duplicate delivery.
     pub fn complete(&self, fwd: u32, seq: u64) -> Result<(), StoreError> {
-        self.tree.remove(key(JOB, fwd, seq))?;
-        Ok(())
+        self.complete_many(fwd, &[seq])
     }
 
-    /// Several jobs are done, removed in one batch.
+    /// Several jobs are done, recorded in one batch.
     pub fn complete_many(&self, fwd: u32, seqs: &[u64]) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
-        for &seq in seqs {
-            b.remove(&key(JOB, fwd, seq)[..]);
-        }
+        let mut live = self.live();
+        self.finish_into(&mut live, fwd, seqs, &mut b)?;
         self.tree.apply_batch(b)?;
         Ok(())
     }
 
-    /// Records a failed attempt and when to try next, if the job still exists.
+    /// Records a failed attempt and when to try next, if the job still
+    /// waits: as its own record, which wins over its group's entry.
     pub fn reschedule(&self, fwd: u32, job: &Job) -> Result<(), StoreError> {
-        let encoded = record::encode(job);
-        // Atomic "update if present": a job completed or dead-lettered
-        // meanwhile must not come back.
-        self.tree
-            .update_and_fetch(key(JOB, fwd, job.seq), |old| old.map(|_| encoded.clone()))?;
+        let mut live = self.live();
+        let waiting = live.own.contains(&(fwd, job.seq))
+            || match self.group_of(&mut live, fwd, job.seq)? {
+                Some((first, done)) => !done.is_set((job.seq - first) as usize),
+                // A job completed or dead-lettered meanwhile must not come back.
+                None => false,
+            };
+        if waiting {
+            self.tree
+                .insert(key(JOB, fwd, job.seq), record::encode(job))?;
+            live.own.insert((fwd, job.seq));
+        }
         Ok(())
     }
 
@@ -349,7 +627,8 @@ impl Store {
         let mut dead = job.clone();
         dead.dead_at_ms = now_ms;
         let mut b = sled::Batch::default();
-        b.remove(&key(JOB, fwd, job.seq)[..]);
+        let mut live = self.live();
+        self.finish_into(&mut live, fwd, &[job.seq], &mut b)?;
         b.insert(&key(DEAD, fwd, job.seq)[..], record::encode(&dead));
         self.tree.apply_batch(b)?;
         Ok(())
@@ -412,6 +691,7 @@ impl Store {
             b.insert(&key(JOB, fwd, new_seq)[..], record::encode(&job));
             b.insert(&b"m/seq"[..], &new_seq.to_be_bytes()[..]);
             self.tree.apply_batch(b)?;
+            self.live().own.insert((fwd, new_seq));
             new_seq
         };
         self.db.flush_async().await?;
@@ -635,6 +915,103 @@ mod tests {
         let jobs = s.pending(f, None, 10).unwrap();
         assert_eq!(jobs.iter().map(|j| j.seq).collect::<Vec<_>>(), [seqs[1]]);
         assert!(s.tree.get(key(DAMAGED, f, seqs[0])).unwrap().is_some());
+    }
+
+    /// Appends `n` updates (ids from `from`, 7 chats) for the forwards.
+    async fn fill(s: &Store, from: i64, n: i64, forwards: &[u32]) {
+        let updates: Vec<Update> = (from..from + n).map(|id| update(id, id % 7)).collect();
+        let batch: Vec<Incoming> = updates
+            .iter()
+            .map(|update| Incoming { update, forwards })
+            .collect();
+        s.append("b", &batch, Some(from + n), 5).await.unwrap();
+    }
+
+    fn ids(jobs: &[Job]) -> Vec<i64> {
+        jobs.iter().filter_map(|j| j.update_id).collect()
+    }
+
+    #[tokio::test]
+    async fn groups_finish_out_of_order_survive_a_reopen_and_leave_no_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, left) = {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let (a, b) = (
+                s.forward_id("b", "a").unwrap(),
+                s.forward_id("b", "b").unwrap(),
+            );
+            // 100 updates make several groups per forward.
+            fill(&s, 1, 100, &[a, b]).await;
+            let groups = s.tree.scan_prefix([GROUP]).count();
+            assert!(groups >= 4, "only {groups} groups");
+            assert_eq!((s.depth(a), s.depth(b)), (100, 100));
+            let jobs = s.pending(a, None, 1000).unwrap();
+            assert_eq!(ids(&jobs), (1..=100).collect::<Vec<_>>());
+            // Every third one, last first, plus one retried then delivered.
+            let mut done: Vec<u64> = jobs.iter().step_by(3).map(|j| j.seq).collect();
+            done.reverse();
+            let mut retried = jobs[1].clone();
+            retried.attempts = 2;
+            s.reschedule(a, &retried).unwrap();
+            s.complete_many(a, &done).unwrap();
+            s.complete(a, retried.seq).unwrap();
+            let left: Vec<i64> = ids(&s.pending(a, None, 1000).unwrap());
+            assert_eq!(left.len(), 100 - done.len() - 1);
+            assert_eq!(s.depth(a), left.len());
+            assert_eq!(
+                s.pending(b, None, 1000).unwrap().len(),
+                100,
+                "forward b untouched"
+            );
+            (a, b, left)
+        };
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let jobs = s.pending(a, None, 1000).unwrap();
+        assert_eq!(ids(&jobs), left, "finished jobs came back after a reopen");
+        // A cursor in the middle of a group, and a limit.
+        let after = jobs[10].seq;
+        let page = s.pending(a, Some(after), 5).unwrap();
+        assert_eq!(ids(&page), left[11..16]);
+        let seqs: Vec<u64> = jobs.iter().map(|j| j.seq).collect();
+        s.complete_many(a, &seqs).unwrap();
+        assert_eq!(s.depth(a), 0);
+        let all_b: Vec<u64> = s
+            .pending(b, None, 1000)
+            .unwrap()
+            .iter()
+            .map(|j| j.seq)
+            .collect();
+        s.complete_many(b, &all_b).unwrap();
+        for prefix in [GROUP, DONE, JOB] {
+            assert_eq!(
+                s.tree.scan_prefix([prefix]).count(),
+                0,
+                "{} keys left",
+                prefix as char
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_group_entry_is_set_aside_and_its_group_moves_on() {
+        let (_d, s) = store();
+        let f = s.forward_id("b", "f").unwrap();
+        fill(&s, 1, 3, &[f]).await;
+        let (k, v) = s.tree.scan_prefix([GROUP]).next().unwrap().unwrap();
+        let whole = Bytes::from(v.to_vec());
+        let second = group::entries(&whole).unwrap()[1].clone();
+        let mut bad = whole.to_vec();
+        bad[second.start] = 9; // an unknown record version
+        s.tree.insert(&k, bad).unwrap();
+        assert_eq!(ids(&s.pending(f, None, 10).unwrap()), [1, 3]);
+        assert_eq!(s.tree.scan_prefix([DAMAGED]).count(), 1);
+        assert_eq!(s.depth(f), 2);
+        // A group whose header is damaged goes aside whole.
+        fill(&s, 4, 2, &[f]).await;
+        let (k, _) = s.tree.scan_prefix([GROUP]).last().unwrap().unwrap();
+        s.tree.insert(&k, &b"\x07"[..]).unwrap();
+        assert_eq!(ids(&s.pending(f, None, 10).unwrap()), [1, 3]);
+        assert_eq!(s.tree.scan_prefix([DAMAGED]).count(), 2);
     }
 
     #[test]

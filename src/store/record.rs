@@ -9,6 +9,8 @@
 //! | payload (the rest)
 //! ```
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use super::{Job, StoreError};
@@ -32,6 +34,14 @@ pub fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
         return Err(StoreError::Corrupt("job key has the wrong length".into()));
     }
     u64_from(&key[5..])
+}
+
+/// The forward id in a 13-byte job key.
+pub fn fwd_of(key: &[u8]) -> Result<u32, StoreError> {
+    if key.len() != 13 {
+        return Err(StoreError::Corrupt("job key has the wrong length".into()));
+    }
+    u32_from(&key[1..5])
 }
 
 pub fn u64_from(v: &[u8]) -> Result<u64, StoreError> {
@@ -76,9 +86,14 @@ struct Fields<'a> {
 }
 
 fn write(f: &Fields<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_into(&mut out, f);
+    out
+}
+
+fn write_into(out: &mut Vec<u8>, f: &Fields<'_>) {
     let lane = f.lane.encode();
-    let mut out =
-        Vec::with_capacity(64 + f.kind.len() + lane.len() + f.last_error.len() + f.payload.len());
+    out.reserve(64 + f.kind.len() + lane.len() + f.last_error.len() + f.payload.len());
     out.push(VERSION);
     out.extend_from_slice(&f.attempts.to_be_bytes());
     out.extend_from_slice(&f.next_at_ms.to_be_bytes());
@@ -87,11 +102,10 @@ fn write(f: &Fields<'_>) -> Vec<u8> {
     out.extend_from_slice(&f.id_seq.to_be_bytes());
     out.extend_from_slice(&f.dead_at_ms.to_be_bytes());
     out.extend_from_slice(&f.replayed_ms.to_be_bytes());
-    put_str(&mut out, f.kind);
-    put_str(&mut out, &lane);
-    put_str(&mut out, f.last_error);
+    put_str(out, f.kind);
+    put_str(out, &lane);
+    put_str(out, f.last_error);
     out.extend_from_slice(f.payload);
-    out
 }
 
 pub fn encode(j: &Job) -> Vec<u8> {
@@ -110,21 +124,25 @@ pub fn encode(j: &Job) -> Vec<u8> {
     })
 }
 
-/// The record of a job for an update just received.
-pub fn encode_new(u: &Update, seq: u64, received_ms: u64) -> Vec<u8> {
-    write(&Fields {
-        attempts: 0,
-        next_at_ms: 0,
-        received_ms,
-        update_id: u.update_id,
-        id_seq: seq,
-        dead_at_ms: 0,
-        replayed_ms: 0,
-        kind: &u.kind,
-        lane: &u.lane,
-        last_error: "",
-        payload: &u.payload,
-    })
+/// Appends the record of a job for an update just received to `out` (a
+/// group being built), so the payload is copied once.
+pub fn encode_new_into(out: &mut Vec<u8>, u: &Update, seq: u64, received_ms: u64) {
+    write_into(
+        out,
+        &Fields {
+            attempts: 0,
+            next_at_ms: 0,
+            received_ms,
+            update_id: u.update_id,
+            id_seq: seq,
+            dead_at_ms: 0,
+            replayed_ms: 0,
+            kind: &u.kind,
+            lane: &u.lane,
+            last_error: "",
+            payload: &u.payload,
+        },
+    )
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -154,7 +172,15 @@ impl<'a> Reader<'a> {
 /// Decodes a record; the payload is a view into sled's buffer, not a copy.
 pub fn decode(key: &[u8], value: &sled::IVec) -> Result<Job, StoreError> {
     let seq = seq_of(key)?;
-    let mut r = Reader(value);
+    let whole = Bytes::from_owner(value.clone());
+    decode_in(seq, &whole, 0..whole.len())
+}
+
+/// Decodes the record at `range` of `whole` (a group holds many); the
+/// payload is a slice of `whole`.
+pub fn decode_in(seq: u64, whole: &Bytes, range: Range<usize>) -> Result<Job, StoreError> {
+    let end = range.end;
+    let mut r = Reader(&whole[range]);
     let version = r.take(1)?[0];
     if version != VERSION {
         return Err(StoreError::Corrupt(format!(
@@ -173,10 +199,7 @@ pub fn decode(key: &[u8], value: &sled::IVec) -> Result<Job, StoreError> {
         kind: r.string()?,
         lane: Lane::decode(&r.string()?),
         last_error: r.string()?,
-        payload: {
-            let start = value.len() - r.0.len();
-            Bytes::from_owner(value.clone()).slice(start..)
-        },
+        payload: whole.slice(end - r.0.len()..end),
     })
 }
 

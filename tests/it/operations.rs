@@ -453,7 +453,10 @@ fn the_package_holds_binary_unit_config_man_page_and_keeps_state() {
         "build-deb.sh: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deb = std::fs::read_dir(root.join("target/debian"))
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let deb = std::fs::read_dir(target.join("debian"))
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "deb"))
