@@ -22,8 +22,8 @@ use super::StoreError;
 const VERSION: u8 = 2;
 
 /// A group closes at this many bytes (or entries), so that a sled leaf (up
-/// to 16 keys) stays well under sled's 128 KiB blob threshold: sled writes
-/// bigger pages to separate blob files, which it never fsyncs.
+/// to ~17 keys) of groups stays far under sled's blob threshold (see
+/// `SEGMENT_SIZE`): sled writes bigger pages to blob files it never fsyncs.
 pub const MAX_BYTES: usize = 6 * 1024;
 pub const MAX_ENTRIES: usize = 256;
 
