@@ -783,9 +783,28 @@ mod tests {
         Update::parse(&raw).unwrap()
     }
 
+    /// Opens the store in `dir`, waiting while an earlier `Store` on it is
+    /// still letting go: sled releases its file lock when its last
+    /// background thread drops the database, a moment after our drop. A
+    /// reopen in the same process can race that; a new process cannot.
+    fn open(dir: &Path) -> Store {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir, 1 << 20) {
+                Err(StoreError::Open { source, .. })
+                    if source.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < give_up =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = open(dir.path());
         (dir, s)
     }
 
@@ -793,7 +812,7 @@ mod tests {
     async fn append_then_reopen_keeps_jobs_offset_and_sequence() {
         let dir = tempfile::tempdir().unwrap();
         let (fwd, seqs) = {
-            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let s = open(dir.path());
             let fwd = s.forward_id("b", "f").unwrap();
             let (u1, u2) = (update(10, 1), update(11, 2));
             let batch = [
@@ -815,7 +834,7 @@ mod tests {
                 .collect();
             (fwd, seqs)
         };
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = open(dir.path());
         assert_eq!(s.forward_id("b", "f").unwrap(), fwd);
         assert_eq!(s.offset("b").unwrap(), Some(12));
         let jobs = s.pending(fwd, None, 10).unwrap();
@@ -970,7 +989,7 @@ mod tests {
     async fn groups_finish_out_of_order_survive_a_reopen_and_leave_no_keys() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, left) = {
-            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let s = open(dir.path());
             let (a, b) = (
                 s.forward_id("b", "a").unwrap(),
                 s.forward_id("b", "b").unwrap(),
@@ -1000,7 +1019,7 @@ mod tests {
             );
             (a, b, left)
         };
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = open(dir.path());
         let jobs = s.pending(a, None, 1000).unwrap();
         assert_eq!(ids(&jobs), left, "finished jobs came back after a reopen");
         // A cursor in the middle of a group, and a limit.
@@ -1066,16 +1085,10 @@ mod tests {
             last_error: String::new(),
             payload: Bytes::new(),
         };
-        let first = Store::open(dir.path(), 1 << 20)
-            .unwrap()
-            .webhook_id(&job(5));
-        let again = Store::open(dir.path(), 1 << 20)
-            .unwrap()
-            .webhook_id(&job(5));
+        let first = open(dir.path()).webhook_id(&job(5));
+        let again = open(dir.path()).webhook_id(&job(5));
         let other_dir = tempfile::tempdir().unwrap();
-        let other = Store::open(other_dir.path(), 1 << 20)
-            .unwrap()
-            .webhook_id(&job(5));
+        let other = open(other_dir.path()).webhook_id(&job(5));
         assert_eq!(first, again);
         assert_ne!(first, other);
     }
@@ -1102,7 +1115,7 @@ mod tests {
     async fn long_updates_stay_in_the_fsynced_log_not_in_blob_files() {
         for size in [8_000, 40_000] {
             let dir = tempfile::tempdir().unwrap();
-            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let s = open(dir.path());
             let f = s.forward_id("b", "f").unwrap();
             let forwards = [f];
             let mut id = 0;
@@ -1134,7 +1147,7 @@ mod tests {
             }
             s.flush().await.unwrap();
             drop(s);
-            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let s = open(dir.path());
             assert_eq!(s.dead_letters(f).unwrap().len(), 134, "{size} bytes");
             assert_eq!(s.pending(f, None, 1000).unwrap().len(), 266);
             assert_eq!(blob_files(dir.path()), 0, "{size}-byte updates");
@@ -1152,10 +1165,10 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = open(dir.path());
         fill(&s, 1, 3, &[s.forward_id("b", "f").unwrap()]).await;
         drop(s);
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = open(dir.path());
         assert_eq!(
             s.pending(s.forward_id("b", "f").unwrap(), None, 9)
                 .unwrap()
