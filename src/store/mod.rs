@@ -104,7 +104,8 @@ pub struct ForwardRef {
 /// durable. A page is a whole leaf (up to ~17 records), so with sled's
 /// default 512 KiB a leaf of long updates (8 KiB each: a 4,096-character
 /// Cyrillic message) already went to a blob. 8 MiB segments keep leaves of
-/// 100 KiB updates in the fsynced log; the cost is one 8 MiB I/O buffer.
+/// 100 KiB updates in the fsynced log; the cost is sled's larger I/O
+/// buffers (backlog RSS 108 → 132 MB, see BENCHMARKS.md).
 pub const SEGMENT_SIZE: usize = 8 << 20;
 
 /// The segment size to open `db` with: the one it was created with (sled

@@ -29,6 +29,8 @@ fn check_after_kill(setup: &Setup, round: usize, window: &HashSet<i64>) -> usize
         .iter()
         .filter_map(|j| j.update_id)
         .collect();
+    drop(store);
+    wait_for_sled_to_let_go(&setup.state_dir().join("db").join("db"));
     let missing: Vec<i64> = (1..=confirmed)
         .filter(|id| !delivered.contains(id) && !stored.contains(id) && !window.contains(id))
         .take(10)
@@ -38,6 +40,27 @@ fn check_after_kill(setup: &Setup, round: usize, window: &HashSet<i64>) -> usize
         "after kill {round}: the API had confirmed up to {confirmed}, but these were neither delivered nor stored: {missing:?}"
     );
     stored.len()
+}
+
+/// sled releases its file lock (a `flock` on `db/db`) when its last
+/// background thread lets go of the database, a moment after the drop; the
+/// restarted relay would find it still held and exit. Wait until a `flock`
+/// of our own succeeds (and is released again by closing the file).
+fn wait_for_sled_to_let_go(lock_file: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let give_up = std::time::Instant::now() + LONG;
+    loop {
+        let file = std::fs::File::open(lock_file).expect("sled's lock file exists");
+        // SAFETY: flock on a file descriptor we own, which is open here.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "sled kept {lock_file:?} locked"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The ids of batches answered from index `from` on (MPChat only).
