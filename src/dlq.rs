@@ -38,7 +38,7 @@ enum Via {
         client: reqwest::Client,
         token: Option<SecretString>,
     },
-    Store(Store),
+    Store(Box<Store>),
 }
 
 /// Runs a dlq command, printing its result; returns whether it fully worked.
@@ -135,7 +135,7 @@ async fn connect(t: Target) -> Result<Via, String> {
         ));
     }
     match Store::open(&t.state_dir, t.cache_bytes) {
-        Ok(s) => Ok(Via::Store(s)),
+        Ok(s) => Ok(Via::Store(Box::new(s))),
         Err(e) => Err(match t.admin {
             Some(addr) => format!("{e}; and the admin API at {addr} does not answer. Is pollhook running with a different admin.listen?"),
             None => format!("{e}. If pollhook is running, set admin.listen in its configuration so `pollhook dlq` can reach it"),

@@ -28,6 +28,7 @@
 //! removed, in batches. A bit lost to a crash means a duplicate delivery,
 //! never a loss.
 
+mod blobs;
 mod group;
 mod record;
 
@@ -50,6 +51,8 @@ pub enum StoreError {
     Db(#[from] sled::Error),
     #[error("a stored record is damaged: {0}")]
     Corrupt(String),
+    #[error("the state database's files cannot be synced to disk: {0}")]
+    Sync(#[from] std::io::Error),
 }
 
 /// One update waiting for (or given up on by) one forward.
@@ -99,13 +102,13 @@ pub struct ForwardRef {
 }
 
 /// sled's log segment size. sled writes any page bigger than a quarter of
-/// a segment to its own blob file, and sled 0.34 never fsyncs blob files: a
-/// power cut could lose such a page although the log that points to it is
-/// durable. A page is a whole leaf (up to ~17 records), so with sled's
-/// default 512 KiB a leaf of long updates (8 KiB each: a 4,096-character
-/// Cyrillic message) already went to a blob. 8 MiB segments keep leaves of
-/// 100 KiB updates in the fsynced log; the cost is sled's larger I/O
-/// buffers (backlog RSS 108 → 132 MB, see BENCHMARKS.md).
+/// a segment to its own blob file, which sled 0.34 never fsyncs: the store
+/// does that after each flush (blobs.rs), at the price of a file and an
+/// fsync per blob. A page is a whole leaf (up to ~17 records), so with
+/// sled's default 512 KiB a leaf of long updates (8 KiB each: a
+/// 4,096-character Cyrillic message) already went to a blob. 8 MiB
+/// segments keep leaves of 100 KiB updates in the log; the cost is sled's
+/// larger I/O buffers (backlog RSS 108 → 132 MB, see BENCHMARKS.md).
 pub const SEGMENT_SIZE: usize = 8 << 20;
 
 /// The segment size to open `db` with: the one it was created with (sled
@@ -143,6 +146,7 @@ pub struct Store {
     append_order: Mutex<()>,
     instance: String,
     live: Mutex<Live>,
+    blobs: blobs::Blobs,
 }
 
 /// What the store keeps in memory about jobs, so that finishing one costs
@@ -166,7 +170,7 @@ impl Store {
                 state_dir = %dir.display(),
                 segment_kib = segments / 1024,
                 "this state directory was created by an older pollhook with small sled segments, \
-                 where long updates can be stored in files sled does not fsync; \
+                 where long updates go to separate blob files, each costing an extra fsync; \
                  to move on: let the queue drain, stop pollhook, move the directory away, start again"
             );
         }
@@ -181,12 +185,16 @@ impl Store {
                 source,
             })?;
         let tree = db.open_tree("queue")?;
+        // Blobs left by an earlier run may never have reached the disk.
+        let blobs = blobs::Blobs::new(dir.join("db"));
+        blobs.sync()?;
         let instance = match tree.get(b"m/instance")? {
             Some(v) => hex(&v),
             None => {
                 let bytes: [u8; 8] = rand::random();
                 tree.insert(b"m/instance", &bytes[..])?;
                 db.flush()?;
+                blobs.sync()?;
                 hex(&bytes)
             }
         };
@@ -209,6 +217,7 @@ impl Store {
             append_order: Mutex::new(()),
             instance,
             live: Mutex::new(live),
+            blobs,
         })
     }
 
@@ -229,6 +238,7 @@ impl Store {
             .unwrap_or(1);
         self.tree.insert(name_key, &id.to_be_bytes())?;
         self.db.flush()?;
+        self.blobs.sync()?;
         Ok(id)
     }
 
@@ -310,7 +320,7 @@ impl Store {
         // One flush per batch (group commit); concurrent bots share flushes.
         // A flush covers every batch applied before it, so publishing the
         // highest seq afterwards never exposes an unflushed one.
-        self.db.flush_async().await?;
+        self.durable().await?;
         if let Some(seq) = last_seq {
             self.committed.fetch_max(seq, Ordering::SeqCst);
         }
@@ -730,7 +740,7 @@ impl Store {
             self.live().own.insert((fwd, new_seq));
             new_seq
         };
-        self.db.flush_async().await?;
+        self.durable().await?;
         self.committed.fetch_max(new_seq, Ordering::SeqCst);
         Ok(true)
     }
@@ -741,7 +751,7 @@ impl Store {
             let _order = self.append_order.lock().unwrap_or_else(|e| e.into_inner());
             self.tree.remove(key(DEAD, fwd, seq))?.is_some()
         };
-        self.db.flush_async().await?;
+        self.durable().await?;
         Ok(existed)
     }
 
@@ -754,7 +764,14 @@ impl Store {
 
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.durable().await
+    }
+
+    /// sled's flush, then the blob files it does not sync itself. Every
+    /// flush goes through here.
+    async fn durable(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
+        self.blobs.sync()?;
         Ok(())
     }
 
@@ -1153,6 +1170,64 @@ mod tests {
             assert_eq!(s.pending(f, None, 1000).unwrap().len(), 266);
             assert_eq!(blob_files(dir.path()), 0, "{size}-byte updates");
         }
+    }
+
+    /// A state directory made by an older pollhook keeps sled's 512 KiB
+    /// segments, where leaves of long updates go to blob files: each flush
+    /// of the store syncs them, which sled itself never does.
+    #[tokio::test]
+    async fn blob_files_of_small_segment_directories_are_synced_by_every_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        sled::Config::new()
+            .path(dir.path().join("db"))
+            .segment_size(512 * 1024)
+            .open()
+            .unwrap()
+            .flush()
+            .unwrap();
+        let s = open(dir.path());
+        let f = s.forward_id("b", "f").unwrap();
+        let forwards = [f];
+        let mut id = 0;
+        let mut most = 0;
+        for _ in 0..8 {
+            let updates: Vec<Update> = (0..25)
+                .map(|chat| {
+                    id += 1;
+                    long_update(id, chat, 40_000)
+                })
+                .collect();
+            let batch: Vec<Incoming> = updates
+                .iter()
+                .map(|update| Incoming {
+                    update,
+                    forwards: &forwards,
+                })
+                .collect();
+            s.append("b", &batch, Some(id + 1), 5).await.unwrap();
+            // Listed before looking at what was synced, so a blob sled
+            // writes later is not counted against the append.
+            let on_disk: Vec<(std::ffi::OsString, u64)> =
+                std::fs::read_dir(dir.path().join("db").join("blobs"))
+                    .unwrap()
+                    .map(|e| {
+                        let e = e.unwrap();
+                        (e.file_name(), e.metadata().unwrap().len())
+                    })
+                    .collect();
+            let synced = s.blobs.synced();
+            for (name, len) in &on_disk {
+                assert_eq!(synced.get(name), Some(len), "blob {name:?} not synced");
+            }
+            most = most.max(on_disk.len());
+        }
+        assert!(
+            most > 0,
+            "the test wrote no blob files, so it proved nothing"
+        );
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(s.pending(f, None, 1000).unwrap().len(), 200);
     }
 
     #[tokio::test]
