@@ -1120,6 +1120,21 @@ mod tests {
         Update::parse(&raw).unwrap()
     }
 
+    /// Appends a batch of 25 long updates, one per chat, ids from `id + 1`.
+    async fn append_long(s: &Store, forwards: &[u32], id: &mut i64, size: usize) {
+        let updates: Vec<Update> = (0..25)
+            .map(|chat| {
+                *id += 1;
+                long_update(*id, chat, size)
+            })
+            .collect();
+        let batch: Vec<Incoming> = updates
+            .iter()
+            .map(|update| Incoming { update, forwards })
+            .collect();
+        s.append("b", &batch, Some(*id + 1), 5).await.unwrap();
+    }
+
     fn blob_files(dir: &Path) -> usize {
         std::fs::read_dir(dir.join("db").join("blobs"))
             .map(|d| d.count())
@@ -1138,20 +1153,7 @@ mod tests {
             let forwards = [f];
             let mut id = 0;
             for _ in 0..16 {
-                let updates: Vec<Update> = (0..25)
-                    .map(|chat| {
-                        id += 1;
-                        long_update(id, chat, size)
-                    })
-                    .collect();
-                let batch: Vec<Incoming> = updates
-                    .iter()
-                    .map(|update| Incoming {
-                        update,
-                        forwards: &forwards,
-                    })
-                    .collect();
-                s.append("b", &batch, Some(id + 1), 5).await.unwrap();
+                append_long(&s, &forwards, &mut id, size).await;
             }
             // Own records (retry state) and dead letters carry payloads too.
             let jobs = s.pending(f, None, 1000).unwrap();
@@ -1191,20 +1193,7 @@ mod tests {
         let mut id = 0;
         let mut most = 0;
         for _ in 0..8 {
-            let updates: Vec<Update> = (0..25)
-                .map(|chat| {
-                    id += 1;
-                    long_update(id, chat, 40_000)
-                })
-                .collect();
-            let batch: Vec<Incoming> = updates
-                .iter()
-                .map(|update| Incoming {
-                    update,
-                    forwards: &forwards,
-                })
-                .collect();
-            s.append("b", &batch, Some(id + 1), 5).await.unwrap();
+            append_long(&s, &forwards, &mut id, 40_000).await;
             // Listed before looking at what was synced, so a blob sled
             // writes later is not counted against the append.
             let on_disk: Vec<(std::ffi::OsString, u64)> =
