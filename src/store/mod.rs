@@ -185,19 +185,19 @@ impl Store {
                 source,
             })?;
         let tree = db.open_tree("queue")?;
-        // Blobs left by an earlier run may never have reached the disk.
-        let blobs = blobs::Blobs::new(dir.join("db"));
-        blobs.sync()?;
         let instance = match tree.get(b"m/instance")? {
             Some(v) => hex(&v),
             None => {
                 let bytes: [u8; 8] = rand::random();
                 tree.insert(b"m/instance", &bytes[..])?;
                 db.flush()?;
-                blobs.sync()?;
                 hex(&bytes)
             }
         };
+        // Covers the flush above, and blobs an earlier run left that may
+        // never have reached the disk.
+        let blobs = blobs::Blobs::new(dir.join("db"));
+        blobs.sync()?;
         let last = match tree.get(b"m/seq")? {
             Some(v) => u64_from(&v)?,
             None => 0,
@@ -768,7 +768,8 @@ impl Store {
     }
 
     /// sled's flush, then the blob files it does not sync itself. Every
-    /// flush goes through here.
+    /// flush after `open` goes through here, except `forward_id`'s blocking
+    /// one, which syncs the blobs the same way.
     async fn durable(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         self.blobs.sync()?;

@@ -184,7 +184,9 @@ pub async fn id_jump_down(f: Flavor) {
 }
 
 pub async fn crash(f: Flavor) {
-    let (_, delivered, lost) = crate::crash::crash_run(f, 3_000, 6).await;
+    let crate::crash::CrashRun {
+        delivered, lost, ..
+    } = crate::crash::crash_run(f, 3_000, 6, crate::crash::Messages::Short).await;
     match f {
         // MPChat confirms on answer; the window is the batch being stored at
         // the kill. crash_run already checked that only such batches can miss.
