@@ -185,6 +185,15 @@ struct RawForward {
 
 /// Reads `path`, applies `POLLHOOK_…` environment overrides, and validates.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let (raw, source_name, base) = read_layered(path)?;
+    validate(raw, &source_name, &base)
+}
+
+/// The file with the environment's overrides on top: the one loader every
+/// command uses, so `status` and `dlq` see what `run` sees. Returns the raw
+/// schema, the file's name for messages, and the folder relative paths
+/// resolve against.
+fn read_layered(path: &Path) -> Result<(RawConfig, String, PathBuf), ConfigError> {
     let source_name = path.display().to_string();
     let err = |key: &str, message: String| ConfigError {
         source_name: source_name.clone(),
@@ -196,14 +205,16 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     }
     // `prefix_separator` must be set explicitly: `.separator("__")` would
     // otherwise also become the prefix separator and POLLHOOK_STATE_DIR would
-    // be silently ignored.
+    // be silently ignored. No `try_parsing`: it turns every value that looks
+    // like a number into one, so a state_dir "007" became "7" and an admin
+    // token "000123" became "123". Left as strings, numbers and booleans
+    // still deserialize into numeric and boolean keys.
     let layered = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
         .add_source(
             config::Environment::with_prefix("POLLHOOK")
                 .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true),
+                .separator("__"),
         )
         .build()
         .map_err(|e| err("(file)", e.to_string()))?;
@@ -215,7 +226,7 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    validate(raw, &source_name, &base)
+    Ok((raw, source_name, base))
 }
 
 /// Trims the `config` crate's own location suffixes (the key and file are
@@ -521,21 +532,7 @@ pub struct AdminView {
 }
 
 pub fn load_admin_view(path: &Path) -> Result<AdminView, ConfigError> {
-    let source_name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        source_name: source_name.clone(),
-        key: "(file)".into(),
-        message: format!("cannot read the file: {e}"),
-    })?;
-    let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError {
-        source_name: source_name.clone(),
-        key: "(file)".into(),
-        message: e.to_string(),
-    })?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let (raw, source_name, base) = read_layered(path)?;
     let ctx = Ctx {
         source_name: &source_name,
         base: &base,

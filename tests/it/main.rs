@@ -6,6 +6,7 @@ mod api_errors;
 mod common;
 mod crash;
 mod dead_letters;
+mod faults;
 mod delivery;
 mod interop;
 mod lifecycle;
