@@ -54,13 +54,11 @@ pub async fn run(relay: Arc<Observed>, shutdown: CancellationToken) {
         if watchdog.is_some() {
             match stalled(&relay) {
                 None => send(&[NotifyState::Watchdog, NotifyState::Status(&status)]),
-                Some(bot) => {
+                Some(why) => {
                     // No ping: if this lasts, systemd restarts the service,
                     // which is the point of a watchdog.
-                    warn!(bot = %bot, "the poller has not moved for longer than it should; withholding the watchdog ping");
-                    send(&[NotifyState::Status(&format!(
-                        "{status}; poller {bot} stalled"
-                    ))]);
+                    warn!("{why}; withholding the watchdog ping");
+                    send(&[NotifyState::Status(&format!("{status}; {why}"))]);
                 }
             }
         } else {
@@ -73,15 +71,20 @@ pub async fn run(relay: Arc<Observed>, shutdown: CancellationToken) {
     ]);
 }
 
-/// A poller whose current step has overrun its own bound (its deadline is
-/// set before every call, sleep and store retry), if any.
+/// Why the pipeline is not alive, if it is not: the store fails its writes
+/// (a poller retrying them is busy, not stalled, but makes no progress), or
+/// a poller's current step has overrun its own bound (its deadline is set
+/// before every call, sleep and store retry).
 fn stalled(relay: &Observed) -> Option<String> {
+    if let Some((_, error)) = relay.store.failing() {
+        return Some(format!("the store is failing ({error})"));
+    }
     let now = now_ms();
     relay
         .bots
         .iter()
         .find(|b| now > b.stats.busy_until_ms.load(Ordering::Relaxed))
-        .map(|b| b.name.clone())
+        .map(|b| format!("poller {} stalled", b.name))
 }
 
 fn send(states: &[NotifyState]) {

@@ -100,9 +100,44 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         info!("admin API on http://{}", listener.local_addr()?);
         tasks.spawn(admin::serve(listener, admin, shutdown.clone()));
     }
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tasks.spawn(watch_store(store.clone(), broken.clone(), shutdown.clone()));
     tasks.close();
     tasks.wait().await;
+    if broken.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!(
+            "stopped because the state database kept failing (see above); \
+             exiting non-zero so that systemd's Restart= opens it afresh"
+        );
+    }
     store.flush().await?;
     info!("stopped; everything stored is on disk");
     Ok(())
+}
+
+/// Stops the relay when the store can only recover by being reopened
+/// (store/health.rs): sled keeps an I/O error for good, so retrying in
+/// this process would fail forever even after the disk has room again.
+async fn watch_store(
+    store: Arc<Store>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if store.needs_restart(crate::clock::now_ms()) {
+            let error = store.failing().map(|(_, e)| e).unwrap_or_default();
+            tracing::error!(
+                "the state database has failed for {}s and the disk has room again, but sled keeps \
+                 its error ({error}) until it is reopened; stopping (nothing unstored was confirmed)",
+                crate::store::health::GRACE.as_secs()
+            );
+            broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            shutdown.cancel();
+            return;
+        }
+    }
 }

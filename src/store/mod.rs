@@ -30,10 +30,11 @@
 
 mod blobs;
 mod group;
+pub mod health;
 mod record;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -147,6 +148,12 @@ pub struct Store {
     instance: String,
     live: Mutex<Live>,
     blobs: blobs::Blobs,
+    /// The state directory, for free-space checks when writes fail.
+    dir: PathBuf,
+    health: health::Health,
+    /// Each bot's offset as last flushed: what `/status` reports. The tree
+    /// may hold a newer one whose flush failed, which was never confirmed.
+    stored_offsets: Mutex<HashMap<String, i64>>,
 }
 
 /// What the store keeps in memory about jobs, so that finishing one costs
@@ -218,6 +225,9 @@ impl Store {
             instance,
             live: Mutex::new(live),
             blobs,
+            dir: dir.to_path_buf(),
+            health: health::Health::default(),
+            stored_offsets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -259,8 +269,18 @@ impl Store {
         Ok(out)
     }
 
-    /// The offset to send with the bot's next getUpdates, if one was stored.
+    /// The offset to send with the bot's next getUpdates, if one was stored
+    /// (flushed: an offset whose flush failed is not reported).
     pub fn offset(&self, bot: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(o) = self
+            .stored_offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(bot)
+        {
+            return Ok(Some(*o));
+        }
+        // Not appended to since open: the tree holds what is on disk.
         match self.tree.get(offset_key(bot))? {
             Some(v) => Ok(Some(u64_from(&v)? as i64)),
             None => Ok(None),
@@ -314,7 +334,10 @@ impl Store {
             if let Some(offset) = new_offset {
                 b.insert(offset_key(bot), &(offset as u64).to_be_bytes()[..]);
             }
-            self.tree.apply_batch(b)?;
+            if let Err(e) = self.tree.apply_batch(b) {
+                self.health.failed(crate::clock::now_ms(), &e.to_string());
+                return Err(e.into());
+            }
             last_seq
         };
         // One flush per batch (group commit); concurrent bots share flushes.
@@ -323,6 +346,12 @@ impl Store {
         self.durable().await?;
         if let Some(seq) = last_seq {
             self.committed.fetch_max(seq, Ordering::SeqCst);
+        }
+        if let Some(offset) = new_offset {
+            self.stored_offsets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(bot.to_string(), offset);
         }
         Ok(())
     }
@@ -591,9 +620,12 @@ impl Store {
         };
         let mut n = 0;
         let mut groups = Vec::new();
+        // Only what is flushed: a batch whose flush failed is not queued
+        // (it was not confirmed, and will come again).
+        let committed = self.committed.load(Ordering::SeqCst);
         for (k, v) in self
             .tree
-            .range(key(GROUP, fwd, 0)..=key(GROUP, fwd, u64::MAX))
+            .range(key(GROUP, fwd, 0)..=key(GROUP, fwd, committed))
             .flatten()
         {
             let (Ok(first), Ok(count)) = (record::seq_of(&k), group::count(&v)) else {
@@ -771,9 +803,32 @@ impl Store {
     /// flush after `open` goes through here, except `forward_id`'s blocking
     /// one, which syncs the blobs the same way.
     async fn durable(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        self.blobs.sync()?;
-        Ok(())
+        let result = async {
+            self.db.flush_async().await?;
+            self.blobs.sync()?;
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        match &result {
+            Ok(()) => self.health.worked(),
+            Err(e) => self.health.failed(crate::clock::now_ms(), &e.to_string()),
+        }
+        result
+    }
+
+    /// Since when (ms since the epoch) writes fail, and the last error, if
+    /// they do.
+    pub fn failing(&self) -> Option<(u64, String)> {
+        self.health.failing()
+    }
+
+    /// Whether this handle is beyond repair: sled keeps an I/O error for
+    /// good, so once writes have failed a while with room on the disk again,
+    /// only reopening the store helps (see health.rs).
+    pub fn needs_restart(&self, now_ms: u64) -> bool {
+        self.failing().is_some_and(|(since, _)| {
+            health::needs_restart(since, now_ms, health::free_space(&self.dir))
+        })
     }
 
     /// Bytes the database occupies on disk.

@@ -46,7 +46,7 @@ fn check_after_kill(setup: &Setup, round: usize, window: &HashSet<i64>) -> usize
 /// background thread lets go of the database, a moment after the drop; the
 /// restarted relay would find it still held and exit. Wait until a `flock`
 /// of our own succeeds (and is released again by closing the file).
-fn wait_for_sled_to_let_go(lock_file: &std::path::Path) {
+pub fn wait_for_sled_to_let_go(lock_file: &std::path::Path) {
     use std::os::fd::AsRawFd;
     let give_up = std::time::Instant::now() + LONG;
     loop {

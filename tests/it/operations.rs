@@ -1,13 +1,12 @@
 //! Running pollhook as a service: the admin API, `pollhook status`, systemd
 //! notifications, logs, signals, the unit file and the package.
 
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
-use crate::rig::{Relay, Reply};
+use crate::rig::{NotifySocket, Relay, Reply};
 
 fn admin_config(setup: &Setup, port: u16) -> std::path::PathBuf {
     setup.config_full(&format!("[admin]\nlisten = \"127.0.0.1:{port}\""), "", "")
@@ -161,46 +160,6 @@ async fn admin_api_health_readiness_status_and_metrics() {
     );
     assert_no_token(&relay.logs());
     assert!(!json.contains(TOKEN.split(':').nth(1).unwrap()));
-}
-
-/// A stand-in for systemd's notification socket.
-struct NotifySocket {
-    sock: UnixDatagram,
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-impl NotifySocket {
-    fn new() -> NotifySocket {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        NotifySocket {
-            sock,
-            _dir: dir,
-            path,
-        }
-    }
-
-    /// Messages received within `within`, until one contains `until`.
-    fn read_until(&self, until: &str, within: Duration) -> Vec<String> {
-        let deadline = std::time::Instant::now() + within;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while std::time::Instant::now() < deadline {
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let done = msg.contains(until);
-                got.push(msg);
-                if done {
-                    return got;
-                }
-            }
-        }
-        panic!("no {until:?} from pollhook within {within:?}; got {got:?}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,11 @@
 
 pub mod backend;
 pub mod fake_api;
+pub mod notify;
 pub mod proc;
 mod serve;
 
 pub use backend::{Backend, Received, Reply, Span};
 pub use fake_api::{Call, FakeApi, Fault, Flavor};
+pub use notify::NotifySocket;
 pub use proc::{write_config, Relay};
