@@ -131,15 +131,69 @@ impl std::fmt::Display for Me {
 /// Redirects are never followed (Bot API calls do not redirect; a backend's
 /// redirect is a misconfiguration to surface) and every request sets its
 /// own timeout.
+///
+/// It uses no proxy, whatever `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` say: a
+/// proxy sees the whole URL of an `http://` request, token included, and
+/// deliveries to private backends should not leave through one either. A
+/// bot that needs a proxy names it (`proxy`), see [`Clients`].
 pub fn shared_client() -> reqwest::Client {
+    builder()
+        .no_proxy()
+        .build()
+        .expect("a client with static settings always builds")
+}
+
+fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(64)
         .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("a client with static settings always builds")
+}
+
+/// The process's HTTP clients: the shared direct one, and one per distinct
+/// configured proxy (bots behind the same proxy share it).
+pub struct Clients {
+    direct: reqwest::Client,
+    via: std::collections::HashMap<String, reqwest::Client>,
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        Clients {
+            direct: shared_client(),
+            via: Default::default(),
+        }
+    }
+
+    /// The direct client, for backends.
+    pub fn direct(&self) -> reqwest::Client {
+        self.direct.clone()
+    }
+
+    /// The client for a bot's Bot API calls: through `proxy` if it has one.
+    /// The proxy URL was checked by configuration validation; an error
+    /// here names the scheme or address reqwest refused.
+    pub fn for_bot(&mut self, proxy: Option<&url::Url>) -> Result<reqwest::Client, String> {
+        let Some(proxy) = proxy else {
+            return Ok(self.direct.clone());
+        };
+        if let Some(c) = self.via.get(proxy.as_str()) {
+            return Ok(c.clone());
+        }
+        let client = reqwest::Proxy::all(proxy.as_str())
+            .and_then(|p| builder().proxy(p).build())
+            .map_err(|e| error_chain(&e.without_url()))?;
+        self.via.insert(proxy.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
 }
 
 /// The envelope every Bot API answer comes in.

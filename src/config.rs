@@ -61,6 +61,9 @@ pub struct BotSettings {
     pub allowed_updates: Option<Vec<String>>,
     pub poll_timeout: Duration,
     pub forwards: Vec<ForwardSettings>,
+    /// The proxy the bot's Bot API calls go through, if any (never one
+    /// from the environment).
+    pub proxy: Option<Url>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +129,7 @@ struct RawBot {
     poll_timeout: Option<String>,
     #[serde(default)]
     forward: Vec<RawForward>,
+    proxy: Option<String>,
 }
 
 /// A value written either once or as a list.
@@ -306,6 +310,7 @@ pub fn quick_start(q: QuickStart) -> Result<Settings, ConfigError> {
             allowed_updates: None,
             poll_timeout: None,
             forward,
+            proxy: None,
         }],
     };
     let cwd = PathBuf::from(".");
@@ -651,6 +656,10 @@ fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSettings, ConfigEr
         }
         forwards.push(fwd);
     }
+    let proxy = match rb.proxy.as_deref() {
+        None => None,
+        Some(text) => Some(check_proxy(ctx, &prefix, text)?),
+    };
     Ok(BotSettings {
         name,
         flavor,
@@ -659,7 +668,26 @@ fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSettings, ConfigEr
         allowed_updates: rb.allowed_updates,
         poll_timeout,
         forwards,
+        proxy,
     })
+}
+
+fn check_proxy(ctx: &Ctx, prefix: &str, text: &str) -> Result<Url, ConfigError> {
+    let key = format!("{prefix}.proxy");
+    let url = Url::parse(text).map_err(|e| ctx.err(&key, format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
+        return Err(ctx.err(
+            key,
+            format!(
+                "scheme {:?} is not http, https, socks5 or socks5h",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ctx.err(key, "names no host"));
+    }
+    Ok(url)
 }
 
 fn check_api_url(ctx: &Ctx, prefix: &str, template: &str) -> Result<(), ConfigError> {
@@ -891,6 +919,9 @@ impl fmt::Display for Settings {
                 b.name, b.flavor, b.api_url
             )?;
             writeln!(f, "  token: {}", mask(b.token.expose_secret()))?;
+            if let Some(p) = &b.proxy {
+                writeln!(f, "  proxy: {}", display_url(p))?;
+            }
             writeln!(
                 f,
                 "  poll_timeout: {}",

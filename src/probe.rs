@@ -10,10 +10,17 @@ use crate::config::Settings;
 pub async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)> {
     // Concurrently, so one slow platform does not delay the rest.
     let mut calls = JoinSet::new();
-    let client = crate::botapi::shared_client();
+    let mut clients = crate::botapi::Clients::new();
     for (i, bot) in settings.bots.iter().enumerate() {
-        let api = BotApi::new(&bot.api_url, bot.token.clone(), client.clone());
         let (name, flavor) = (bot.name.clone(), bot.flavor);
+        let client = match clients.for_bot(bot.proxy.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                calls.spawn(async move { (i, name, Err(format!("proxy: {e}"))) });
+                continue;
+            }
+        };
+        let api = BotApi::new(&bot.api_url, bot.token.clone(), client);
         calls.spawn(async move {
             let result = api
                 .get_me()

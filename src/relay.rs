@@ -35,9 +35,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
     let mut bot_stats = Vec::new();
-    let client = crate::botapi::shared_client();
+    let mut clients = crate::botapi::Clients::new();
+    let client = clients.direct();
     for bot in settings.bots {
-        let api = Arc::new(BotApi::new(&bot.api_url, bot.token.clone(), client.clone()));
+        let via = clients
+            .for_bot(bot.proxy.as_ref())
+            .map_err(|e| anyhow::anyhow!("bot {}: proxy: {e}", bot.name))?;
+        let api = Arc::new(BotApi::new(&bot.api_url, bot.token.clone(), via));
         let mut routes = Vec::with_capacity(bot.forwards.len());
         for fwd in &bot.forwards {
             let fwd_id = store.forward_id(&bot.name, &fwd.name)?;

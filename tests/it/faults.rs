@@ -246,3 +246,121 @@ async fn a_full_disk_pauses_polling_and_a_restart_delivers_everything() {
     assert!(relay.wait_exit(LONG).await.is_some_and(|s| s.success()));
     assert_no_token(&relay.logs());
 }
+
+/// An HTTP forward proxy that passes plain-http requests on and records the
+/// URI of each one it saw.
+struct Proxy {
+    server: crate::rig::serve::Server,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        use http_body_util::BodyExt;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let listener = crate::rig::serve::bind(0);
+        let server = crate::rig::serve::Server::serve(
+            listener,
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let (log, client) = (log.clone(), client.clone());
+                async move {
+                    let uri = req.uri().to_string();
+                    log.lock().unwrap().push(uri.clone());
+                    let method = req.method().clone();
+                    let headers = req.headers().clone();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|_| crate::rig::serve::DropConnection)?
+                        .to_bytes();
+                    let mut out = client.request(method, &uri).body(body);
+                    for (k, v) in headers.iter() {
+                        if k != hyper::header::HOST && !k.as_str().starts_with("proxy-") {
+                            out = out.header(k, v);
+                        }
+                    }
+                    let resp = out
+                        .send()
+                        .await
+                        .map_err(|_| crate::rig::serve::DropConnection)?;
+                    let status = resp.status();
+                    let ct = resp.headers().get(hyper::header::CONTENT_TYPE).cloned();
+                    let bytes = resp
+                        .bytes()
+                        .await
+                        .map_err(|_| crate::rig::serve::DropConnection)?;
+                    let mut answer = hyper::Response::builder().status(status);
+                    if let Some(ct) = ct {
+                        answer = answer.header(hyper::header::CONTENT_TYPE, ct);
+                    }
+                    Ok(answer.body(http_body_util::Full::new(bytes)).unwrap())
+                }
+            },
+        );
+        Proxy { server, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Proxies from the environment are ignored (an http:// api_url would hand
+/// the proxy the token); a bot's configured `proxy` carries its Bot API
+/// calls, and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_configured_proxy_sees_bot_api_calls() {
+    let setup = Setup::new().await;
+    let env_proxy = Proxy::start();
+    let url = env_proxy.url();
+    let env = [
+        ("HTTP_PROXY", url.as_str()),
+        ("http_proxy", url.as_str()),
+        ("HTTPS_PROXY", url.as_str()),
+        ("ALL_PROXY", url.as_str()),
+    ];
+    let mut relay = Relay::spawn(&setup.config("", ""), &env);
+    setup.api.push_message(TOKEN, 1, 1, "direct");
+    setup.backend.wait_accepted(1, LONG).await;
+    relay.sigterm();
+    assert!(relay.wait_exit(LONG).await.is_some());
+    assert_eq!(
+        env_proxy.seen(),
+        Vec::<String>::new(),
+        "a proxy from the environment was used"
+    );
+
+    let proxy = Proxy::start();
+    let config = setup.config(&format!("proxy = \"{}\"", proxy.url()), "");
+    let mut relay = Relay::spawn(&config, &env);
+    setup.api.push_message(TOKEN, 2, 1, "proxied");
+    setup.backend.wait_accepted(2, LONG).await;
+    relay.sigterm();
+    assert!(relay.wait_exit(LONG).await.is_some());
+    let seen = proxy.seen();
+    assert!(seen.iter().any(|u| u.ends_with("/getUpdates")), "{seen:?}");
+    assert!(
+        seen.iter().all(|u| u.contains("/bot")),
+        "only Bot API calls go through the bot's proxy, not deliveries: {seen:?}"
+    );
+    assert_eq!(env_proxy.seen(), Vec::<String>::new());
+    assert_no_token(&relay.logs());
+
+    // check-config: a SOCKS proxy is accepted with its password masked; a
+    // scheme reqwest cannot use is named with its key.
+    let config = setup.config("proxy = \"socks5h://user:pa55word@127.0.0.1:1080\"", "");
+    let (ok, out, err) = pollhook(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("proxy: socks5h://user:****@127.0.0.1:1080"), "{out}");
+    assert!(!out.contains("pa55word"), "{out}");
+    let config = setup.config("proxy = \"ftp://127.0.0.1:21\"", "");
+    let (ok, _, err) = pollhook(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(!ok && err.contains("bot[0].proxy") && err.contains("\"ftp\""), "{err}");
+}

@@ -8,7 +8,7 @@ pub mod backend;
 pub mod fake_api;
 pub mod notify;
 pub mod proc;
-mod serve;
+pub mod serve;
 
 pub use backend::{Backend, Received, Reply, Span};
 pub use fake_api::{Call, FakeApi, Fault, Flavor};
