@@ -20,6 +20,7 @@ use url::Url;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::stale::StalePolicy;
 use crate::flavor::Flavor;
+use crate::methods::MethodSet;
 use crate::routing::Filter;
 use crate::signing::SigningKey;
 
@@ -83,6 +84,8 @@ pub struct ForwardSettings {
     pub stale: StalePolicy,
     /// Execute Bot API calls a backend returns in its 2xx reply body.
     pub reply_calls: bool,
+    /// Which methods such a reply may call.
+    pub reply_methods: MethodSet,
 }
 
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -182,6 +185,7 @@ struct RawForward {
     max_age: Option<String>,
     stale: Option<String>,
     reply_calls: Option<bool>,
+    reply_methods: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -292,6 +296,7 @@ pub fn quick_start(q: QuickStart) -> Result<Settings, ConfigError> {
             max_age: None,
             stale: None,
             reply_calls: None,
+            reply_methods: None,
         })
         .collect();
     let raw = RawConfig {
@@ -825,6 +830,11 @@ fn validate_forward(
             )
         })?,
     };
+    let reply_methods = match &rf.reply_methods {
+        None => MethodSet::parse(crate::delivery::reply::DEFAULT_METHODS),
+        Some(list) => MethodSet::parse(list),
+    }
+    .map_err(|m| ctx.err(format!("{prefix}.reply_methods"), m))?;
     Ok(ForwardSettings {
         name,
         url,
@@ -836,6 +846,7 @@ fn validate_forward(
         retry,
         stale,
         reply_calls: rf.reply_calls.unwrap_or(true),
+        reply_methods,
     })
 }
 
@@ -950,9 +961,9 @@ impl fmt::Display for Settings {
                     f,
                     "    webhook reply calls: {}",
                     if fw.reply_calls {
-                        "executed"
+                        format!("executed for {}", fw.reply_methods)
                     } else {
-                        "ignored"
+                        "ignored".to_string()
                     }
                 )?;
                 writeln!(

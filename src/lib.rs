@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod dlq;
 pub mod flavor;
 pub mod logging;
+pub mod methods;
 pub mod metrics;
 pub mod notify;
 pub mod poller;

@@ -173,6 +173,11 @@ pub fn render(snap: &Snapshot, bots: &[BotHandle], forwards: &[ForwardHandle]) -
             "pollhook_webhook_replies_total{{{l},result=\"ignored\"}} {}",
             c.replies_ignored
         );
+        let _ = writeln!(
+            out,
+            "pollhook_webhook_replies_total{{{l},result=\"refused\"}} {}",
+            c.replies_refused
+        );
     }
     let gauge = |out: &mut String,
                  name: &str,

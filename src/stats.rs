@@ -167,6 +167,8 @@ pub struct ForwardStats {
     pub replies_ok: AtomicU64,
     pub replies_failed: AtomicU64,
     pub replies_ignored: AtomicU64,
+    /// Reply calls to methods the forward's `reply_methods` does not admit.
+    pub replies_refused: AtomicU64,
     /// The last failed attempt: (ms since the epoch, error).
     pub last_error: Mutex<Option<(u64, String)>>,
     /// From receipt to a 2xx.
@@ -184,6 +186,7 @@ impl Default for ForwardStats {
             replies_ok: AtomicU64::new(0),
             replies_failed: AtomicU64::new(0),
             replies_ignored: AtomicU64::new(0),
+            replies_refused: AtomicU64::new(0),
             last_error: Mutex::new(None),
             latency: Histogram::new(LATENCY_BOUNDS),
         }
@@ -201,6 +204,9 @@ pub struct ForwardCounters {
     pub replies_ok: u64,
     pub replies_failed: u64,
     pub replies_ignored: u64,
+    /// Absent from the answer of a pollhook that did not count it yet.
+    #[serde(default)]
+    pub replies_refused: u64,
 }
 
 impl ForwardStats {
@@ -214,6 +220,7 @@ impl ForwardStats {
             replies_ok: get(&self.replies_ok),
             replies_failed: get(&self.replies_failed),
             replies_ignored: get(&self.replies_ignored),
+            replies_refused: get(&self.replies_refused),
         }
     }
 }

@@ -12,9 +12,15 @@
 //! jobs in memory, refilled from the store in sequence order whenever it runs
 //! low or the poller says new jobs arrived, so a backlog of millions costs
 //! disk, not memory.
+//!
+//! A backend's 2xx body may hold a Bot API call (a webhook reply), run on
+//! its behalf by `reply_runner` within the memory budget of `reply_body`.
 
 mod lanes;
+mod multipart;
 pub mod reply;
+mod reply_body;
+mod reply_runner;
 pub mod retry;
 mod send;
 pub mod stale;
@@ -23,18 +29,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::botapi::{ApiError, BotApi};
+use crate::botapi::BotApi;
 use crate::clock::now_ms;
 use crate::config::ForwardSettings;
 use crate::flavor::Flavor;
 use crate::stats::{self, ForwardStats};
 use crate::store::{Job, Store};
 use lanes::{key_of, Lanes};
+use reply_body::{ReplyBody, ReplyBudget};
+use reply_runner::Replies;
 use send::{Outcome, Target};
 use stale::StalePolicy;
 
@@ -59,7 +67,8 @@ pub struct Forwarder {
     /// admin API after a replay.
     pub wake: Arc<Notify>,
     pub stats: Arc<ForwardStats>,
-    /// How long a graceful stop waits for requests already in flight.
+    /// How long a graceful stop waits for requests already in flight and
+    /// webhook reply calls still running.
     pub drain_timeout: Duration,
 }
 
@@ -67,7 +76,6 @@ type Attempt = (String, Job, Outcome);
 
 /// In-flight sends, each remembered with its lane (whose head is the job in
 /// flight) so that even a task that dies unexpectedly gives its lane back.
-#[derive(Default)]
 struct InFlight {
     tasks: JoinSet<Attempt>,
     by_task: HashMap<tokio::task::Id, String>,
@@ -79,6 +87,36 @@ struct InFlight {
     done_since: Option<std::time::Instant>,
     /// Some attempt failed since the last success (the backend may be down).
     failing: bool,
+    /// Lanes kept after their head was delivered, until its webhook reply
+    /// is read (`LaneHold`), come back through here.
+    lane_back: mpsc::UnboundedSender<String>,
+}
+
+impl InFlight {
+    fn new(lane_back: mpsc::UnboundedSender<String>) -> InFlight {
+        InFlight {
+            tasks: JoinSet::new(),
+            by_task: HashMap::new(),
+            done: Vec::new(),
+            done_since: None,
+            failing: false,
+            lane_back,
+        }
+    }
+}
+
+/// Keeps a lane busy while its delivered head's reply waits for its turn to
+/// be read; gives the lane back when dropped.
+struct LaneHold {
+    key: String,
+    back: mpsc::UnboundedSender<String>,
+}
+
+impl Drop for LaneHold {
+    fn drop(&mut self) {
+        // After a stop the dispatcher is gone, and so is the lane.
+        let _ = self.back.send(std::mem::take(&mut self.key));
+    }
 }
 
 impl Forwarder {
@@ -88,9 +126,18 @@ impl Forwarder {
             self.flavor,
             &self.settings,
             self.client.clone(),
+            ReplyBudget::default(),
         ));
+        let replies = Replies::new(
+            &self.bot,
+            &self.settings.name,
+            self.api.clone(),
+            self.stats.clone(),
+            self.settings.reply_methods.clone(),
+        );
+        let (lane_back, mut lanes_back) = mpsc::unbounded_channel();
         let mut lanes = Lanes::default();
-        let mut inflight = InFlight::default();
+        let mut inflight = InFlight::new(lane_back);
         let mut refill = true;
         info!(bot = %self.bot, forward = %self.settings.name, url = %crate::config::display_url(&self.settings.url), "delivering");
         loop {
@@ -128,12 +175,16 @@ impl Forwarder {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = inflight.tasks.join_next_with_id() => {
-                    self.settled(done, &mut lanes, &mut inflight);
+                    self.settled(done, &mut lanes, &mut inflight, &replies);
                     // Take every other finished send too, then remove the
                     // delivered ones from the store in one batch.
                     while let Some(done) = inflight.tasks.try_join_next_with_id() {
-                        self.settled(done, &mut lanes, &mut inflight);
+                        self.settled(done, &mut lanes, &mut inflight, &replies);
                     }
+                }
+                Some(key) = lanes_back.recv() => {
+                    lanes.finish(&key, now_ms());
+                    self.reload_lane(&key, &mut lanes);
                 }
                 _ = self.wake.notified() => refill = true,
                 _ = sleep => {}
@@ -146,8 +197,12 @@ impl Forwarder {
                 self.forget_delivered(&mut inflight);
             }
         }
-        self.drain(&mut inflight, &mut lanes).await;
+        // Deliveries and reply calls share one stop timeout.
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        self.drain(&mut inflight, &mut lanes, &replies, deadline)
+            .await;
         self.forget_delivered(&mut inflight);
+        replies.drain(deadline).await;
         debug!(bot = %self.bot, forward = %self.settings.name, "dispatcher stopped");
     }
 
@@ -254,6 +309,7 @@ impl Forwarder {
         done: Result<(tokio::task::Id, Attempt), tokio::task::JoinError>,
         lanes: &mut Lanes,
         inflight: &mut InFlight,
+        replies: &Replies,
     ) {
         stats::sub(&self.stats.in_flight, 1);
         let (key, mut job, outcome) = match done {
@@ -278,11 +334,7 @@ impl Forwarder {
         };
         let now = now_ms();
         match outcome {
-            Outcome::Delivered {
-                status,
-                content_type,
-                body,
-            } => {
+            Outcome::Delivered { status, reply } => {
                 debug!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered");
                 stats::add(&self.stats.delivered, 1);
                 self.stats
@@ -298,10 +350,28 @@ impl Forwarder {
                     inflight.failing = false;
                     lanes.release_all();
                 }
-                if self.settings.reply_calls && !body.is_empty() {
-                    self.spawn_reply(content_type, body, job.update_id);
+                match reply {
+                    ReplyBody::None => lanes.finish(&key, now),
+                    ReplyBody::Failed(why) => {
+                        replies.failed(&why, job.update_id);
+                        lanes.finish(&key, now);
+                    }
+                    ReplyBody::Read(reply) => {
+                        replies.run(reply, job.update_id);
+                        lanes.finish(&key, now);
+                    }
+                    ReplyBody::Pending(pending) => {
+                        // Every permit for a body of its size is taken: the
+                        // chat waits until this reply is read, other chats
+                        // go on.
+                        debug!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, "webhook reply waits for memory to be read; its chat waits with it");
+                        let hold = LaneHold {
+                            key: key.clone(),
+                            back: inflight.lane_back.clone(),
+                        };
+                        replies.run_when_read(pending, job.update_id, hold);
+                    }
                 }
-                lanes.finish(&key, now);
             }
             Outcome::Gone => {
                 job.attempts += 1;
@@ -354,74 +424,25 @@ impl Forwarder {
         inflight.done_since = None;
     }
 
-    /// Runs a Bot API call from a webhook reply in its own task: it is
-    /// retried with backoff but never holds up the lane.
-    fn spawn_reply(
-        &self,
-        content_type: Option<String>,
-        body: bytes::Bytes,
-        update_id: Option<i64>,
-    ) {
-        let (api, stats, bot, fwd) = (
-            self.api.clone(),
-            self.stats.clone(),
-            self.bot.clone(),
-            self.settings.name.clone(),
-        );
-        tokio::spawn(async move {
-            let call = match reply::parse(content_type.as_deref(), body).await {
-                reply::Parsed::Nothing => return,
-                reply::Parsed::Ignored(method) => {
-                    stats::add(&stats.replies_ignored, 1);
-                    info!(bot = %bot, forward = %fwd, ?update_id, "webhook reply calls {method}, which is not executed from a reply; ignored");
-                    return;
-                }
-                reply::Parsed::Invalid(why) => {
-                    stats::add(&stats.replies_failed, 1);
-                    warn!(bot = %bot, forward = %fwd, ?update_id, "webhook reply not understood: {why}");
-                    return;
-                }
-                reply::Parsed::Call(call) => call,
-            };
-            for attempt in 1..=REPLY_ATTEMPTS {
-                match api.call_with(&call.method, &call.params).await {
-                    Ok(_) => {
-                        stats::add(&stats.replies_ok, 1);
-                        info!(bot = %bot, forward = %fwd, ?update_id, method = %call.method, "webhook reply executed");
-                        return;
-                    }
-                    Err(e) => {
-                        let retry = attempt < REPLY_ATTEMPTS && reply_retryable(&e);
-                        warn!(bot = %bot, forward = %fwd, ?update_id, method = %call.method, attempt, "webhook reply call failed: {e}{}", if retry { "; retrying" } else { "" });
-                        if !retry {
-                            break;
-                        }
-                        let wait = match &e {
-                            ApiError::RateLimited { retry_after } => (*retry_after)
-                                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
-                            _ => Duration::from_secs(1 << (attempt - 1)),
-                        };
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-            }
-            stats::add(&stats.replies_failed, 1);
-        });
-    }
-
     /// Waits for requests already sent, up to the drain timeout; anything
     /// unfinished stays in the store and is sent again after a restart.
-    async fn drain(&self, inflight: &mut InFlight, lanes: &mut Lanes) {
+    async fn drain(
+        &self,
+        inflight: &mut InFlight,
+        lanes: &mut Lanes,
+        replies: &Replies,
+        deadline: tokio::time::Instant,
+    ) {
         if inflight.tasks.is_empty() {
             return;
         }
         info!(bot = %self.bot, forward = %self.settings.name, in_flight = inflight.tasks.len(), "waiting for deliveries in flight");
-        let deadline = tokio::time::sleep(self.drain_timeout);
+        let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 done = inflight.tasks.join_next_with_id() => match done {
-                    Some(done) => self.settled(done, lanes, inflight),
+                    Some(done) => self.settled(done, lanes, inflight, replies),
                     None => return,
                 },
                 _ = &mut deadline => {
@@ -432,16 +453,4 @@ impl Forwarder {
             }
         }
     }
-}
-
-/// Attempts at a webhook reply's Bot API call (1 s, 2 s, 4 s, 8 s apart).
-const REPLY_ATTEMPTS: u32 = 5;
-
-/// Whether a failed reply call may succeed if made again: not when the
-/// platform refused it (a bad request stays bad) or lacks the method.
-fn reply_retryable(e: &ApiError) -> bool {
-    !matches!(
-        e,
-        ApiError::Rejected { .. } | ApiError::NotImplemented { .. } | ApiError::BadToken { .. }
-    )
 }

@@ -5,27 +5,49 @@
 //!
 //! Bodies come as JSON, `application/x-www-form-urlencoded` or
 //! `multipart/form-data` (aiogram answers in multipart); file parts are
-//! passed on as uploads. Methods that make no sense as a reply (`get*`,
-//! `setWebhook`, `deleteWebhook`, `close`, `logOut`) are ignored, as
-//! Telegram ignores them.
+//! passed on as uploads. Only `method` is read: the other parameters go on
+//! as the bytes that came, so a reply costs its size once, not a parsed
+//! tree several times that.
+//!
+//! A reply may only call what the forward's `reply_methods` admits (by
+//! default the methods that answer a user). Methods that make no sense as a
+//! reply (`get*`, `setWebhook`, `deleteWebhook`, `close`, `logOut`) are
+//! ignored even if admitted, as Telegram ignores them.
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+
+use super::multipart;
+pub use super::multipart::Part;
+use crate::methods::MethodSet;
+
+/// What `reply_methods` admits unless configured: the methods that answer
+/// (send, edit or delete a message, answer a query, show a chat action),
+/// and not `sendGift`, which spends the bot's Stars.
+pub const DEFAULT_METHODS: &[&str] = &[
+    "send*",
+    "!sendGift",
+    "editMessage*",
+    "answer*",
+    "delete*Message*",
+    "copyMessage*",
+    "forwardMessage*",
+    "stopPoll",
+    "stopMessageLiveLocation",
+    "setMessageReaction",
+];
 
 /// A Bot API call's parameters, in the encoding they arrived in.
 #[derive(Debug, Clone)]
 pub enum Params {
-    Json(Map<String, Value>),
-    Form(Vec<(String, String)>),
+    /// A JSON object without `method`; the values are the reply's bytes.
+    Json(Bytes),
+    /// urlencoded pairs without `method`, as they came.
+    Form(Bytes),
+    /// The parts but `method`; their data share the reply body's buffer.
     Multipart(Vec<Part>),
-}
-
-#[derive(Debug, Clone)]
-pub struct Part {
-    pub name: String,
-    pub file_name: Option<String>,
-    pub content_type: Option<String>,
-    pub data: Bytes,
 }
 
 #[derive(Debug, Clone)]
@@ -38,8 +60,10 @@ pub struct BotCall {
 pub enum Parsed {
     /// No call in the body (empty, or no `method`).
     Nothing,
-    /// A method that is not executed as a reply.
+    /// A method that is never executed as a reply.
     Ignored(String),
+    /// A method `reply_methods` does not admit.
+    Refused(String),
     Call(BotCall),
     /// The body claimed an encoding it does not have.
     Invalid(String),
@@ -54,130 +78,143 @@ fn ignored(method: &str) -> bool {
         )
 }
 
-fn decide(method: Option<String>, params: Params) -> Parsed {
+fn decide(method: Option<String>, params: impl FnOnce() -> Params, admitted: &MethodSet) -> Parsed {
     match method {
         None => Parsed::Nothing,
         Some(m) if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric()) => {
             Parsed::Invalid(format!("{m:?} is not a method name"))
         }
         Some(m) if ignored(&m) => Parsed::Ignored(m),
-        Some(method) => Parsed::Call(BotCall { method, params }),
+        Some(m) if !admitted.allows(&m) => Parsed::Refused(m),
+        Some(method) => Parsed::Call(BotCall {
+            method,
+            params: params(),
+        }),
     }
 }
 
-/// Reads a 2xx reply body.
-pub async fn parse(content_type: Option<&str>, body: Bytes) -> Parsed {
+/// Reads a 2xx reply body; `admitted` is the forward's `reply_methods`.
+pub fn parse(content_type: Option<&str>, body: Bytes, admitted: &MethodSet) -> Parsed {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Parsed::Nothing;
     }
     let ct = content_type.unwrap_or("").to_ascii_lowercase();
     if ct.starts_with("multipart/form-data") {
-        return parse_multipart(content_type.unwrap_or(""), body).await;
+        return parse_multipart(content_type.unwrap_or(""), &body, admitted);
     }
     if ct.starts_with("application/x-www-form-urlencoded") {
-        let mut method = None;
-        let mut pairs = Vec::new();
-        for (k, v) in url::form_urlencoded::parse(&body) {
-            if k == "method" {
-                method = Some(v.into_owned());
-            } else {
-                pairs.push((k.into_owned(), v.into_owned()));
-            }
-        }
-        return decide(method, Params::Form(pairs));
+        return parse_form(&body, admitted);
     }
     // JSON, declared or not: many handlers answer without a content type.
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(mut map)) => {
+    // The values stay raw (borrowed from the body) and only `method` is
+    // decoded.
+    match serde_json::from_slice::<BTreeMap<String, &RawValue>>(&body) {
+        Ok(mut map) => {
             let method = match map.remove("method") {
-                Some(Value::String(m)) => Some(m),
-                Some(_) => return Parsed::Invalid("\"method\" is not a string".into()),
+                Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+                    Ok(m) => Some(m),
+                    Err(_) => return Parsed::Invalid("\"method\" is not a string".into()),
+                },
                 None => None,
             };
-            decide(method, Params::Json(map))
+            decide(
+                method,
+                || {
+                    Params::Json(Bytes::from(
+                        serde_json::to_vec(&map).expect("raw JSON values serialise"),
+                    ))
+                },
+                admitted,
+            )
         }
-        Ok(_) => Parsed::Nothing,
+        // Valid JSON that is not an object is no call.
+        Err(_) if serde_json::from_slice::<&RawValue>(&body).is_ok() => Parsed::Nothing,
         Err(_) if ct.contains("json") => Parsed::Invalid("the body is not valid JSON".into()),
         // Plain text such as "OK" is an ordinary acknowledgement.
         Err(_) => Parsed::Nothing,
     }
 }
 
-async fn parse_multipart(content_type: &str, body: Bytes) -> Parsed {
-    let boundary = match multer::parse_boundary(content_type) {
-        Ok(b) => b,
-        Err(e) => return Parsed::Invalid(format!("multipart without a boundary: {e}")),
-    };
-    let stream =
-        futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
-    let mut form = multer::Multipart::new(stream, boundary);
+/// The pairs stay encoded as they came; only the `method` pair is decoded
+/// and left out.
+fn parse_form(body: &[u8], admitted: &MethodSet) -> Parsed {
     let mut method = None;
-    let mut parts = Vec::new();
-    loop {
-        let field = match form.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => return Parsed::Invalid(format!("broken multipart body: {e}")),
-        };
-        let name = field.name().unwrap_or("").to_string();
-        let file_name = field.file_name().map(str::to_string);
-        let content_type = field.content_type().map(|m| m.to_string());
-        let data = match field.bytes().await {
-            Ok(d) => d,
-            Err(e) => return Parsed::Invalid(format!("broken multipart field {name:?}: {e}")),
-        };
-        if name == "method" && file_name.is_none() {
-            method = Some(String::from_utf8_lossy(&data).into_owned());
-        } else {
-            parts.push(Part {
-                name,
-                file_name,
-                content_type,
-                data,
-            });
+    let mut rest: Vec<&[u8]> = Vec::new();
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        match url::form_urlencoded::parse(pair).next() {
+            Some((k, v)) if k == "method" => method = Some(v.into_owned()),
+            _ => rest.push(pair),
         }
     }
-    decide(method, Params::Multipart(parts))
+    decide(
+        method,
+        || Params::Form(Bytes::from(rest.join(&b'&'))),
+        admitted,
+    )
+}
+
+fn parse_multipart(content_type: &str, body: &Bytes, admitted: &MethodSet) -> Parsed {
+    let mut parts = match multipart::parse(content_type, body) {
+        Ok(p) => p,
+        Err(e) => return Parsed::Invalid(e),
+    };
+    let method = parts
+        .iter()
+        .rposition(|p| p.name == "method" && p.file_name.is_none())
+        .map(|i| parts.remove(i))
+        .map(|p| String::from_utf8_lossy(&p.data).into_owned());
+    parts.retain(|p| !(p.name == "method" && p.file_name.is_none()));
+    decide(method, || Params::Multipart(parts), admitted)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
-    #[tokio::test]
-    async fn json_form_and_multipart_replies() {
-        let Parsed::Call(c) = parse(
+    fn default_set() -> MethodSet {
+        MethodSet::parse(DEFAULT_METHODS).unwrap()
+    }
+
+    fn call(ct: Option<&str>, body: &'static [u8]) -> BotCall {
+        match parse(ct, Bytes::from_static(body), &default_set()) {
+            Parsed::Call(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_form_and_multipart_replies() {
+        let c = call(
             Some("application/json"),
-            Bytes::from_static(br#"{"method":"sendMessage","chat_id":5,"text":"hi"}"#),
-        )
-        .await
-        else {
-            panic!("json")
-        };
+            br#"{"text":"h\u00e9 \"q\"","method":"sendMessage","chat_id":5,"reply_markup":{"a":[1, 2]}}"#,
+        );
         assert_eq!(c.method, "sendMessage");
+        let Params::Json(json) = &c.params else {
+            panic!()
+        };
+        let v: Value = serde_json::from_slice(json).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"chat_id":5,"text":"hé \"q\"","reply_markup":{"a":[1,2]}})
+        );
+        // Values are passed on as written, escapes and spacing included.
+        let text = String::from_utf8_lossy(json);
         assert!(
-            matches!(&c.params, Params::Json(m) if m.get("chat_id") == Some(&Value::from(5)) && !m.contains_key("method"))
+            text.contains(r#""h\u00e9 \"q\"""#) && text.contains("[1, 2]"),
+            "{text}"
         );
 
-        let Parsed::Call(c) = parse(
+        let c = call(
             Some("application/x-www-form-urlencoded"),
-            Bytes::from_static(b"method=sendMessage&chat_id=5&text=a+b"),
-        )
-        .await
-        else {
-            panic!("form")
-        };
-        assert!(matches!(&c.params, Params::Form(p) if p.contains(&("text".into(), "a b".into()))));
+            b"method=sendMessage&chat_id=5&&text=a+b%26c",
+        );
+        assert!(matches!(&c.params, Params::Form(f) if &f[..] == b"chat_id=5&text=a+b%26c"));
 
-        let body: &'static [u8] = b"--XX\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\nsendPhoto\r\n--XX\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n5\r\n--XX\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n--XX--\r\n";
-        let Parsed::Call(c) = parse(
+        let c = call(
             Some("multipart/form-data; boundary=XX"),
-            Bytes::from_static(body),
-        )
-        .await
-        else {
-            panic!("multipart")
-        };
+            b"--XX\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\nsendPhoto\r\n--XX\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n5\r\n--XX\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n--XX--\r\n",
+        );
         assert_eq!(c.method, "sendPhoto");
         let Params::Multipart(parts) = c.params else {
             panic!()
@@ -187,44 +224,74 @@ mod tests {
         assert_eq!(&parts[1].data[..], b"\x89PNG");
     }
 
-    #[tokio::test]
-    async fn ignored_empty_and_invalid_bodies() {
-        assert!(matches!(
-            parse(None, Bytes::from_static(br#"{"method":"getMe"}"#)).await,
-            Parsed::Ignored(_)
-        ));
-        assert!(matches!(
-            parse(None, Bytes::from_static(br#"{"method":"deleteWebhook"}"#)).await,
-            Parsed::Ignored(_)
-        ));
-        assert!(matches!(
-            parse(None, Bytes::from_static(br#"{"method":"logOut"}"#)).await,
-            Parsed::Ignored(_)
-        ));
-        assert!(matches!(parse(None, Bytes::new()).await, Parsed::Nothing));
-        assert!(matches!(
-            parse(Some("text/plain"), Bytes::from_static(b"OK")).await,
-            Parsed::Nothing
-        ));
+    #[test]
+    fn ignored_refused_empty_and_invalid_bodies() {
+        let set = default_set();
+        let p = |ct: Option<&str>, body: &'static [u8]| parse(ct, Bytes::from_static(body), &set);
+        for body in [
+            &br#"{"method":"getMe"}"#[..],
+            br#"{"method":"deleteWebhook"}"#,
+            br#"{"method":"logOut"}"#,
+        ] {
+            assert!(matches!(p(None, body), Parsed::Ignored(_)));
+        }
+        // Ignored even when admitted: Telegram does not run them either.
+        let all = MethodSet::parse(&["*"]).unwrap();
         assert!(matches!(
             parse(
-                Some("application/json"),
-                Bytes::from_static(br#"{"ok":true}"#)
-            )
-            .await,
+                None,
+                Bytes::from_static(br#"{"method":"getUpdates"}"#),
+                &all
+            ),
+            Parsed::Ignored(_)
+        ));
+        for body in [
+            &br#"{"method":"setMyName","name":"x"}"#[..],
+            br#"{"method":"leaveChat","chat_id":1}"#,
+            br#"{"method":"sendGift","user_id":1}"#,
+            br#"{"method":"SENDGIFT","user_id":1}"#,
+            br#"{"method":"editUserStarSubscription"}"#,
+        ] {
+            assert!(
+                matches!(p(None, body), Parsed::Refused(_)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(matches!(
+            parse(
+                None,
+                Bytes::from_static(br#"{"method":"setMyName"}"#),
+                &MethodSet::parse(&["setMyName"]).unwrap()
+            ),
+            Parsed::Call(_)
+        ));
+        assert!(matches!(p(None, b""), Parsed::Nothing));
+        assert!(matches!(p(Some("text/plain"), b"OK"), Parsed::Nothing));
+        assert!(matches!(
+            p(Some("application/json"), b"\"OK\""),
             Parsed::Nothing
         ));
         assert!(matches!(
-            parse(Some("application/json"), Bytes::from_static(b"{oops")).await,
+            p(Some("application/json"), br#"{"ok":true}"#),
+            Parsed::Nothing
+        ));
+        assert!(matches!(
+            p(Some("application/json"), b"{oops"),
+            Parsed::Invalid(_)
+        ));
+        assert!(matches!(p(None, br#"{"method":5}"#), Parsed::Invalid(_)));
+        assert!(matches!(
+            p(None, br#"{"method":"../x"}"#),
             Parsed::Invalid(_)
         ));
         assert!(matches!(
-            parse(None, Bytes::from_static(br#"{"method":"../x"}"#)).await,
+            p(Some("multipart/form-data"), b"x"),
             Parsed::Invalid(_)
         ));
         assert!(matches!(
-            parse(Some("multipart/form-data"), Bytes::from_static(b"x")).await,
-            Parsed::Invalid(_)
+            p(Some("application/x-www-form-urlencoded"), b"chat_id=1"),
+            Parsed::Nothing
         ));
     }
 }

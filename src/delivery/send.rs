@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use secrecy::ExposeSecret;
+use tokio::time::{timeout_at, Instant};
 
+use super::reply_body::{self, ReplyBody, ReplyBudget};
 use crate::body::read_capped;
 use crate::botapi::error_chain;
 use crate::config::ForwardSettings;
@@ -13,20 +14,16 @@ use crate::flavor::Flavor;
 use crate::signing::{signature_header, SigningKey};
 use crate::store::Job;
 
-/// The largest reply body read; a webhook reply may carry a file upload,
-/// and the Bot API takes uploads up to 50 MB.
-const MAX_REPLY: usize = 50 * 1024 * 1024;
+/// What is read of a body that is not wanted, so the connection can be
+/// reused.
+const DISCARD: usize = 64 * 1024;
 
 /// What became of one attempt.
 #[derive(Debug)]
 pub enum Outcome {
     /// The backend answered 2xx: the job is done. The body may hold a Bot
     /// API call to make on its behalf.
-    Delivered {
-        status: u16,
-        content_type: Option<String>,
-        body: Bytes,
-    },
+    Delivered { status: u16, reply: ReplyBody },
     /// 410 Gone: the backend says this update will never be accepted; it
     /// goes to dead letters at once instead of blocking its chat.
     Gone,
@@ -46,6 +43,8 @@ pub struct Target {
     /// Headers that are the same on every request (secret token, bot name).
     fixed: HeaderMap,
     timeout: Duration,
+    /// Permits for reply bodies; None when the forward runs no replies.
+    replies: Option<ReplyBudget>,
 }
 
 impl Target {
@@ -57,6 +56,7 @@ impl Target {
         flavor: Flavor,
         fwd: &ForwardSettings,
         client: reqwest::Client,
+        replies: ReplyBudget,
     ) -> Target {
         let mut fixed = HeaderMap::new();
         fixed.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -78,6 +78,7 @@ impl Target {
             keys: fwd.signing_keys.clone(),
             fixed,
             timeout: fwd.timeout,
+            replies: fwd.reply_calls.then_some(replies),
         }
     }
 
@@ -87,10 +88,13 @@ impl Target {
         let received_at = humantime::format_rfc3339_millis(
             std::time::UNIX_EPOCH + Duration::from_millis(job.received_ms),
         );
+        // The timeout covers the answer and a body read now; not reqwest's
+        // own, which would also run out on a reply body left to read later
+        // (see reply_body).
+        let deadline = Instant::now() + self.timeout;
         let mut req = self
             .client
             .post(self.url.clone())
-            .timeout(self.timeout)
             .headers(self.fixed.clone())
             .header("webhook-id", webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -103,10 +107,11 @@ impl Target {
                 signature_header(&self.keys, webhook_id, timestamp, &job.payload),
             );
         }
-        let response = match req.send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => return self.timed_out(),
-            Err(e) => {
+        let response = match timeout_at(deadline, req.send()).await {
+            Ok(Ok(r)) => r,
+            Err(_) => return self.timed_out(),
+            Ok(Err(e)) if e.is_timeout() => return self.timed_out(),
+            Ok(Err(e)) => {
                 return Outcome::Failed {
                     error: error_chain(&e.without_url()),
                     retry_after: None,
@@ -115,23 +120,23 @@ impl Target {
         };
         let status = response.status();
         let retry_after = parse_retry_after(response.headers());
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
         if status.is_success() {
-            // The body only matters as a possible webhook reply; if it cannot
-            // be read the update still counts as delivered.
-            let body = read_capped(response, MAX_REPLY).await.unwrap_or_default();
+            // The body only matters as a possible webhook reply; whatever
+            // becomes of it, the update counts as delivered.
+            let reply = match &self.replies {
+                Some(budget) => reply_body::take(response, budget, deadline, self.timeout).await,
+                None => {
+                    let _ = timeout_at(deadline, read_capped(response, DISCARD)).await;
+                    ReplyBody::None
+                }
+            };
             return Outcome::Delivered {
                 status: status.as_u16(),
-                content_type,
-                body,
+                reply,
             };
         }
         // Read (and drop) the rest so the connection can be reused.
-        let _ = read_capped(response, 64 * 1024).await;
+        let _ = timeout_at(deadline, read_capped(response, DISCARD)).await;
         if status.as_u16() == 410 {
             return Outcome::Gone;
         }

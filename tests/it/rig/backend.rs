@@ -54,6 +54,12 @@ pub enum Reply {
     Hang,
     /// status, content-type, body
     Body(u16, String, String),
+    /// status, content-type, body: like `Body`, but the bytes are shared, so
+    /// a test can answer many requests with one large body held once.
+    Bytes(u16, String, Bytes),
+    /// Like `Bytes`, sent with `Transfer-Encoding: chunked`: no
+    /// `Content-Length` tells the client the size before it reads.
+    Chunked(u16, String, Bytes),
 }
 
 /// A request's lifetime on the server.
@@ -362,6 +368,15 @@ async fn handle(
         }
         Reply::Hang => std::future::pending().await,
         Reply::Body(status, content_type, body) => response(status, &content_type, body),
+        Reply::Bytes(status, content_type, body) => response(status, &content_type, body),
+        Reply::Chunked(status, content_type, body) => {
+            let mut resp = response(status, &content_type, body);
+            resp.headers_mut().insert(
+                hyper::header::TRANSFER_ENCODING,
+                hyper::header::HeaderValue::from_static("chunked"),
+            );
+            resp
+        }
     };
     guard.finish(resp.status().as_u16());
     Ok(resp)

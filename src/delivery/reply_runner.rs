@@ -1,0 +1,249 @@
+//! Running webhook replies' Bot API calls for one forward: each in its own
+//! task, retried with backoff, tracked so that a stop waits for them (up to
+//! the stop timeout) and names each one it has to abandon.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::reply::{self, Parsed};
+use super::reply_body::{Pending, ReadReply};
+use crate::botapi::{ApiError, BotApi};
+use crate::methods::MethodSet;
+use crate::stats::{self, ForwardStats};
+
+/// Attempts at a webhook reply's Bot API call (1 s, 2 s, 4 s, 8 s apart).
+const REPLY_ATTEMPTS: u32 = 5;
+
+#[derive(Clone)]
+pub struct Replies {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bot: String,
+    fwd: String,
+    api: Arc<BotApi>,
+    stats: Arc<ForwardStats>,
+    admitted: MethodSet,
+    tasks: TaskTracker,
+    /// What each running reply is about, for the log if it is abandoned.
+    live: Mutex<HashMap<u64, Live>>,
+    next_id: AtomicU64,
+    abandon: CancellationToken,
+}
+
+struct Live {
+    update_id: Option<i64>,
+    /// Known once the body is read and parsed.
+    method: Option<String>,
+}
+
+/// A running reply's entry in `live`, removed when the task ends however
+/// it ends.
+struct Entry {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Entry {
+    fn set_method(&self, method: &str) {
+        if let Some(live) = self.inner.live().get_mut(&self.id) {
+            live.method = Some(method.to_string());
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.inner.live().remove(&self.id);
+    }
+}
+
+impl Inner {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Replies {
+    pub fn new(
+        bot: &str,
+        fwd: &str,
+        api: Arc<BotApi>,
+        stats: Arc<ForwardStats>,
+        admitted: MethodSet,
+    ) -> Replies {
+        Replies {
+            inner: Arc::new(Inner {
+                bot: bot.to_string(),
+                fwd: fwd.to_string(),
+                api,
+                stats,
+                admitted,
+                tasks: TaskTracker::new(),
+                live: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                abandon: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// A reply that cannot be run (too large, unreadable).
+    pub fn failed(&self, why: &str, update_id: Option<i64>) {
+        let i = &self.inner;
+        stats::add(&i.stats.replies_failed, 1);
+        warn!(bot = %i.bot, forward = %i.fwd, ?update_id, "webhook reply not executed: {why}; the update itself was delivered");
+    }
+
+    /// Runs a reply whose body is in memory.
+    pub fn run(&self, reply: ReadReply, update_id: Option<i64>) {
+        let inner = self.inner.clone();
+        self.spawn(update_id, move |entry| {
+            execute(inner, entry, reply, update_id)
+        });
+    }
+
+    /// Reads a reply once a permit is free, then runs it. `hold` is dropped
+    /// once the body is in memory (or cannot be read): the dispatcher keeps
+    /// the update's lane until then, so a chat whose backend answers with
+    /// large replies waits for them instead of piling up more.
+    pub fn run_when_read<H: Send + 'static>(
+        &self,
+        pending: Pending,
+        update_id: Option<i64>,
+        hold: H,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(update_id, move |entry| async move {
+            let read = pending.read().await;
+            drop(hold);
+            match read {
+                Ok(reply) => execute(inner, entry, reply, update_id).await,
+                Err(why) => Replies { inner }.failed(&why, update_id),
+            }
+        });
+    }
+
+    fn spawn<F, Fut>(&self, update_id: Option<i64>, work: F)
+    where
+        F: FnOnce(Entry) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.live().insert(
+            id,
+            Live {
+                update_id,
+                method: None,
+            },
+        );
+        let entry = Entry {
+            inner: self.inner.clone(),
+            id,
+        };
+        let abandon = self.inner.abandon.clone();
+        let work = work(entry);
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = abandon.cancelled() => {}
+                _ = work => {}
+            }
+        });
+    }
+
+    /// At a stop: waits for running replies until `deadline`, then logs each
+    /// one still running and abandons it.
+    pub async fn drain(&self, deadline: Instant) {
+        let i = &self.inner;
+        i.tasks.close();
+        if i.tasks.is_empty() {
+            return;
+        }
+        info!(bot = %i.bot, forward = %i.fwd, replies = i.tasks.len(), "waiting for webhook reply calls");
+        if tokio::time::timeout_at(deadline, i.tasks.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        for live in i.live().values() {
+            let method = live.method.as_deref().unwrap_or("(body not read yet)");
+            warn!(bot = %i.bot, forward = %i.fwd, update_id = ?live.update_id, %method, "stop timeout reached; webhook reply call abandoned: the backend's answer did not reach the platform");
+        }
+        i.abandon.cancel();
+        i.tasks.wait().await;
+    }
+}
+
+/// Parses a reply and makes its call, retrying what may succeed later.
+async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: Option<i64>) {
+    let (bot, fwd, stats) = (&inner.bot, &inner.fwd, &inner.stats);
+    // The permit is held (and with it the body's memory accounted for)
+    // until the call is done.
+    let ReadReply {
+        content_type,
+        body,
+        permit: _permit,
+    } = reply;
+    let call = match reply::parse(content_type.as_deref(), body, &inner.admitted) {
+        Parsed::Nothing => return,
+        Parsed::Ignored(method) => {
+            stats::add(&stats.replies_ignored, 1);
+            info!(bot = %bot, forward = %fwd, ?update_id, "webhook reply calls {method}, which is not executed from a reply; ignored");
+            return;
+        }
+        Parsed::Refused(method) => {
+            stats::add(&stats.replies_refused, 1);
+            info!(bot = %bot, forward = %fwd, ?update_id, "webhook reply calls {method}, which reply_methods does not admit; not called (to allow it, add \"{method}\" to reply_methods of forward {fwd:?})");
+            return;
+        }
+        Parsed::Invalid(why) => {
+            stats::add(&stats.replies_failed, 1);
+            warn!(bot = %bot, forward = %fwd, ?update_id, "webhook reply not understood: {why}");
+            return;
+        }
+        Parsed::Call(call) => call,
+    };
+    entry.set_method(&call.method);
+    for attempt in 1..=REPLY_ATTEMPTS {
+        match inner.api.call_with(&call.method, &call.params).await {
+            Ok(_) => {
+                stats::add(&stats.replies_ok, 1);
+                info!(bot = %bot, forward = %fwd, ?update_id, method = %call.method, "webhook reply executed");
+                return;
+            }
+            Err(e) => {
+                let retry = attempt < REPLY_ATTEMPTS && retryable(&e);
+                warn!(bot = %bot, forward = %fwd, ?update_id, method = %call.method, attempt, "webhook reply call failed: {e}{}", if retry { "; retrying" } else { "" });
+                if !retry {
+                    break;
+                }
+                let wait = match &e {
+                    ApiError::RateLimited { retry_after } => {
+                        (*retry_after).clamp(Duration::from_secs(1), Duration::from_secs(60))
+                    }
+                    _ => Duration::from_secs(1 << (attempt - 1)),
+                };
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    stats::add(&stats.replies_failed, 1);
+}
+
+/// Whether a failed reply call may succeed if made again: not when the
+/// platform refused it (a bad request stays bad) or lacks the method.
+fn retryable(e: &ApiError) -> bool {
+    !matches!(
+        e,
+        ApiError::Rejected { .. } | ApiError::NotImplemented { .. } | ApiError::BadToken { .. }
+    )
+}

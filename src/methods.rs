@@ -1,0 +1,149 @@
+//! Sets of Bot API method names written as patterns: `sendMessage`,
+//! `send*`, `delete*Message*`, and exclusions such as `!sendGift`.
+//!
+//! Matching ignores ASCII case because the Bot API does: Telegram runs
+//! `SENDGIFT` as `sendGift`. A case-sensitive set would let a reply dodge an
+//! exclusion just by changing case.
+//!
+//! A leaf: it knows nothing of replies or configuration, so anything that
+//! grants a subset of methods (webhook replies, a client's scope) can use it.
+
+use std::fmt;
+
+/// Which methods are admitted: those matching some pattern and no
+/// exclusion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodSet {
+    /// As written, for display.
+    written: Vec<String>,
+    admit: Vec<String>,
+    exclude: Vec<String>,
+}
+
+impl MethodSet {
+    /// Parses patterns: letters, digits and `*` (any run of characters),
+    /// optionally led by `!` for an exclusion. At least one pattern must
+    /// admit something.
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<MethodSet, String> {
+        let mut set = MethodSet {
+            written: Vec::new(),
+            admit: Vec::new(),
+            exclude: Vec::new(),
+        };
+        for p in patterns {
+            let p = p.as_ref();
+            let (list, body) = match p.strip_prefix('!') {
+                Some(rest) => (&mut set.exclude, rest),
+                None => (&mut set.admit, p),
+            };
+            if body.is_empty() || !body.chars().all(|c| c.is_ascii_alphanumeric() || c == '*') {
+                return Err(format!(
+                    "{p:?} is not a method pattern: use letters, digits and * (e.g. \"send*\"), with a leading ! to exclude"
+                ));
+            }
+            list.push(body.to_ascii_lowercase());
+            set.written.push(p.to_string());
+        }
+        if set.admit.is_empty() {
+            return Err("no pattern admits any method; list at least one (e.g. \"send*\")".into());
+        }
+        Ok(set)
+    }
+
+    pub fn allows(&self, method: &str) -> bool {
+        let method = method.to_ascii_lowercase();
+        self.admit.iter().any(|p| glob(p, &method))
+            && !self.exclude.iter().any(|p| glob(p, &method))
+    }
+}
+
+impl fmt::Display for MethodSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.written.join(", "))
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of
+/// characters (none included). Both are compared byte for byte.
+fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    // Greedy match with backtracking to the last star: linear in practice
+    // and never worse than len(p) * len(n).
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        for (p, n) in [
+            ("sendmessage", "sendmessage"),
+            ("send*", "send"),
+            ("send*", "sendphoto"),
+            ("delete*message*", "deletemessage"),
+            ("delete*message*", "deletebusinessmessages"),
+            ("*", "anything"),
+            ("a*b*c", "aXbYbZc"),
+        ] {
+            assert!(glob(p, n), "{p} ~ {n}");
+        }
+        for (p, n) in [
+            ("sendmessage", "sendmessages"),
+            ("send*", "resend"),
+            ("delete*message*", "deletewebhook"),
+            ("a*b*c", "aXbYc1"),
+            ("", "x"),
+        ] {
+            assert!(!glob(p, n), "{p} !~ {n}");
+        }
+    }
+
+    #[test]
+    fn sets_admit_exclude_and_ignore_case() {
+        let set = MethodSet::parse(&["send*", "!sendGift", "answerCallbackQuery"]).unwrap();
+        assert!(set.allows("sendMessage"));
+        assert!(set.allows("SENDMESSAGE"));
+        assert!(set.allows("answercallbackquery"));
+        assert!(!set.allows("sendGift"));
+        assert!(
+            !set.allows("SendGIFT"),
+            "an exclusion cannot be dodged by case"
+        );
+        assert!(!set.allows("setMyName"));
+        assert_eq!(set.to_string(), "send*, !sendGift, answerCallbackQuery");
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_with_the_rule() {
+        for bad in [
+            &[""][..],
+            &["send-*"],
+            &["!"],
+            &["send Message"],
+            &["!send*"],
+            &[],
+        ] {
+            let e = MethodSet::parse(bad).unwrap_err();
+            assert!(e.contains("pattern"), "{bad:?}: {e}");
+        }
+    }
+}
