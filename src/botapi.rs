@@ -2,17 +2,25 @@
 //!
 //! The token is part of every method URL, and `reqwest` puts the URL into its
 //! error messages. So no `reqwest::Error` leaves this module as is: each is
-//! stripped with `without_url()` and turned into text here, and the text is
-//! scrubbed of the token once more before it can reach a log line.
+//! stripped with `without_url()` and turned into text here, and every
+//! error is scrubbed of the token (in any spelling, see [`crate::redact`])
+//! once more before it leaves this module.
+//!
+//! Answers are read from their exact bytes: `getUpdates` hands back each
+//! update's bytes as the platform sent them, invalid UTF-8 included.
 
+use std::ops::Range;
 use std::time::Duration;
 
+use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::body::{read_capped, BodyError};
 use crate::delivery::reply::Params;
+use crate::redact::Redactor;
+use crate::utf8::{readable, span_in};
 
 /// Extra time the HTTP client waits beyond the long-poll timeout before it
 /// calls a poll hung.
@@ -20,7 +28,9 @@ pub const POLL_MARGIN: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// 100 updates are rarely more than a megabyte; anything near this is broken.
-const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// The most updates one getUpdates may return (Telegram's cap).
+pub const BATCH_LIMIT: u8 = 100;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ApiError {
@@ -40,6 +50,8 @@ pub enum ApiError {
     Server { status: u16, detail: String },
     #[error("unreadable response (HTTP {status}): {detail}")]
     BadResponse { status: u16, detail: String },
+    #[error("the response is larger than {} MiB", limit / (1024 * 1024))]
+    TooLarge { limit: usize },
     #[error("no answer within {}s", timeout.as_secs())]
     Timeout { timeout: Duration },
     #[error("connection failed: {0}")]
@@ -62,9 +74,65 @@ impl ApiError {
             ApiError::RateLimited { .. } => "waiting as the platform asks",
             ApiError::NotImplemented { .. } => "the platform does not offer this method; not retried",
             ApiError::Rejected { .. } => "the platform refused the request; check the bot's settings (allowed_updates, api_url); retrying slowly",
-            ApiError::Server { .. } | ApiError::BadResponse { .. } | ApiError::Timeout { .. } | ApiError::Transport(_) => {
+            ApiError::Server { .. } | ApiError::BadResponse { .. } | ApiError::TooLarge { .. } | ApiError::Timeout { .. } | ApiError::Transport(_) => {
                 "nothing was confirmed, so nothing is lost; retrying with backoff"
             }
+        }
+    }
+
+    /// Whether the platform answered but the batch itself could not be
+    /// read (too large, or a 2xx that is not a readable list of updates):
+    /// asking for fewer updates may get past it.
+    pub fn batch_unreadable(&self) -> bool {
+        match self {
+            ApiError::TooLarge { .. } => true,
+            ApiError::BadResponse { status, .. } => (200..300).contains(status),
+            _ => false,
+        }
+    }
+
+    /// The same error with the token removed from every text it carries.
+    fn redacted(self, r: &Redactor) -> ApiError {
+        match self {
+            ApiError::OtherPoller { description } => ApiError::OtherPoller {
+                description: r.redact(&description),
+            },
+            ApiError::WebhookSet { description } => ApiError::WebhookSet {
+                description: r.redact(&description),
+            },
+            ApiError::BadToken {
+                status,
+                description,
+            } => ApiError::BadToken {
+                status,
+                description: r.redact(&description),
+            },
+            ApiError::NotImplemented {
+                status,
+                description,
+            } => ApiError::NotImplemented {
+                status,
+                description: r.redact(&description),
+            },
+            ApiError::Rejected {
+                status,
+                description,
+            } => ApiError::Rejected {
+                status,
+                description: r.redact(&description),
+            },
+            ApiError::Server { status, detail } => ApiError::Server {
+                status,
+                detail: r.redact(&detail),
+            },
+            ApiError::BadResponse { status, detail } => ApiError::BadResponse {
+                status,
+                detail: r.redact(&detail),
+            },
+            ApiError::Transport(text) => ApiError::Transport(r.redact(&text)),
+            e @ (ApiError::RateLimited { .. }
+            | ApiError::TooLarge { .. }
+            | ApiError::Timeout { .. }) => e,
         }
     }
 
@@ -77,7 +145,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate limited",
             ApiError::NotImplemented { .. } => "not implemented",
             ApiError::Rejected { .. } => "request refused",
-            ApiError::Server { .. } | ApiError::BadResponse { .. } => "platform failing",
+            ApiError::Server { .. } | ApiError::BadResponse { .. } | ApiError::TooLarge { .. } => {
+                "platform failing"
+            }
             ApiError::Timeout { .. } | ApiError::Transport(_) => "unreachable",
         }
     }
@@ -215,6 +285,7 @@ pub struct BotApi {
     client: reqwest::Client,
     url_template: String,
     token: SecretString,
+    redactor: Redactor,
 }
 
 impl BotApi {
@@ -224,6 +295,7 @@ impl BotApi {
         BotApi {
             client,
             url_template: url_template.to_string(),
+            redactor: Redactor::new(token.expose_secret()),
             token,
         }
     }
@@ -234,39 +306,33 @@ impl BotApi {
             .replace("{method}", method)
     }
 
-    /// Removes the token from any text that might have picked it up.
+    /// Removes the token, in any spelling, from text that might have
+    /// picked it up.
     pub fn redact(&self, text: &str) -> String {
-        let token = self.token.expose_secret();
-        if token.is_empty() {
-            text.to_string()
-        } else {
-            text.replace(token, "<token>")
-        }
+        self.redactor.redact(text)
     }
 
-    /// `getUpdates`: returns each update's exact bytes.
+    /// `getUpdates` for up to `limit` updates: returns each update's exact
+    /// bytes, as the platform sent them.
     pub async fn get_updates(
         &self,
         offset: Option<i64>,
+        limit: u8,
         timeout: Duration,
         allowed_updates: Option<&[String]>,
-    ) -> Result<Vec<Box<RawValue>>, ApiError> {
-        let mut params = serde_json::json!({ "timeout": timeout.as_secs(), "limit": 100 });
+    ) -> Result<Vec<Bytes>, ApiError> {
+        let mut params = serde_json::json!({ "timeout": timeout.as_secs(), "limit": limit });
         if let Some(o) = offset {
             params["offset"] = o.into();
         }
         if let Some(list) = allowed_updates {
             params["allowed_updates"] = list.into();
         }
-        let body = self
-            .call("getUpdates", &params, timeout + POLL_MARGIN)
+        let request = self.client.post(self.url("getUpdates")).json(&params);
+        let result = self
+            .execute("getUpdates", request, timeout + POLL_MARGIN)
             .await?;
-        let parsed: Vec<Box<RawValue>> =
-            serde_json::from_str(body.get()).map_err(|e| ApiError::BadResponse {
-                status: 200,
-                detail: format!("result is not an array of updates: {e}"),
-            })?;
-        Ok(parsed)
+        split_updates(&result).map_err(|e| e.redacted(&self.redactor))
     }
 
     /// Any method with JSON parameters; returns the raw `result`.
@@ -277,7 +343,8 @@ impl BotApi {
         timeout: Duration,
     ) -> Result<Box<RawValue>, ApiError> {
         let request = self.client.post(self.url(method)).json(params);
-        self.execute(method, request, timeout).await
+        let result = self.execute(method, request, timeout).await?;
+        raw_value(&result)
     }
 
     /// A method with parameters in whichever encoding a webhook reply used.
@@ -318,15 +385,29 @@ impl BotApi {
                 request.multipart(form)
             }
         };
-        self.execute(method, request, CALL_TIMEOUT).await
+        let result = self.execute(method, request, CALL_TIMEOUT).await?;
+        raw_value(&result)
     }
 
+    /// Sends a request; returns the exact bytes of the answer's `result`.
+    /// Every error leaves here scrubbed of the token.
     async fn execute(
         &self,
         method: &str,
         request: reqwest::RequestBuilder,
         timeout: Duration,
-    ) -> Result<Box<RawValue>, ApiError> {
+    ) -> Result<Bytes, ApiError> {
+        self.execute_unredacted(method, request, timeout)
+            .await
+            .map_err(|e| e.redacted(&self.redactor))
+    }
+
+    async fn execute_unredacted(
+        &self,
+        method: &str,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Bytes, ApiError> {
         let response = request
             .timeout(timeout)
             .send()
@@ -343,18 +424,30 @@ impl BotApi {
             Err(BodyError::Read(e)) if e.starts_with("timed out") => {
                 return Err(ApiError::Timeout { timeout })
             }
-            Err(e) => return Err(ApiError::Transport(self.redact(&e.to_string()))),
+            Err(BodyError::TooLarge(limit)) => return Err(ApiError::TooLarge { limit }),
+            Err(e) => return Err(ApiError::Transport(e.to_string())),
         };
-        self.interpret(method, status, retry_after_header, &bytes)
+        let result = self.interpret(method, status, retry_after_header, &bytes)?;
+        Ok(bytes.slice(result))
     }
 
     /// `getMe`: who the token belongs to.
+    /// Its fields are the platform's words, shown in logs, `/status` and
+    /// `check-config --probe`, so they are scrubbed like any other.
     pub async fn get_me(&self) -> Result<Me, ApiError> {
         let raw = self.call_quick("getMe", &serde_json::json!({})).await?;
-        serde_json::from_str(raw.get()).map_err(|e| ApiError::BadResponse {
-            status: 200,
-            detail: format!("getMe result is not a user: {e}"),
-        })
+        let mut me: Me = serde_json::from_str(raw.get()).map_err(|e| {
+            ApiError::BadResponse {
+                status: 200,
+                detail: format!("getMe result is not a user: {e}"),
+            }
+            .redacted(&self.redactor)
+        })?;
+        me.username = me.username.map(|u| self.redact(&u));
+        if let serde_json::Value::String(id) = &mut me.id {
+            *id = self.redact(id);
+        }
+        Ok(me)
     }
 
     /// A call with the default timeout for non-polling methods.
@@ -370,17 +463,20 @@ impl BotApi {
         if e.is_timeout() {
             return ApiError::Timeout { timeout };
         }
-        ApiError::Transport(self.redact(&error_chain(&e.without_url())))
+        ApiError::Transport(error_chain(&e.without_url()))
     }
 
+    /// Reads an answer's envelope; returns where its `result` lies in
+    /// `bytes`. Text from the answer is redacted before it is cut into a
+    /// snippet, so a token across the cut cannot leak in part.
     fn interpret(
         &self,
         method: &str,
         status: u16,
         retry_after_header: Option<u64>,
         bytes: &[u8],
-    ) -> Result<Box<RawValue>, ApiError> {
-        let text = String::from_utf8_lossy(bytes);
+    ) -> Result<Range<usize>, ApiError> {
+        let text = readable(bytes);
         let envelope: Envelope = match serde_json::from_str(&text) {
             Ok(e) => e,
             Err(e) => {
@@ -390,29 +486,27 @@ impl BotApi {
                     },
                     500..=599 => ApiError::Server {
                         status,
-                        detail: format!("not JSON: {}", self.redact(&snippet(&text))),
+                        detail: format!("not JSON: {}", snippet(&self.redact(&text))),
                     },
                     _ => ApiError::BadResponse {
                         status,
-                        detail: format!("{e}; body starts {}", self.redact(&snippet(&text))),
+                        detail: format!("{e}; body starts {}", snippet(&self.redact(&text))),
                     },
                 })
             }
         };
         if envelope.ok && (200..300).contains(&status) {
             return match envelope.result {
-                Some(r) => Ok(r.to_owned()),
+                Some(r) => Ok(span_in(&text, r.get())),
                 None => Err(ApiError::BadResponse {
                     status,
                     detail: "ok without a result".into(),
                 }),
             };
         }
-        let description = self.redact(
-            &envelope
-                .description
-                .unwrap_or_else(|| "no description".into()),
-        );
+        let description = envelope
+            .description
+            .unwrap_or_else(|| "no description".into());
         Err(match status {
             409 if description.contains("webhook") => ApiError::WebhookSet { description },
             409 => ApiError::OtherPoller { description },
@@ -462,6 +556,30 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
+}
+
+/// Each update of a getUpdates `result` as its exact bytes (slices of
+/// `result`, not copies).
+fn split_updates(result: &Bytes) -> Result<Vec<Bytes>, ApiError> {
+    let text = readable(result);
+    let updates: Vec<&RawValue> =
+        serde_json::from_str(&text).map_err(|e| ApiError::BadResponse {
+            status: 200,
+            detail: format!("result is not an array of updates: {e}"),
+        })?;
+    Ok(updates
+        .into_iter()
+        .map(|u| result.slice(span_in(&text, u.get())))
+        .collect())
+}
+
+/// A `result` as JSON text, for callers that only read it (invalid UTF-8
+/// shows as `?`).
+fn raw_value(result: &[u8]) -> Result<Box<RawValue>, ApiError> {
+    RawValue::from_string(readable(result).into_owned()).map_err(|e| ApiError::BadResponse {
+        status: 200,
+        detail: format!("result is not JSON: {e}"),
+    })
 }
 
 fn snippet(text: &str) -> String {
@@ -580,5 +698,78 @@ mod tests {
             api().redact("GET /bot123:SECRET/getMe failed"),
             "GET /bot<token>/getMe failed"
         );
+    }
+
+    fn long_token_api() -> BotApi {
+        BotApi::new(
+            "http://127.0.0.1:1/bot{token}/{method}",
+            SecretString::from("123456789:AAE-secretTOKENpart_xyz0123456789abc"),
+            shared_client(),
+        )
+    }
+
+    #[test]
+    fn every_error_text_is_redacted_in_every_spelling() {
+        let a = long_token_api();
+        let secret = "AAE-secretTOKENpart_xyz0123456789abc";
+        // The token straddles the snippet's 120-character cut: redacting
+        // after the cut would leave its first half.
+        let page = format!(
+            "<html>{}/bot123456789%3a{secret}/getUpdates</html>",
+            "x".repeat(100)
+        );
+        let errors = [
+            a.interpret("getUpdates", 502, None, page.as_bytes()),
+            a.interpret("getUpdates", 200, None, page.as_bytes()),
+            a.interpret(
+                "getUpdates",
+                400,
+                None,
+                format!(r#"{{"ok":false,"description":"bad key {secret}"}}"#).as_bytes(),
+            ),
+        ];
+        for e in errors {
+            let text = e.unwrap_err().redacted(&a.redactor).to_string();
+            assert!(!text.contains("AAE-secret"), "{text}");
+        }
+        let transport = ApiError::Transport(format!("proxy said /bot123456789%3A{secret}"));
+        assert_eq!(
+            transport.redacted(&a.redactor).to_string(),
+            "connection failed: proxy said /bot<token>"
+        );
+    }
+
+    #[test]
+    fn updates_keep_their_exact_bytes_even_when_not_utf8() {
+        let a = api();
+        let body = Bytes::from_static(
+            b"{\"ok\":true,\"result\":[{\"update_id\":1,\"t\":\"\xFF\"}, {\"update_id\":2}]}",
+        );
+        let result = body.slice(a.interpret("getUpdates", 200, None, &body).unwrap());
+        let updates = split_updates(&result).unwrap();
+        assert_eq!(
+            updates,
+            vec![
+                Bytes::from_static(b"{\"update_id\":1,\"t\":\"\xFF\"}"),
+                Bytes::from_static(b"{\"update_id\":2}")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_too_large_or_unreadable_can_be_retried_smaller() {
+        assert!(ApiError::TooLarge {
+            limit: MAX_RESPONSE
+        }
+        .batch_unreadable());
+        let a = api();
+        assert!(a
+            .interpret("getUpdates", 200, None, b"{\"ok\":true,\"result\":[{")
+            .unwrap_err()
+            .batch_unreadable());
+        assert!(!a
+            .interpret("getUpdates", 502, None, b"<html>")
+            .unwrap_err()
+            .batch_unreadable());
     }
 }

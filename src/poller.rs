@@ -5,18 +5,26 @@
 //! until the batch below it is stored and flushed. If storing fails, polling
 //! stops (backpressure) rather than confirm anything unstored; the platform
 //! keeps unconfirmed updates for a day.
+//!
+//! A broken platform must not make the loop panic, spin or lose anything:
+//! an offset is only ever a positive number above a real id (see
+//! [`crate::offset`]); a batch nothing can confirm is reported and asked
+//! for again with growing pauses; a batch that cannot be read at all (too
+//! large, not JSON) is asked for one update at a time, so the updates
+//! before the bad one still get through and the bad one is named.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::botapi::{jittered, ApiError, BotApi, POLL_MARGIN};
+use crate::botapi::{jittered, ApiError, BotApi, BATCH_LIMIT, POLL_MARGIN};
 use crate::clock::now_ms;
 use crate::config::BotSettings;
+use crate::offset::{self, Next};
 use crate::routing::Filter;
 use crate::stats::{self, BotStats};
 use crate::store::{Incoming, Store};
@@ -43,8 +51,9 @@ pub struct Poller {
 enum Stored {
     /// Stored and flushed: this offset may now be sent.
     Offset(Option<i64>),
-    /// Nothing in the batch could be confirmed.
-    Unreadable,
+    /// Nothing in the batch could be confirmed, so it was not stored (it
+    /// comes again): `state` for /status, `why` for the log.
+    Stuck { state: &'static str, why: String },
     /// Shutdown came while the store was failing; nothing was confirmed.
     ShuttingDown,
 }
@@ -70,6 +79,10 @@ impl Poller {
         let allowed: Vec<String> = self.bot.allowed_updates.clone().unwrap_or_default();
         let mut allowed_sent = false;
         let mut failures: u32 = 0;
+        // Polls in a row that got a batch nothing could confirm.
+        let mut stuck: u32 = 0;
+        // While above 0, updates are asked for one at a time (see module doc).
+        let mut singles_left: u32 = 0;
         info!(bot = %name, flavor = %self.bot.flavor, offset = ?offset, "polling");
         loop {
             let started = Instant::now();
@@ -77,8 +90,10 @@ impl Poller {
                 .first_poll_started
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             self.stats.busy_for(now_ms(), timeout + POLL_MARGIN + SLACK);
+            let limit = if singles_left > 0 { 1 } else { BATCH_LIMIT };
             let call = self.api.get_updates(
                 offset,
+                limit,
                 timeout,
                 (!allowed_sent).then_some(allowed.as_slice()),
             );
@@ -96,6 +111,10 @@ impl Poller {
                     failures = 0;
                     allowed_sent = true;
                     if batch.is_empty() {
+                        stuck = 0;
+                        // The queue is drained: whatever could not be read
+                        // is gone.
+                        end_singles(&name, &mut singles_left);
                         // A long poll that comes back empty long before its
                         // timeout (a proxy, a misbehaving server) must not
                         // become a tight loop.
@@ -104,12 +123,26 @@ impl Poller {
                         match self.store_batch(&batch, offset, &shutdown).await {
                             Stored::Offset(next) => {
                                 offset = next;
+                                stuck = 0;
+                                if singles_left > 0 {
+                                    singles_left -= 1;
+                                    if singles_left == 0 {
+                                        info!(bot = %name, "{ISOLATION} updates taken one at a time; asking for batches of {BATCH_LIMIT} again");
+                                    }
+                                }
                                 Duration::ZERO
                             }
                             Stored::ShuttingDown => break,
-                            Stored::Unreadable => {
-                                failures += 1;
-                                jittered(Duration::from_secs(5))
+                            Stored::Stuck { state, why } => {
+                                stuck += 1;
+                                // One at a time cannot get past an update
+                                // without a usable id; a full batch can, once
+                                // an update with one arrives behind it.
+                                end_singles(&name, &mut singles_left);
+                                self.stats.set_state(state);
+                                let wait = jittered(stuck_backoff(stuck));
+                                error!(bot = %name, stuck, retry_in = %format!("{:.1}s", wait.as_secs_f64()), "{why}");
+                                wait
                             }
                         }
                     }
@@ -128,7 +161,15 @@ impl Poller {
                     } else {
                         e.backoff(failures)
                     };
-                    log_failure(&name, &e, failures, wait);
+                    if !e.batch_unreadable() {
+                        log_failure(&name, &e, failures, wait);
+                    } else if limit > 1 {
+                        singles_left = ISOLATION;
+                        warn!(bot = %name, failures, retry_in = %format!("{:.1}s", wait.as_secs_f64()), "getUpdates: {e}; nothing was confirmed, so nothing is lost; retrying with one update at a time, so the updates before the one that cannot be read get through");
+                    } else {
+                        self.stats.set_state(single_unreadable_state(&e));
+                        error!(bot = %name, failures, retry_in = %format!("{:.1}s", wait.as_secs_f64()), "getUpdates: {e} for a single update: the platform's next update cannot be read, so it cannot be confirmed and the updates behind it wait; nothing is lost (the platform keeps it; Telegram for 24 h); if this does not clear, ask the platform's operator about it; retrying one update at a time");
+                    }
                     wait
                 }
             };
@@ -197,39 +238,15 @@ impl Poller {
     /// Stores a batch, retrying until it is stored.
     async fn store_batch(
         &self,
-        batch: &[Box<RawValue>],
+        batch: &[Bytes],
         offset: Option<i64>,
         shutdown: &CancellationToken,
     ) -> Stored {
         let name = &self.bot.name;
-        let mut updates = Vec::with_capacity(batch.len());
-        let mut last_id = None;
-        for raw in batch {
-            match Update::parse(raw) {
-                Ok(u) => {
-                    last_id = u.update_id.or(last_id);
-                    updates.push(u);
-                }
-                Err(e) => {
-                    // Forwarded anyway: dropping input is worse than passing it on.
-                    warn!(bot = %name, "an update pollhook cannot read ({e}) is forwarded as is: {:.80}…", raw.get());
-                    updates.push(Update::opaque(raw));
-                }
-            }
-        }
-        // Telegram's ids rise within a batch but may jump down between
-        // batches, so the next offset follows the batch's last update, not
-        // the highest id ever seen.
-        let new_offset = match last_id {
-            Some(id) => Some(id + 1),
-            // No id to confirm with. Where the response itself confirmed the
-            // batch (MPChat) it must be stored anyway; elsewhere it will come
-            // again, so storing it now would only duplicate it.
-            None if self.bot.flavor.confirms_on_response() => offset,
-            None => {
-                error!(bot = %name, "a batch of {} held no readable update_id, so it cannot be confirmed; asking again", batch.len());
-                return Stored::Unreadable;
-            }
+        let updates = self.read_updates(batch);
+        let new_offset = match self.next_offset(&updates, offset) {
+            Ok(o) => o,
+            Err(stuck) => return stuck,
         };
         let fwd_lists: Vec<Vec<u32>> = updates
             .iter()
@@ -280,6 +297,100 @@ impl Poller {
             r.wake.notify_one();
         }
         Stored::Offset(new_offset)
+    }
+}
+
+impl Poller {
+    /// Reads each update's head; one that cannot be read is forwarded as
+    /// is, because dropping input is worse than passing it on.
+    fn read_updates(&self, batch: &[Bytes]) -> Vec<Update> {
+        batch
+            .iter()
+            .map(|raw| match Update::from_bytes(raw) {
+                Ok(u) => u,
+                Err(e) => {
+                    warn!(bot = %self.bot.name, "an update pollhook cannot read ({e}) is forwarded as is: {}", self.preview(raw));
+                    Update::opaque(raw)
+                }
+            })
+            .collect()
+    }
+
+    /// The start of an update for a log line, scrubbed of the token (it is
+    /// platform text) before it is cut.
+    fn preview(&self, raw: &[u8]) -> String {
+        let text = self.api.redact(&String::from_utf8_lossy(raw));
+        let mut cut: String = text.chars().take(80).collect();
+        if cut.len() < text.len() {
+            cut.push('…');
+        }
+        cut
+    }
+
+    /// The offset to store with a batch and send next, or why the batch
+    /// must not be stored.
+    fn next_offset(&self, updates: &[Update], sent: Option<i64>) -> Result<Option<i64>, Stored> {
+        let name = &self.bot.name;
+        let ids: Vec<Option<i64>> = updates.iter().map(|u| u.update_id).collect();
+        let next = offset::after_batch(&ids, sent);
+        let odd = offset::unconfirmable(&ids);
+        if let Next::Offset(o) = next {
+            let again: Vec<i64> = odd.into_iter().filter(|&id| id >= o).collect();
+            if !again.is_empty() {
+                warn!(bot = %name, "update_id {again:?} lies above every possible offset, so the platform cannot be told to forget it: it is stored and forwarded now; when it comes again on its own it is reported, not stored again");
+            }
+            return Ok(Some(o));
+        }
+        // Where the response itself confirmed the batch (MPChat) it must be
+        // stored whatever its ids; the offset stays.
+        if self.bot.flavor.confirms_on_response() {
+            return Ok(sent);
+        }
+        // Elsewhere the batch will come again, so storing it now would
+        // only duplicate it.
+        let n = updates.len();
+        let wait_for = "nothing is lost (the platform keeps it; Telegram for 24 h) and it is stored and forwarded as soon as an update with a usable id arrives behind it";
+        Err(match next {
+            Next::Repeated(o) => Stored::Stuck {
+                state: "stuck: offset ignored",
+                why: format!("getUpdates sent again update_id {}, which offset {o} had confirmed: the platform ignores the offset; the batch of {n} was stored before and is not stored again (that would only duplicate it); if this goes on, ask the platform's operator about it; asking again", o - 1),
+            },
+            _ if odd.is_empty() => Stored::Stuck {
+                state: "stuck: no update_id",
+                why: format!("a batch of {n} update(s) without a readable update_id: no offset can confirm it, so it is not stored and the updates behind it wait; {wait_for}; if every update looks like this, check the bot's flavor and api_url; asking again"),
+            },
+            _ => Stored::Stuck {
+                state: "stuck: unusable update_id",
+                why: format!("a batch of {n} update(s) with update_id {odd:?}: an offset must be a positive number above an id, so no offset can confirm them (a negative offset would make the platform drop its queue); not stored, and the updates behind them wait; {wait_for}; asking again"),
+            },
+        })
+    }
+}
+
+/// How many updates are taken one at a time after a batch could not be
+/// read: the batch that failed held at most this many, so the bad one is
+/// among them.
+const ISOLATION: u32 = BATCH_LIMIT as u32;
+
+fn end_singles(bot: &str, singles_left: &mut u32) {
+    if *singles_left > 0 {
+        *singles_left = 0;
+        info!(bot = %bot, "asking for batches of {BATCH_LIMIT} again");
+    }
+}
+
+/// The pause before asking again for a batch nothing could confirm: it
+/// returns at once, so without a growing pause this would be a tight loop.
+fn stuck_backoff(stuck: u32) -> Duration {
+    let exp = stuck.saturating_sub(1).min(4);
+    Duration::from_secs(5 << exp).min(Duration::from_secs(60))
+}
+
+/// /status's word for a single update that cannot be read.
+fn single_unreadable_state(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::TooLarge { .. } => "stuck: update too large",
+        _ => "stuck: unreadable update",
     }
 }
 

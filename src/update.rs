@@ -10,6 +10,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::fmt;
 
+use crate::utf8::readable;
+
 /// The parsed head of one update plus its exact bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
@@ -154,8 +156,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
 
 impl Update {
     pub fn parse(raw: &RawValue) -> Result<Update, ParseError> {
+        Update::from_bytes(raw.get().as_bytes())
+    }
+
+    /// Reads the head of one update from its exact bytes, which become the
+    /// payload unchanged, even where they are not valid UTF-8 (the head is
+    /// read from a same-length view, see [`readable`]).
+    pub fn from_bytes(payload: &[u8]) -> Result<Update, ParseError> {
+        let text = readable(payload);
         let Fields(fields) =
-            serde_json::from_str(raw.get()).map_err(|e| ParseError::NotAnObject(e.to_string()))?;
+            serde_json::from_str(&text).map_err(|e| ParseError::NotAnObject(e.to_string()))?;
         let update_id = fields
             .iter()
             .find(|(k, _)| k == "update_id")
@@ -186,20 +196,18 @@ impl Update {
             kind,
             lane,
             chat_type,
-            payload: raw.get().as_bytes().to_vec(),
+            payload: payload.to_vec(),
         })
     }
-}
 
-impl Update {
     /// An update that could not be read: forwarded as is, ordered with nothing.
-    pub fn opaque(raw: &RawValue) -> Update {
+    pub fn opaque(payload: &[u8]) -> Update {
         Update {
             update_id: None,
             kind: "unknown".to_string(),
             lane: Lane::Alone,
             chat_type: None,
-            payload: raw.get().as_bytes().to_vec(),
+            payload: payload.to_vec(),
         }
     }
 }
@@ -303,6 +311,30 @@ mod tests {
             other.lane,
             Lane::Chat("Alice".into()),
             "only UUIDs are case-folded"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_read_around_and_kept_byte_for_byte() {
+        let bytes = b"{\"update_id\":14,\"message\":{\"chat\":{\"id\":3},\"text\":\"a\xFF\xFEb\"}}";
+        let u = Update::from_bytes(bytes).unwrap();
+        assert_eq!(
+            (u.update_id, u.kind.as_str(), &u.lane),
+            (Some(14), "message", &Lane::Chat("3".into()))
+        );
+        assert_eq!(u.payload, bytes);
+    }
+
+    #[test]
+    fn out_of_range_ids_are_read_as_sent_or_not_at_all() {
+        let max = parse(r#"{"update_id":9223372036854775807,"message":{}}"#).unwrap();
+        assert_eq!(max.update_id, Some(i64::MAX));
+        let negative = parse(r#"{"update_id":-5,"message":{}}"#).unwrap();
+        assert_eq!(negative.update_id, Some(-5));
+        // Above i64: no id, not a wrapped one.
+        assert_eq!(
+            parse(r#"{"update_id":18446744073709551615,"message":{}}"#),
+            Err(ParseError::NoUpdateId)
         );
     }
 

@@ -207,3 +207,65 @@ async fn a_wrong_token_is_reported_and_retried_slowly_not_spun() {
         "the wrong token leaked into the logs"
     );
 }
+
+/// A proxy's 502 page that prints the token the way URLs get printed: with
+/// the colon percent-encoded (upper and lower case), every character
+/// encoded, or only the secret part. None of it may reach the log,
+/// `/status` or `pollhook status`; nor may a getMe answer that echoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_a_502_page_is_redacted_in_every_spelling() {
+    let setup = Setup::new().await;
+    let (id, secret) = TOKEN.split_once(':').unwrap();
+    setup
+        .api
+        .add_bot(TOKEN, 123456789, &format!("echo_{secret}"));
+    let port = free_port();
+    let config = admin_config(&setup, port, "");
+    let mut relay = setup.spawn(&config);
+    relay.wait_log("admin API on", LONG).await;
+    relay
+        .wait_log("the token belongs to @echo_<token>", LONG)
+        .await;
+    let all_encoded: String = TOKEN.bytes().map(|b| format!("%{b:02X}")).collect();
+    let pages = [
+        format!("<html><body>page1 /bot{id}%3A{secret}/getUpdates</body></html>"),
+        format!("<html><body>page2 /bot{id}%3a{secret}/getUpdates</body></html>"),
+        format!("<html><body>page3 key {secret} refused</body></html>"),
+        format!("<html>page4 /bot{all_encoded}/x</html>"),
+    ];
+    setup.api.wait_calls(TOKEN, 1, LONG).await;
+    // The last page twice more, so /status still shows a page when read.
+    for page in pages.iter().chain([&pages[3], &pages[3]]) {
+        setup.api.inject(
+            TOKEN,
+            Fault::Raw {
+                status: 502,
+                content_type: "text/html",
+                body: page.clone().into(),
+            },
+        );
+    }
+    let cfg = config.to_str().unwrap();
+    for n in 1..=4 {
+        relay.wait_log(&format!("page{n}"), LONG).await;
+        let status = status_json(port).await;
+        assert_no_token(&status);
+        assert!(status.contains("<token>"), "{status}");
+    }
+    let (ok, table, err) = pollhook_async(&["status", "--config", cfg]).await;
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("page4") && table.contains("<token>"),
+        "{table}"
+    );
+    assert_no_token(&table);
+    let (ok, json, err) = pollhook_async(&["status", "--config", cfg, "--json"]).await;
+    assert!(ok, "{err}");
+    assert_no_token(&json);
+    let logs = relay.logs();
+    for n in 1..=4 {
+        let line = log_line(&logs, &format!("page{n}"));
+        assert!(line.contains("<token>"), "{line}");
+    }
+    assert_no_token(&logs);
+}

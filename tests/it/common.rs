@@ -123,15 +123,21 @@ pub fn per_chat(rs: &[Received]) -> BTreeMap<String, Vec<i64>> {
     out
 }
 
-/// Fails the test if the token shows up anywhere in `logs`.
+/// Fails the test if the token shows up anywhere in `logs`: its secret
+/// part as is (which also covers the whole token, with its colon plain or
+/// percent-encoded), or with every character percent-encoded (hex digits in
+/// either case).
 pub fn assert_no_token(logs: &str) {
     let secret_part = TOKEN.split_once(':').unwrap().1;
+    let encoded: String = secret_part.bytes().map(|b| format!("%{b:02x}")).collect();
+    let lower = logs.to_ascii_lowercase();
+    let leaks = |l: &str| l.contains(secret_part) || l.to_ascii_lowercase().contains(&encoded);
     assert!(
-        !logs.contains(secret_part),
+        !logs.contains(secret_part) && !lower.contains(&encoded),
         "the bot token leaked into the logs:\n{}",
         {
             logs.lines()
-                .filter(|l| l.contains(secret_part))
+                .filter(|l| leaks(l))
                 .take(5)
                 .collect::<Vec<_>>()
                 .join("\n")
@@ -185,4 +191,47 @@ pub async fn pollhook_async(args: &[&str]) -> (bool, String, String) {
     })
     .await
     .unwrap()
+}
+
+/// The config with an admin API on `port` (for `/status`, `pollhook status`).
+pub fn admin_config(setup: &Setup, port: u16, bot_extra: &str) -> PathBuf {
+    setup.config_full(
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\""),
+        bot_extra,
+        "",
+    )
+}
+
+/// `/status` of the relay whose admin API listens on `port`, as JSON text.
+pub async fn status_json(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/status"))
+        .await
+        .expect("the admin API answers")
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until the first bot's state in `/status` is `state`; returns that
+/// bot's entry.
+pub async fn wait_bot_state(port: u16, state: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/status")).await {
+            if let Ok(snap) = r.json::<serde_json::Value>().await {
+                if snap["bots"][0]["state"] == state {
+                    return snap["bots"][0].clone();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the bot's state never became {state:?}: {snap}"
+                );
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no /status on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -8,6 +8,7 @@ mod crash;
 mod dead_letters;
 mod delivery;
 mod faults;
+mod hostile_platform;
 mod hostile_replies;
 mod interop;
 mod lifecycle;

@@ -86,6 +86,12 @@ pub enum Fault {
     NotFound,
     /// 501 {"ok":false,"error_code":501,"description":"Not Implemented"}
     NotImplemented,
+    /// This status, content type and body, byte for byte.
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: Bytes,
+    },
 }
 
 /// One recorded request.
@@ -132,8 +138,8 @@ const STATUS_CLIENT_GONE: u16 = 499;
 struct Bot {
     /// (id, username) once `add_bot` was called; None answers 401.
     info: Option<(i64, String)>,
-    /// (update_id, raw JSON) in queue order.
-    queue: VecDeque<(i64, String)>,
+    /// (update_id, raw JSON bytes) in queue order.
+    queue: VecDeque<(i64, Bytes)>,
     confirmed: Option<i64>,
     allowed_updates: Option<Vec<String>>,
     faults: VecDeque<Fault>,
@@ -248,9 +254,22 @@ impl FakeApi {
 
     /// Queues an update; `raw_json` is returned byte for byte.
     pub fn push_raw(&self, token: &str, update_id: i64, raw_json: &str) {
-        self.inner.with_bot(token, |b| {
-            b.queue.push_back((update_id, raw_json.to_owned()))
-        });
+        self.push_bytes(token, update_id, raw_json.as_bytes().to_vec());
+    }
+
+    /// Queues an update given as bytes, which need not be valid UTF-8 (nor
+    /// valid JSON); `update_id` is the fake's own, for confirming it.
+    pub fn push_bytes(&self, token: &str, update_id: i64, raw: impl Into<Bytes>) {
+        let raw = raw.into();
+        self.inner
+            .with_bot(token, |b| b.queue.push_back((update_id, raw)));
+    }
+
+    /// Drops a queued update without confirming it, as Telegram does after
+    /// 24 h.
+    pub fn expire(&self, token: &str, update_id: i64) {
+        self.inner
+            .with_bot(token, |b| b.queue.retain(|(id, _)| *id != update_id));
     }
 
     /// Queues a private text message and returns the exact JSON pushed.
@@ -745,15 +764,15 @@ fn confirm(b: &mut Bot, offset: i64) {
 }
 
 /// `{"ok":true,"result":[...]}` with the raw updates concatenated verbatim.
-fn result_body(b: &Bot, limit: usize) -> String {
-    let mut body = String::from(r#"{"ok":true,"result":["#);
+fn result_body(b: &Bot, limit: usize) -> Vec<u8> {
+    let mut body = br#"{"ok":true,"result":["#.to_vec();
     for (i, (_, raw)) in b.queue.iter().take(limit).enumerate() {
         if i > 0 {
-            body.push(',');
+            body.push(b',');
         }
-        body.push_str(raw);
+        body.extend_from_slice(raw);
     }
-    body.push_str("]}");
+    body.extend_from_slice(b"]}");
     body
 }
 
@@ -794,6 +813,11 @@ fn fault_response(flavor: Flavor, fault: Fault) -> Result<Response<Body>, DropCo
         Fault::Reset => return Err(DropConnection),
         Fault::NotFound => error(404, "Not Found"),
         Fault::NotImplemented => error(501, "Not Implemented"),
+        Fault::Raw {
+            status,
+            content_type,
+            body,
+        } => response(status, content_type, body),
         Fault::Hang(_) => unreachable!("Hang is handled by the caller"),
     })
 }
