@@ -11,4 +11,4 @@ mod serve;
 
 pub use backend::{Backend, Received, Reply, Span};
 pub use fake_api::{Call, FakeApi, Fault, Flavor};
-pub use proc::{write_config, Relay};
+pub use proc::{write_config, ProcLimits, Relay};
