@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod dead_letters;
 mod delivery;
+mod hostile_admin;
 mod interop;
 mod lifecycle;
 mod operations;
