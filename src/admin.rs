@@ -93,8 +93,11 @@ async fn same_host_only(State(admin): State<Shared>, request: Request, next: Nex
 
 /// Whether `host` (a `Host` header: name or address, optional port) names
 /// this API: localhost, a loopback address, the address the connection came
-/// in on, or a configured name. The port is not compared: a rebinding page
-/// cannot choose the name, and an SSH tunnel changes the port.
+/// in on, 0.0.0.0 or `::` (what `pollhook status` uses when `admin.listen`
+/// is one of them), or a configured name. Rebinding needs a name the
+/// attacker's DNS answers for, never an address. The port is not compared:
+/// a rebinding page cannot choose the name, and an SSH tunnel changes the
+/// port.
 fn host_allowed(host: &str, local: Option<IpAddr>, allowed: &[String]) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [v6] or [v6]:port
@@ -113,7 +116,9 @@ fn host_allowed(host: &str, local: Option<IpAddr>, allowed: &[String]) -> bool {
         return true;
     }
     if let Ok(ip) = name.parse::<IpAddr>() {
-        return ip.is_loopback() || Some(ip) == local;
+        if ip.is_loopback() || ip.is_unspecified() || Some(ip) == local {
+            return true;
+        }
     }
     allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
@@ -250,6 +255,8 @@ mod tests {
             "[::1]",
             "[::1]:9807",
             "10.0.0.5:9807",
+            "0.0.0.0:9807",
+            "[::]:9807",
             "pollhook.internal",
             "Pollhook.Internal:9807",
         ] {
