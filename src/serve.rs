@@ -154,10 +154,12 @@ async fn connection(
         stage: Stage::Request,
         since: Instant::now(),
         limits,
+        closing: None,
     }));
     let io = TokioIo::new(Deadline::new(stream, clock.clone()));
+    let for_service = clock.clone();
     let service = hyper::service::service_fn(move |request| {
-        handle(request, app.clone(), clock.clone(), local, limits)
+        handle(request, app.clone(), for_service.clone(), local, limits)
     });
     let conn = hyper::server::conn::http1::Builder::new()
         // hyper's own header timer starts whenever it waits for a request,
@@ -169,6 +171,10 @@ async fn connection(
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = shutdown.cancelled() => {
+            // A request being handled finishes; a connection waiting for
+            // one (idle, or half a request sent) ends now rather than at
+            // its timeout, which would hold up the stop.
+            lock(&clock).closing = Some(Instant::now());
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -254,15 +260,18 @@ struct Clock {
     stage: Stage,
     since: Instant,
     limits: Limits,
+    /// Set when the server stops: the deadline of every stage but `Busy`.
+    closing: Option<Instant>,
 }
 
 impl Clock {
     fn deadline(&self) -> Option<Instant> {
-        match self.stage {
-            Stage::Request => Some(self.since + self.limits.header_timeout),
-            Stage::Busy => None,
-            Stage::Idle => Some(self.since + self.limits.idle_timeout),
-        }
+        let due = match self.stage {
+            Stage::Request => self.since + self.limits.header_timeout,
+            Stage::Busy => return None,
+            Stage::Idle => self.since + self.limits.idle_timeout,
+        };
+        Some(self.closing.map_or(due, |c| c.min(due)))
     }
 
     fn received(&mut self) {

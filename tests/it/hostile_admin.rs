@@ -313,6 +313,22 @@ async fn the_admin_api_refuses_foreign_hosts_and_browser_origins() {
             "POST, Origin {origin}: {status}"
         );
     }
+
+    // Connections waiting for a request do not hold up a stop: not for the
+    // header timeout (10 s), nor the idle timeout (30 s).
+    let mut half = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    half.write_all(b"GET /sta").await.unwrap();
+    let mut kept = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let t = Instant::now();
     relay.sigterm();
     assert!(relay.wait_exit(LONG).await.unwrap().success());
+    let stopped = t.elapsed();
+    eprintln!("stopped {stopped:?} after SIGTERM with an idle and a half-sent connection open");
+    assert!(stopped < Duration::from_secs(3), "{stopped:?}");
 }
