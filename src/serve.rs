@@ -77,7 +77,7 @@ const MAX_BODY: usize = 1 << 20;
 /// at once too.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
 
-/// How often a flood may be logged.
+/// How often a flood of the same trouble may be logged.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Serves `app` until `shutdown`; then stops accepting, lets requests in
@@ -90,7 +90,8 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
-    let mut warned: Option<Instant> = None;
+    // Each kind of trouble is logged at most once a minute.
+    let (mut warned_accept, mut warned_cap) = (None, None);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -99,7 +100,7 @@ pub async fn serve(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                if due(&mut warned) {
+                if due(&mut warned_accept) {
                     warn!("admin API: cannot accept a connection: {e}");
                 }
                 tokio::select! {
@@ -110,7 +111,7 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Closed at once, so its file handle is back at once.
-            if due(&mut warned) {
+            if due(&mut warned_cap) {
                 warn!(
                     %peer,
                     "admin API: {} connections are open, its cap; new ones are closed until some end",

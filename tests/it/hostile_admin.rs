@@ -165,6 +165,14 @@ async fn idle_connections_to_the_admin_api_starve_nothing_and_are_closed() {
     assert!(fds_peak < 60, "{fds_peak} handles of 64 in use");
     assert_eq!(healthz(port).await, Some(200), "/healthz after the flood");
     assert!(!relay.logs().contains("Too many open files"));
+    assert_eq!(
+        relay
+            .logs()
+            .matches("admin API: 8 connections are open, its cap")
+            .count(),
+        1,
+        "the cap (64 handles / 8) is logged once a minute"
+    );
     assert_no_token(&relay.logs());
 }
 
