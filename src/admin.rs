@@ -2,14 +2,17 @@
 //! letters while the daemon runs (sled lets only one process open the
 //! database, so `pollhook dlq` talks to this instead).
 //!
-//! With `admin.token` set, every request but `/healthz` needs
-//! `Authorization: Bearer <token>`.
+//! With `admin.token` set, every request but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <token>`. Every request needs a `Host` naming this
+//! API and no `Origin`: a web page the operator visits could otherwise reach
+//! a loopback API through DNS rebinding.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,16 +23,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::deadletters::{self, Selection};
+use crate::serve::{Limits, LocalAddr};
 use crate::status::{self, Observed};
 
 pub struct Admin {
     pub relay: Arc<Observed>,
     pub token: Option<SecretString>,
+    /// Host names accepted besides localhost and IP addresses of this API.
+    pub allowed_hosts: Vec<String>,
 }
 
 type Shared = Arc<Admin>;
 
-pub async fn serve(listener: tokio::net::TcpListener, admin: Admin, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    admin: Admin,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
     let admin = Arc::new(admin);
     let guarded = Router::new()
         .route("/status", get(status_json))
@@ -43,14 +54,78 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Admin, shutdown: Ca
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(guarded)
+        .layer(middleware::from_fn_with_state(
+            admin.clone(),
+            same_host_only,
+        ))
         .with_state(admin);
-    let stop = shutdown.clone();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        error!("admin API stopped: {e}");
+    crate::serve::serve(listener, app, limits, shutdown).await;
+}
+
+/// Refuses what a browser sends on a web page's behalf: an `Origin` header
+/// (no admin client sends one), or a `Host` that is not this API (a
+/// rebinding domain that resolves to 127.0.0.1).
+async fn same_host_only(State(admin): State<Shared>, request: Request, next: Next) -> Response {
+    if request.headers().contains_key(header::ORIGIN) {
+        return (
+            StatusCode::FORBIDDEN,
+            "refused: requests from web pages (with an Origin header) may not use the admin API\n",
+        )
+            .into_response();
     }
+    let local = request.extensions().get::<LocalAddr>().map(|a| a.0.ip());
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    match host {
+        Some(h) if host_allowed(h, local, &admin.allowed_hosts) => next.run(request).await,
+        _ => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "refused: Host {:?} is not this admin API; use its IP address, localhost, or a name listed in admin.allowed_hosts\n",
+                host.unwrap_or("")
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// Whether `host` (a `Host` header: name or address, optional port) names
+/// this API: localhost, a loopback address, the address the connection came
+/// in on, 0.0.0.0 or `::` (what `pollhook status` uses when `admin.listen`
+/// is one of them), or a configured name. Rebinding needs a name the
+/// attacker's DNS answers for, never an address. The port is not compared:
+/// a rebinding page cannot choose the name, and an SSH tunnel changes the
+/// port.
+fn host_allowed(host: &str, local: Option<IpAddr>, allowed: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6] or [v6]:port
+        match rest.split_once(']') {
+            Some((v6, tail)) if tail.is_empty() || valid_port(tail) => v6,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if valid_port(&format!(":{port}")) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        if ip.is_loopback() || ip.is_unspecified() || Some(ip) == local {
+            return true;
+        }
+    }
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+fn valid_port(tail: &str) -> bool {
+    tail.strip_prefix(':')
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 async fn require_token(State(admin): State<Shared>, request: Request, next: Next) -> Response {
@@ -59,7 +134,7 @@ async fn require_token(State(admin): State<Shared>, request: Request, next: Next
     };
     let given = request
         .headers()
-        .get(axum::http::header::AUTHORIZATION)
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     // Compare in constant time: the token guards replay and drop.
@@ -86,14 +161,7 @@ async fn status_json(State(admin): State<Shared>) -> Response {
 async fn metrics(State(admin): State<Shared>) -> Response {
     let snap = admin.relay.snapshot();
     let body = crate::metrics::render(&snap, &admin.relay.bots, &admin.relay.forwards);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Ready: every bot polled successfully within twice its poll timeout and
@@ -167,5 +235,47 @@ async fn dlq_drop(State(admin): State<Shared>, Json(sel): Json<Selection>) -> Re
             Json(outcome).into_response()
         }
         Err(e) => store_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn hosts_that_name_this_api() {
+        let local = Some("10.0.0.5".parse().unwrap());
+        let extra = vec!["pollhook.internal".to_string()];
+        for ok in [
+            "localhost",
+            "LOCALHOST:9807",
+            "127.0.0.1",
+            "127.0.0.1:9807",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:9807",
+            "10.0.0.5:9807",
+            "0.0.0.0:9807",
+            "[::]:9807",
+            "pollhook.internal",
+            "Pollhook.Internal:9807",
+        ] {
+            assert!(host_allowed(ok, local, &extra), "{ok}");
+        }
+        for bad in [
+            "",
+            "attacker.example",
+            "attacker.example:9807",
+            "localhost.attacker.example",
+            "10.0.0.6:9807",
+            "[::1",
+            "[::1]x",
+            "127.0.0.1:",
+            "127.0.0.1:abc",
+            "::1",
+            "internal",
+        ] {
+            assert!(!host_allowed(bad, local, &extra), "{bad}");
+        }
     }
 }

@@ -19,6 +19,7 @@ use url::Url;
 
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::stale::StalePolicy;
+use crate::exposure;
 use crate::flavor::Flavor;
 use crate::methods::MethodSet;
 use crate::routing::Filter;
@@ -50,6 +51,14 @@ pub struct Settings {
     /// Values that were adjusted rather than refused (e.g. a poll timeout
     /// above the platform's cap); logged at start, printed by check-config.
     pub warnings: Vec<String>,
+    /// How long an admin API client may take to send a request's headers
+    /// (and then its body).
+    pub admin_header_timeout: Duration,
+    /// How long an admin API keep-alive connection may sit idle.
+    pub admin_idle_timeout: Duration,
+    /// Host names the admin API answers to besides localhost and its own
+    /// addresses (lower case).
+    pub admin_allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +102,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
 pub const DEFAULT_CACHE_MB: u64 = 64;
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // The file's shape.
@@ -116,6 +127,10 @@ struct RawAdmin {
     token_file: Option<String>,
     token_env: Option<String>,
     token_credential: Option<String>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
+    allow_insecure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +201,7 @@ struct RawForward {
     stale: Option<String>,
     reply_calls: Option<bool>,
     reply_methods: Option<Vec<String>>,
+    allow_insecure: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -297,6 +313,9 @@ pub fn quick_start(q: QuickStart) -> Result<Settings, ConfigError> {
             stale: None,
             reply_calls: None,
             reply_methods: None,
+            // The URL is on the command line in front of the operator: a
+            // plain-http remote backend is warned about, not refused.
+            allow_insecure: Some(true),
         })
         .collect();
     let raw = RawConfig {
@@ -409,7 +428,9 @@ impl Ctx<'_> {
             (field.to_string(), v.to_string())
         } else if let Some(f) = src.file {
             let key = format!("{field}_file");
-            let text = read_file(&key, self.path(f))?;
+            let path = self.path(f);
+            let text = read_file(&key, path.clone())?;
+            self.warn_if_shared(&format!("{prefix}.{key}"), &path);
             (key, text)
         } else if let Some(name) = src.env {
             let key = format!("{field}_env");
@@ -441,6 +462,18 @@ impl Ctx<'_> {
         }
         Ok(Some(SecretString::from(value.to_string())))
     }
+
+    /// Warns about a secret file other users may read or change: whoever
+    /// reads a bot token controls the bot. A warning, not a refusal: a
+    /// private parent directory may protect it, which is not checked here.
+    fn warn_if_shared(&self, key: &str, path: &Path) {
+        if let Some(mode) = exposure::shared_mode(path) {
+            self.warnings.borrow_mut().push(format!(
+                "{key}: {} is open to group or others (mode {mode:04o}); chmod 600 it",
+                path.display()
+            ));
+        }
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -470,7 +503,14 @@ fn validate(raw: RawConfig, source_name: &str, base: &Path) -> Result<Settings, 
         Some(p) => ctx.path(p),
         None => default_state_dir(),
     };
+    let guards = validate_admin_guards(&ctx, raw.admin.as_ref())?;
     let (admin_listen, admin_token) = validate_admin(&ctx, raw.admin)?;
+    check_admin_exposure(
+        &ctx,
+        admin_listen,
+        admin_token.is_some(),
+        guards.allow_insecure,
+    )?;
     let shutdown_timeout = ctx.duration(
         "shutdown_timeout",
         raw.shutdown_timeout.as_deref(),
@@ -503,7 +543,92 @@ fn validate(raw: RawConfig, source_name: &str, base: &Path) -> Result<Settings, 
         cache_bytes: cache_mb * 1024 * 1024,
         bots,
         warnings: ctx.warnings.into_inner(),
+        admin_header_timeout: guards.header_timeout,
+        admin_idle_timeout: guards.idle_timeout,
+        admin_allowed_hosts: guards.allowed_hosts,
     })
+}
+
+/// The admin API's defences against its own clients.
+struct AdminGuards {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    allowed_hosts: Vec<String>,
+    allow_insecure: bool,
+}
+
+fn validate_admin_guards(ctx: &Ctx, admin: Option<&RawAdmin>) -> Result<AdminGuards, ConfigError> {
+    let timeout = |key: &str, value: Option<&String>, default: Duration| {
+        let d = ctx.duration(&format!("admin.{key}"), value.map(String::as_str), default)?;
+        if d.is_zero() {
+            return Err(ctx.err(format!("admin.{key}"), "must be longer than 0s"));
+        }
+        Ok(d)
+    };
+    let header_timeout = timeout(
+        "header_timeout",
+        admin.and_then(|a| a.header_timeout.as_ref()),
+        DEFAULT_ADMIN_HEADER_TIMEOUT,
+    )?;
+    let idle_timeout = timeout(
+        "idle_timeout",
+        admin.and_then(|a| a.idle_timeout.as_ref()),
+        DEFAULT_ADMIN_IDLE_TIMEOUT,
+    )?;
+    let mut allowed_hosts = Vec::new();
+    for name in admin
+        .and_then(|a| a.allowed_hosts.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let name = name.trim().to_ascii_lowercase();
+        if name.is_empty()
+            || name.contains([':', '/', '[', ']', '@'])
+            || name.contains(char::is_whitespace)
+        {
+            return Err(ctx.err(
+                "admin.allowed_hosts",
+                format!("{name:?}: give host names only, without scheme or port"),
+            ));
+        }
+        allowed_hosts.push(name);
+    }
+    Ok(AdminGuards {
+        header_timeout,
+        idle_timeout,
+        allowed_hosts,
+        allow_insecure: admin.and_then(|a| a.allow_insecure).unwrap_or(false),
+    })
+}
+
+/// An admin API other hosts can reach needs a token: without one, anyone on
+/// the network can read the status and replay or drop dead letters.
+fn check_admin_exposure(
+    ctx: &Ctx,
+    listen: Option<SocketAddr>,
+    has_token: bool,
+    allow_insecure: bool,
+) -> Result<(), ConfigError> {
+    let Some(addr) = listen else {
+        return Ok(());
+    };
+    if addr.ip().is_loopback() || has_token {
+        return Ok(());
+    }
+    let risk = format!(
+        "{addr} can be reached from other hosts and no admin token is set: anyone who reaches it can read the status and replay or drop dead letters"
+    );
+    if allow_insecure {
+        ctx.warnings.borrow_mut().push(format!(
+            "admin.listen: {risk} (allowed by admin.allow_insecure)"
+        ));
+        Ok(())
+    } else {
+        Err(ctx.err(
+            "admin.listen",
+            format!("{risk}; set admin.token_credential (or token_file, token_env), listen on 127.0.0.1, or set admin.allow_insecure = true if only trusted hosts can reach it"),
+        ))
+    }
 }
 
 fn validate_admin(
@@ -707,6 +832,12 @@ fn check_api_url(ctx: &Ctx, prefix: &str, template: &str) -> Result<(), ConfigEr
         .replace("{token}", "0:x")
         .replace("{method}", "getMe");
     match Url::parse(&sample) {
+        Ok(u) if u.scheme() == "http" && !exposure::is_loopback_host(&u) => {
+            ctx.warnings.borrow_mut().push(format!(
+                "{key}: plain http:// to a host other than this one: the bot token is in every request's URL and crosses the network unencrypted; use https://"
+            ));
+            Ok(())
+        }
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
         Ok(u) => Err(ctx.err(key, format!("scheme {:?} is not http or https", u.scheme()))),
         Err(e) => Err(ctx.err(key, format!("{template:?} is not a URL template: {e}"))),
@@ -735,6 +866,22 @@ fn validate_forward(
             format!("{prefix}.url"),
             format!("{text:?}: scheme {:?} is not http or https", url.scheme()),
         ));
+    }
+    if url.scheme() == "http" && !exposure::is_loopback_host(&url) {
+        let risk = format!(
+            "{}: plain http:// to a host other than this one: every update (users' messages) crosses the network unencrypted",
+            display_url(&url)
+        );
+        if rf.allow_insecure == Some(true) {
+            ctx.warnings
+                .borrow_mut()
+                .push(format!("{prefix}.url: {risk}"));
+        } else {
+            return Err(ctx.err(
+                format!("{prefix}.url"),
+                format!("{risk}; use https://, or set allow_insecure = true in this forward if the network between them is trusted"),
+            ));
+        }
     }
     // Without a name the URL is the identity, so the queue follows the URL;
     // not its password or query, which may hold secrets and would show in
@@ -918,6 +1065,18 @@ impl fmt::Display for Settings {
             )?,
             None => writeln!(f, "admin.listen: (off)")?,
         }
+        if self.admin_listen.is_some() {
+            writeln!(
+                f,
+                "admin: header_timeout {}, idle_timeout {}, hosts: localhost, its addresses{}",
+                humantime::format_duration(self.admin_header_timeout),
+                humantime::format_duration(self.admin_idle_timeout),
+                self.admin_allowed_hosts
+                    .iter()
+                    .map(|h| format!(", {h}"))
+                    .collect::<String>()
+            )?;
+        }
         writeln!(
             f,
             "shutdown_timeout: {}",
@@ -927,7 +1086,9 @@ impl fmt::Display for Settings {
             writeln!(
                 f,
                 "bot {:?}: flavor {}, api_url {}",
-                b.name, b.flavor, b.api_url
+                b.name,
+                b.flavor,
+                exposure::mask_userinfo(&b.api_url)
             )?;
             writeln!(f, "  token: {}", mask(b.token.expose_secret()))?;
             if let Some(p) = &b.proxy {

@@ -1,5 +1,6 @@
 //! Log output on stderr, filtered by `RUST_LOG` (default `info`):
 //! human-readable lines, or one JSON object per line for log collectors.
+//! Other crates are held at info or less whatever `RUST_LOG` says.
 //!
 //! Under systemd (`JOURNAL_STREAM` set) text lines start with a syslog
 //! priority prefix (`<3>` error … `<7>` debug), which journald turns into the
@@ -9,10 +10,13 @@
 use std::fmt;
 use std::io::IsTerminal;
 
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,39 +53,40 @@ where
 
 pub fn init(format: Format) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Dependencies' debug output (hyper, reqwest) could include request
-    // lines, and request lines carry the bot token; keep them at info even
-    // when pollhook itself is at debug or trace.
-    let filter = [
-        "hyper",
-        "hyper_util",
-        "reqwest",
-        "rustls",
-        "sled",
-        "h2",
-        "axum",
-    ]
-    .iter()
-    .fold(filter, |f, target| {
-        f.add_directive(format!("{target}=info").parse().expect("static directive"))
-    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let cap = filter_fn(ours_or_at_most_info);
     match format {
-        Format::Json => builder.json().flatten_event(true).init(),
+        Format::Json => builder.json().flatten_event(true).finish().with(cap).init(),
         Format::Text if journald => {
             let plain = tracing_subscriber::fmt::format()
                 .with_target(false)
                 .without_time()
                 .with_ansi(false);
-            builder.event_format(Priority(plain)).init()
+            builder
+                .event_format(Priority(plain))
+                .finish()
+                .with(cap)
+                .init()
         }
         // Colour only for a person at a terminal.
         Format::Text => builder
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .finish()
+            .with(cap)
             .init(),
     }
+}
+
+/// Other crates never log in more detail than info, whatever `RUST_LOG`
+/// says (`RUST_LOG=debug`, `hyper_util::client=trace`, …): their debug output
+/// (hyper, reqwest) can hold request lines, and request lines carry the bot
+/// token. A directive per crate would not do: a longer target
+/// (`reqwest::connect`) outranks it.
+fn ours_or_at_most_info(meta: &Metadata<'_>) -> bool {
+    let target = meta.target();
+    *meta.level() <= Level::INFO || target == "pollhook" || target.starts_with("pollhook::")
 }

@@ -15,6 +15,7 @@ use crate::botapi::BotApi;
 use crate::config::Settings;
 use crate::delivery::Forwarder;
 use crate::poller::{Poller, Route};
+use crate::serve::Limits;
 use crate::stats::{BotStats, ForwardStats};
 use crate::status::{BotHandle, ForwardHandle, Observed};
 use crate::store::Store;
@@ -22,12 +23,18 @@ use crate::store::Store;
 /// Runs until `shutdown` is cancelled, then drains in-flight deliveries
 /// (bounded by `shutdown_timeout`), flushes the store and returns.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.state_dir).with_context(|| {
+    crate::state_dir::create(&settings.state_dir).with_context(|| {
         format!(
             "cannot create the state directory {}",
             settings.state_dir.display()
         )
     })?;
+    if let Err(e) = crate::state_dir::tighten(&settings.state_dir) {
+        warn!(
+            state_dir = %settings.state_dir.display(),
+            "cannot make the state directory private (0700, files 0600): {e}; other local users may read queued updates"
+        );
+    }
     let store = Arc::new(Store::open(&settings.state_dir, settings.cache_bytes)?);
     for w in &settings.warnings {
         warn!("{}: {w}", settings.source_name);
@@ -97,12 +104,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         let admin = Admin {
             relay: observed,
             token: settings.admin_token.clone(),
+            allowed_hosts: settings.admin_allowed_hosts.clone(),
+        };
+        let limits = Limits {
+            max_connections: crate::serve::connection_cap(),
+            header_timeout: settings.admin_header_timeout,
+            idle_timeout: settings.admin_idle_timeout,
         };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on admin.listen {addr}"))?;
-        info!("admin API on http://{}", listener.local_addr()?);
-        tasks.spawn(admin::serve(listener, admin, shutdown.clone()));
+        info!(
+            max_connections = limits.max_connections,
+            "admin API on http://{}",
+            listener.local_addr()?
+        );
+        tasks.spawn(admin::serve(listener, admin, limits, shutdown.clone()));
     }
     let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tasks.spawn(watch_store(store.clone(), broken.clone(), shutdown.clone()));

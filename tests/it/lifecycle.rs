@@ -4,7 +4,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::rig::{write_config, Relay, Reply};
+use crate::rig::proc::LOG_FILE;
+use crate::rig::{write_config, ProcLimits, Relay, Reply};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_backlog_exits_0_quickly_and_loses_nothing() {
@@ -157,4 +158,268 @@ fn check_config_names_the_file_and_the_key_of_each_mistake() {
             "a secret was printed:\n{err}"
         );
     }
+}
+
+#[test]
+fn check_config_refuses_an_open_admin_api_and_plain_http_to_other_hosts_unless_allowed() {
+    let refused = [
+        (
+            format!("[admin]\nlisten = \"0.0.0.0:9807\"\n{GOOD}"),
+            "FILE: admin.listen: 0.0.0.0:9807 can be reached from other hosts and no admin token is set",
+        ),
+        (
+            format!("[admin]\nlisten = \"[::]:9807\"\n{GOOD}"),
+            "FILE: admin.listen: [::]:9807 can be reached",
+        ),
+        (
+            GOOD.replace("http://127.0.0.1:8080", "http://10.0.0.5:8080"),
+            "FILE: bot[0].forward[0].url: http://10.0.0.5:8080/webhook: plain http:// to a host other than this one",
+        ),
+        (
+            GOOD.replace("http://127.0.0.1:8080", "http://backend.internal"),
+            "set allow_insecure = true in this forward",
+        ),
+    ];
+    for (toml, expected) in &refused {
+        let (ok, _, err) = check_config(toml);
+        assert!(!ok, "accepted, expecting {expected:?}");
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+    }
+    // Allowed on purpose: accepted, still warned about.
+    let allowed = [
+        (
+            format!("[admin]\nlisten = \"0.0.0.0:9807\"\nallow_insecure = true\n{GOOD}"),
+            "warning: admin.listen: 0.0.0.0:9807 can be reached from other hosts",
+        ),
+        (
+            format!(
+                "{}\nallow_insecure = true",
+                GOOD.replace("http://127.0.0.1:8080", "http://10.0.0.5:8080")
+            ),
+            "warning: bot[0].forward[0].url: http://10.0.0.5:8080/webhook: plain http://",
+        ),
+        // A self-hosted Bot API server over plain http: the token is in
+        // the URL. Warned about only.
+        (
+            GOOD.replace(
+                "token = \"42:AAsecret-part\"",
+                "token = \"42:AAsecret-part\"\napi_url = \"http://10.0.0.9:8081/bot{token}/{method}\"",
+            ),
+            "warning: bot[0].api_url: plain http:// to a host other than this one: the bot token",
+        ),
+    ];
+    for (toml, expected) in &allowed {
+        let (ok, out, err) = check_config(toml);
+        assert!(ok, "{err}");
+        assert!(out.contains(expected), "expected {expected:?} in:\n{out}");
+    }
+    // Safe as they are: no refusal, no warning.
+    for toml in [
+        GOOD.to_string(),
+        format!("[admin]\nlisten = \"127.0.0.1:9807\"\n{GOOD}"),
+        format!("[admin]\nlisten = \"[::1]:9807\"\n{GOOD}"),
+        format!("[admin]\nlisten = \"0.0.0.0:9807\"\ntoken = \"adm1n-t0ken\"\n{GOOD}"),
+        GOOD.replace("http://127.0.0.1:8080", "https://10.0.0.5:8080"),
+        GOOD.replace("http://127.0.0.1:8080", "http://localhost:8080"),
+        GOOD.replace("http://127.0.0.1:8080", "http://[::1]:8080"),
+    ] {
+        let (ok, out, err) = check_config(&toml);
+        assert!(ok, "{err}\n{toml}");
+        assert!(!out.contains("warning:"), "{out}");
+    }
+}
+
+#[test]
+fn check_config_warns_about_secret_files_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets = tempfile::tempdir().unwrap();
+    let file = |name: &str, value: &str, mode: u32| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let toml = |mode: u32| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:9807\"\ntoken_file = \"{admin}\"\n\
+             [[bot]]\nname = \"support\"\ntoken_file = \"{token}\"\n\
+             [[bot.forward]]\nurl = \"http://127.0.0.1:8080/webhook\"\n\
+             signing_secret_file = \"{signing}\"\nsecret_token_file = \"{secret}\"\n",
+            admin = file("admin", "adm1n-t0ken", mode),
+            token = file("token", "42:AAsecret-part", mode),
+            signing = file("signing", SECRET, mode),
+            secret = file("secret", "s3cret_token", mode),
+        )
+    };
+    let (ok, out, err) = check_config(&toml(0o644));
+    assert!(ok, "{err}");
+    for key in [
+        "admin.token_file",
+        "bot[0].token_file",
+        "bot[0].forward[0].signing_secret_file",
+        "bot[0].forward[0].secret_token_file",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("warning: {key}: "))
+                    && l.contains("is open to group or others (mode 0644); chmod 600 it")),
+            "no warning for {key}:\n{out}"
+        );
+    }
+    for mode in [0o640, 0o604, 0o660] {
+        let (_, out, _) = check_config(&toml(mode));
+        assert_eq!(
+            out.matches("is open to group or others").count(),
+            4,
+            "{mode:o}: {out}"
+        );
+    }
+    for mode in [0o600, 0o400] {
+        let (ok, out, err) = check_config(&toml(mode));
+        assert!(ok, "{err}");
+        assert!(!out.contains("warning:"), "{mode:o}: {out}");
+    }
+}
+
+#[test]
+fn check_config_masks_credentials_in_the_api_url() {
+    let toml = GOOD.replace(
+        "token = \"42:AAsecret-part\"",
+        "token = \"42:AAsecret-part\"\napi_url = \"https://relay-user:pr0xy-pa55@botapi.example/bot{token}/{method}\"",
+    );
+    let (ok, out, err) = check_config(&toml);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("api_url https://relay-user:****@botapi.example/bot{token}/{method}"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("pr0xy-pa55"),
+        "a password was printed:\n{out}"
+    );
+    let toml = GOOD.replace(
+        "token = \"42:AAsecret-part\"",
+        "token = \"42:AAsecret-part\"\napi_url = \"https://s3cretkey@botapi.example/bot{token}/{method}\"",
+    );
+    let (ok, out, _) = check_config(&toml);
+    assert!(ok);
+    assert!(
+        out.contains("api_url https://****@botapi.example/"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cretkey"), "{out}");
+}
+
+/// Every directory and file under `dir` (itself included) that group or
+/// others may use, with its mode.
+fn shared_entries(dir: &std::path::Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            out.push((p.display().to_string(), mode));
+        }
+        if meta.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out
+}
+
+fn count_entries(dir: &std::path::Path) -> usize {
+    let mut n = 1;
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            n += count_entries(&e.unwrap().path());
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_directory_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new().await;
+    let config = setup.config("", "");
+    let umask_022 = ProcLimits {
+        nofile: None,
+        umask: Some(0o022),
+    };
+    let run = |n: i64| {
+        let mut relay = Relay::spawn_limited(
+            &["run", "--config", config.to_str().unwrap()],
+            &[],
+            &setup.path().join(LOG_FILE),
+            umask_022,
+        );
+        let (setup, n) = (&setup, n);
+        async move {
+            setup.api.push_message(TOKEN, n, n, "private");
+            wait_until("the update", LONG, || {
+                distinct_ids(&setup.backend.accepted()).contains(&n)
+            })
+            .await;
+            relay.sigterm();
+            assert!(relay.wait_exit(LONG).await.unwrap().success());
+        }
+    };
+    // A new directory.
+    run(1).await;
+    let state = setup.state_dir();
+    let shared = shared_entries(&state);
+    let entries = count_entries(&state);
+    eprintln!("new state directory: {entries} entries, shared with group or others: {shared:?}");
+    assert!(shared.is_empty(), "{shared:?}");
+
+    // One an older pollhook left open to every local user.
+    let mut todo = vec![state.clone()];
+    while let Some(p) = todo.pop() {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        if p.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert_eq!(shared_entries(&state).len(), entries);
+    run(2).await;
+    let shared = shared_entries(&state);
+    eprintln!(
+        "an open state directory after a start: {} entries, shared: {shared:?}",
+        count_entries(&state)
+    );
+    assert!(shared.is_empty(), "{shared:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_file_others_can_read_is_warned_about_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new().await;
+    let token_file = setup.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let config = setup.config("", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("token = \"{TOKEN}\""), "token_file = \"token\"");
+    std::fs::write(&config, text).unwrap();
+    let mut relay = setup.spawn(&config);
+    setup.api.push_message(TOKEN, 1, 1, "still runs");
+    setup.backend.wait_accepted(1, LONG).await;
+    relay
+        .wait_log("bot[0].token_file: ", Duration::from_secs(1))
+        .await;
+    let logs = relay.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("bot[0].token_file: "))
+        .unwrap();
+    assert!(
+        line.contains(" WARN ")
+            && line.contains("is open to group or others (mode 0640); chmod 600 it"),
+        "{line}"
+    );
+    assert_no_token(&logs);
 }

@@ -10,6 +10,7 @@ mod delivery;
 mod faults;
 mod hostile_platform;
 mod hostile_replies;
+mod hostile_admin;
 mod interop;
 mod lifecycle;
 mod operations;

@@ -516,3 +516,99 @@ async fn under_journald_lines_carry_their_syslog_priority() {
         "no timestamp: the journal adds its own"
     );
 }
+
+/// docs/operations.md's table of journal priorities: (level, priority).
+fn documented_priorities() -> Vec<(String, u32)> {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .unwrap();
+    let mut rows = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | `ERROR` | 3 | `err` |
+        if cells.len() < 4 || !cells[1].starts_with('`') {
+            continue;
+        }
+        let Ok(priority) = cells[2].parse::<u32>() else {
+            continue;
+        };
+        for level in cells[1].split(',') {
+            let level = level.trim().trim_matches('`');
+            if ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level) {
+                rows.push((level.to_string(), priority));
+            }
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_priorities_and_library_log_levels_are_as_documented() {
+    let documented = documented_priorities();
+    assert!(
+        documented.len() >= 4,
+        "docs/operations.md has no table of journal priorities: {documented:?}"
+    );
+    let setup = Setup::new().await;
+    setup.backend.set_script(|_, i| {
+        if i == 0 {
+            Reply::Status(503)
+        } else {
+            Reply::Ok
+        }
+    });
+    // An error (another poller) before the first batch.
+    setup
+        .api
+        .inject(TOKEN, crate::rig::Fault::ConflictOtherPoller);
+    let config = setup.config("", "");
+    // Asks for everything, libraries included, by crate and by module.
+    let everything = "trace,hyper=trace,hyper_util=trace,hyper_util::client=trace,\
+                      reqwest=trace,reqwest::connect=trace,sled=trace,sled::pagecache=trace";
+    let mut relay = Relay::spawn(
+        &config,
+        &[("JOURNAL_STREAM", "8:12345"), ("RUST_LOG", everything)],
+    );
+    setup.api.push_message(TOKEN, 1, 1, "x");
+    setup.backend.wait_accepted(1, LONG).await;
+    relay.wait_log("delivery failed", LONG).await;
+    relay.sigterm();
+    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    let logs = relay.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| !l.starts_with("==== rig"))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in &lines {
+        let (priority, text) = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .unwrap_or_else(|| panic!("no priority prefix: {line}"));
+        let level = text.split_whitespace().next().unwrap_or("");
+        let (_, want) = documented
+            .iter()
+            .find(|(l, _)| l == level)
+            .unwrap_or_else(|| panic!("level {level:?} is not in the documented table: {line}"));
+        assert_eq!(priority, want.to_string(), "{line}");
+        seen.insert(level.to_string());
+    }
+    for level in ["ERROR", "WARN", "INFO", "DEBUG"] {
+        assert!(seen.contains(level), "no {level} line to check:\n{logs}");
+    }
+    // Libraries stay at info: these are their debug and trace lines.
+    for library_detail in [
+        "starting new connection",
+        "checkout waiting for idle connection",
+        "Http::connect",
+        "starting pagecache",
+        "reading segment header",
+    ] {
+        assert!(
+            !logs.contains(library_detail),
+            "a library's debug output is in the log ({library_detail:?}):\n{}",
+            crate::rig::proc::tail(&logs, 20)
+        );
+    }
+    assert_no_token(&logs);
+}

@@ -13,4 +13,4 @@ pub mod serve;
 pub use backend::{Backend, Received, Reply, Span};
 pub use fake_api::{Call, FakeApi, Fault, Flavor};
 pub use notify::NotifySocket;
-pub use proc::{write_config, Relay};
+pub use proc::{write_config, ProcLimits, Relay};

@@ -2,6 +2,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,36 @@ const POLL: Duration = Duration::from_millis(20);
 /// The name `write_config` uses, next to which `spawn` puts the log.
 pub const CONFIG_FILE: &str = "pollhook.toml";
 pub const LOG_FILE: &str = "pollhook.log";
+
+/// Process limits for `Relay::spawn_limited`, applied in the child.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProcLimits {
+    /// RLIMIT_NOFILE, soft and hard.
+    pub nofile: Option<u64>,
+    pub umask: Option<u32>,
+}
+
+impl ProcLimits {
+    fn apply(self) -> std::io::Result<()> {
+        if let Some(n) = self.nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: a plain system call on a valid struct.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if let Some(mask) = self.umask {
+            // SAFETY: umask(2) cannot fail.
+            unsafe {
+                libc::umask(mask as libc::mode_t);
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A running `pollhook`; killed (SIGKILL) when dropped.
 pub struct Relay {
@@ -38,6 +69,16 @@ impl Relay {
     /// Runs the binary with arbitrary arguments. `RUST_LOG=debug`,
     /// `RUST_BACKTRACE=1` and `NO_COLOR=1` are set unless `env` overrides them.
     pub fn spawn_args(args: &[&str], env: &[(&str, &str)], log_path: &Path) -> Relay {
+        Self::spawn_limited(args, env, log_path, ProcLimits::default())
+    }
+
+    /// Like `spawn_args`, with a file-handle limit or a umask of its own.
+    pub fn spawn_limited(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_path: &Path,
+        limits: ProcLimits,
+    ) -> Relay {
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -65,6 +106,13 @@ impl Relay {
         }
         for (key, value) in env {
             cmd.env(key, value);
+        }
+        if limits != ProcLimits::default() {
+            // SAFETY: between fork and exec only async-signal-safe calls are
+            // allowed; setrlimit(2) and umask(2) are system calls.
+            unsafe {
+                cmd.pre_exec(move || limits.apply());
+            }
         }
         let child = cmd
             .spawn()
