@@ -134,6 +134,11 @@ async fn connect(t: Target) -> Result<Via, String> {
             t.state_dir.display()
         ));
     }
+    // sled may create files here (run as root from a shell, with its
+    // umask): keep them as private as the relay's own.
+    if let Err(e) = crate::state_dir::create(&t.state_dir) {
+        return Err(format!("cannot use {}: {e}", t.state_dir.display()));
+    }
     match Store::open(&t.state_dir, t.cache_bytes) {
         Ok(s) => Ok(Via::Store(Box::new(s))),
         Err(e) => Err(match t.admin {

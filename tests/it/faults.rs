@@ -358,9 +358,15 @@ async fn only_a_configured_proxy_sees_bot_api_calls() {
     let config = setup.config("proxy = \"socks5h://user:pa55word@127.0.0.1:1080\"", "");
     let (ok, out, err) = pollhook(&["check-config", "--config", config.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(out.contains("proxy: socks5h://user:****@127.0.0.1:1080"), "{out}");
+    assert!(
+        out.contains("proxy: socks5h://user:****@127.0.0.1:1080"),
+        "{out}"
+    );
     assert!(!out.contains("pa55word"), "{out}");
     let config = setup.config("proxy = \"ftp://127.0.0.1:21\"", "");
     let (ok, _, err) = pollhook(&["check-config", "--config", config.to_str().unwrap()]);
-    assert!(!ok && err.contains("bot[0].proxy") && err.contains("\"ftp\""), "{err}");
+    assert!(
+        !ok && err.contains("bot[0].proxy") && err.contains("\"ftp\""),
+        "{err}"
+    );
 }
