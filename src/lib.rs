@@ -1,36 +1,24 @@
 //! pollhook: long-polls Telegram-style Bot APIs, stores every update durably
 //! in sled, and forwards each one as a signed webhook to private backends.
 //!
-//! Data flows one way: [`poller`] → [`store`] → [`delivery`]. [`relay::run`]
-//! wires them together for one [`config::Settings`]; the binary only parses
-//! the command line and calls it.
+//! Data flows one way, and so do the imports (docs/architecture.md):
+//! [`platform`] (where updates come from) → [`poller`] → [`store`] (where
+//! they are kept) → [`deliver`] (where they go). [`ops`] operates it,
+//! [`relay::run`] wires it together for one [`config::Settings`], and
+//! [`cli`] is the command line; the binary only hands over to it. Leaves:
+//! [`policy`], [`http`], [`signing`], [`redact`], [`stats`], [`clock`].
 
-pub mod admin;
-pub mod body;
-pub mod botapi;
+pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod deadletters;
-pub mod delivery;
-pub mod dlq;
-pub mod exposure;
-pub mod flavor;
-pub mod logging;
-pub mod methods;
-pub mod metrics;
-pub mod notify;
-pub mod offset;
+pub mod deliver;
+pub mod http;
+pub mod ops;
+pub mod platform;
+pub mod policy;
 pub mod poller;
-pub mod probe;
 pub mod redact;
 pub mod relay;
-pub mod routing;
-pub mod serve;
-pub mod shutdown;
 pub mod signing;
-pub mod state_dir;
 pub mod stats;
-pub mod status;
 pub mod store;
-pub mod update;
-pub mod utf8;

@@ -25,7 +25,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Cli {
     /// Log lines as text (default) or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: pollhook::logging::Format,
+    log_format: pollhook::ops::logging::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,9 +114,9 @@ struct DlqSelect {
     forward: Option<String>,
 }
 
-impl From<DlqSelect> for pollhook::deadletters::Selection {
+impl From<DlqSelect> for pollhook::ops::deadletters::Selection {
     fn from(s: DlqSelect) -> Self {
-        pollhook::deadletters::Selection {
+        pollhook::ops::deadletters::Selection {
             ids: s.ids,
             all: s.all,
             bot: s.bot,
@@ -246,7 +246,7 @@ fn settings_for_run(config: Option<PathBuf>, q: QuickArgs) -> Result<Settings, S
 }
 
 fn dlq(config: Option<PathBuf>, state_dir: Option<PathBuf>, action: DlqAction) -> ExitCode {
-    use pollhook::dlq::{Command as C, Target};
+    use pollhook::cli::dlq::{Command as C, Target};
     let target = match (config, state_dir) {
         (Some(_), Some(_)) => {
             eprintln!("error: give --config or --state-dir, not both");
@@ -287,7 +287,7 @@ fn dlq(config: Option<PathBuf>, state_dir: Option<PathBuf>, action: DlqAction) -
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pollhook::dlq::run(target, command)) {
+    match runtime.block_on(pollhook::cli::dlq::run(target, command)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -305,7 +305,7 @@ fn probe_bots(settings: &Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let results = runtime.block_on(pollhook::probe::probe(settings));
+    let results = runtime.block_on(pollhook::cli::probe::probe(settings));
     let mut failed = Vec::new();
     for (bot, result) in results {
         match result {
@@ -346,7 +346,7 @@ fn status(config: &std::path::Path, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pollhook::status::fetch(view.listen, view.token)) {
+    match runtime.block_on(pollhook::ops::status::fetch(view.listen, view.token)) {
         Ok(snap) if json => {
             println!(
                 "{}",
@@ -355,7 +355,7 @@ fn status(config: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(snap) => {
-            print!("{}", pollhook::status::render_table(&snap));
+            print!("{}", pollhook::ops::status::render_table(&snap));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -365,8 +365,8 @@ fn status(config: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
-fn run(settings: Settings, log_format: pollhook::logging::Format) -> ExitCode {
-    pollhook::logging::init(log_format);
+fn run(settings: Settings, log_format: pollhook::ops::logging::Format) -> ExitCode {
+    pollhook::ops::logging::init(log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -376,7 +376,7 @@ fn run(settings: Settings, log_format: pollhook::logging::Format) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(pollhook::shutdown::on_signals(shutdown.clone()));
+        tokio::spawn(pollhook::ops::shutdown::on_signals(shutdown.clone()));
         pollhook::relay::run(settings, shutdown).await
     });
     match result {

@@ -8,7 +8,7 @@
 //!
 //! A broken platform must not make the loop panic, spin or lose anything:
 //! an offset is only ever a positive number above a real id (see
-//! [`crate::offset`]); a batch nothing can confirm is reported and asked
+//! [`crate::platform::offset`]); a batch nothing can confirm is reported and asked
 //! for again with growing pauses; a batch that cannot be read at all (too
 //! large, not JSON) is asked for one update at a time, so the updates
 //! before the bad one still get through and the bad one is named.
@@ -21,14 +21,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::botapi::{jittered, ApiError, BotApi, BATCH_LIMIT, POLL_MARGIN};
 use crate::clock::now_ms;
 use crate::config::BotSettings;
-use crate::offset::{self, Next};
-use crate::routing::Filter;
+use crate::platform::api::{ApiError, BotApi, BATCH_LIMIT, POLL_MARGIN};
+use crate::platform::offset::{self, Next};
+use crate::platform::update::Update;
+use crate::policy::retry::jittered;
+use crate::policy::routing::Filter;
 use crate::stats::{self, BotStats};
 use crate::store::{Incoming, Store};
-use crate::update::Update;
 
 /// Extra time the watchdog allows beyond a step's own bound.
 const SLACK: Duration = Duration::from_secs(15);

@@ -10,26 +10,26 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admin::{self, Admin};
-use crate::botapi::BotApi;
 use crate::config::Settings;
-use crate::delivery::Forwarder;
+use crate::deliver::Forwarder;
+use crate::ops::admin::{self, Admin};
+use crate::ops::serve::Limits;
+use crate::ops::status::{BotHandle, ForwardHandle, Observed};
+use crate::platform::api::BotApi;
 use crate::poller::{Poller, Route};
-use crate::serve::Limits;
 use crate::stats::{BotStats, ForwardStats};
-use crate::status::{BotHandle, ForwardHandle, Observed};
 use crate::store::Store;
 
 /// Runs until `shutdown` is cancelled, then drains in-flight deliveries
 /// (bounded by `shutdown_timeout`), flushes the store and returns.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::state_dir::create(&settings.state_dir).with_context(|| {
+    crate::store::dir::create(&settings.state_dir).with_context(|| {
         format!(
             "cannot create the state directory {}",
             settings.state_dir.display()
         )
     })?;
-    if let Err(e) = crate::state_dir::tighten(&settings.state_dir) {
+    if let Err(e) = crate::store::dir::tighten(&settings.state_dir) {
         warn!(
             state_dir = %settings.state_dir.display(),
             "cannot make the state directory private (0700, files 0600): {e}; other local users may read queued updates"
@@ -42,7 +42,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
     let mut bot_stats = Vec::new();
-    let mut clients = crate::botapi::Clients::new();
+    let mut clients = crate::http::Clients::new();
     let client = clients.direct();
     for bot in settings.bots {
         let via = clients
@@ -99,7 +99,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         bots: bot_stats,
         forwards: handles,
     });
-    tasks.spawn(crate::notify::run(observed.clone(), shutdown.clone()));
+    tasks.spawn(crate::ops::notify::run(observed.clone(), shutdown.clone()));
     if let Some(addr) = settings.admin_listen {
         let admin = Admin {
             relay: observed,
@@ -107,7 +107,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             allowed_hosts: settings.admin_allowed_hosts.clone(),
         };
         let limits = Limits {
-            max_connections: crate::serve::connection_cap(),
+            max_connections: crate::ops::serve::connection_cap(),
             header_timeout: settings.admin_header_timeout,
             idle_timeout: settings.admin_idle_timeout,
         };

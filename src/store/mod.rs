@@ -29,6 +29,7 @@
 //! never a loss.
 
 mod blobs;
+pub mod dir;
 mod group;
 pub mod health;
 mod record;
@@ -41,7 +42,7 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use tracing::{error, warn};
 
-use crate::update::{Lane, Update};
+use crate::platform::update::{Lane, Update};
 use record::{key, u32_from, u64_from};
 
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::{Job, StoreError};
-use crate::update::{Lane, Update};
+use crate::platform::update::{Lane, Update};
 
 const VERSION: u8 = 1;
 /// Stored in place of the update_id of an update that had none.

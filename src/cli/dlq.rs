@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::deadletters::{self, DeadLetter, Outcome, Selection};
+use crate::ops::deadletters::{self, DeadLetter, Outcome, Selection};
 use crate::store::Store;
 
 pub enum Command {
@@ -136,7 +136,7 @@ async fn connect(t: Target) -> Result<Via, String> {
     }
     // sled may create files here (run as root from a shell, with its
     // umask): keep them as private as the relay's own.
-    if let Err(e) = crate::state_dir::create(&t.state_dir) {
+    if let Err(e) = crate::store::dir::create(&t.state_dir) {
         return Err(format!("cannot use {}: {e}", t.state_dir.display()));
     }
     match Store::open(&t.state_dir, t.cache_bytes) {
@@ -168,7 +168,7 @@ async fn answer(r: reqwest::RequestBuilder) -> Result<reqwest::Response, String>
     let resp = r
         .send()
         .await
-        .map_err(|e| format!("admin API: {}", crate::botapi::error_chain(&e)))?;
+        .map_err(|e| format!("admin API: {}", crate::http::error_chain(&e)))?;
     Ok(resp)
 }
 

@@ -13,10 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::reply::{self, Parsed};
-use super::reply_body::{Pending, ReadReply};
-use crate::botapi::{ApiError, BotApi};
-use crate::methods::MethodSet;
+use super::{Parsed, Pending, ReadReply};
+use crate::platform::api::{ApiError, BotApi};
+use crate::policy::methods::MethodSet;
 use crate::stats::{self, ForwardStats};
 
 /// Attempts at a webhook reply's Bot API call (1 s, 2 s, 4 s, 8 s apart).
@@ -193,7 +192,7 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         body,
         permit: _permit,
     } = reply;
-    let call = match reply::parse(content_type.as_deref(), body, &inner.admitted) {
+    let call = match super::parse(content_type.as_deref(), body, &inner.admitted) {
         Parsed::Nothing => return,
         Parsed::Ignored(method) => {
             stats::add(&stats.replies_ignored, 1);

@@ -19,42 +19,14 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::multipart;
-pub use super::multipart::Part;
-use crate::methods::MethodSet;
+mod body;
+mod multipart;
+mod runner;
 
-/// What `reply_methods` admits unless configured: the methods that answer
-/// (send, edit or delete a message, answer a query, show a chat action),
-/// and not `sendGift`, which spends the bot's Stars.
-pub const DEFAULT_METHODS: &[&str] = &[
-    "send*",
-    "!sendGift",
-    "editMessage*",
-    "answer*",
-    "delete*Message*",
-    "copyMessage*",
-    "forwardMessage*",
-    "stopPoll",
-    "stopMessageLiveLocation",
-    "setMessageReaction",
-];
-
-/// A Bot API call's parameters, in the encoding they arrived in.
-#[derive(Debug, Clone)]
-pub enum Params {
-    /// A JSON object without `method`; the values are the reply's bytes.
-    Json(Bytes),
-    /// urlencoded pairs without `method`, as they came.
-    Form(Bytes),
-    /// The parts but `method`; their data share the reply body's buffer.
-    Multipart(Vec<Part>),
-}
-
-#[derive(Debug, Clone)]
-pub struct BotCall {
-    pub method: String,
-    pub params: Params,
-}
+use crate::platform::call::{BotCall, Params};
+use crate::policy::methods::MethodSet;
+pub(super) use body::{take, Pending, ReadReply, ReplyBody, ReplyBudget};
+pub(super) use runner::Replies;
 
 #[derive(Debug)]
 pub enum Parsed {
@@ -173,7 +145,7 @@ mod tests {
     use serde_json::Value;
 
     fn default_set() -> MethodSet {
-        MethodSet::parse(DEFAULT_METHODS).unwrap()
+        MethodSet::parse(crate::policy::methods::DEFAULT_REPLY_METHODS).unwrap()
     }
 
     fn call(ct: Option<&str>, body: &'static [u8]) -> BotCall {

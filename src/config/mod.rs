@@ -8,6 +8,8 @@
 //! every value. Each mistake becomes a `ConfigError` naming the file and the
 //! key, because the person reading it is fixing a file at 3 a.m.
 
+mod exposure;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,12 +19,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use crate::delivery::retry::RetryPolicy;
-use crate::delivery::stale::StalePolicy;
-use crate::exposure;
-use crate::flavor::Flavor;
-use crate::methods::MethodSet;
-use crate::routing::Filter;
+use crate::platform::flavor::Flavor;
+use crate::policy::methods::MethodSet;
+use crate::policy::retry::RetryPolicy;
+use crate::policy::routing::Filter;
+use crate::policy::stale::StalePolicy;
 use crate::signing::SigningKey;
 
 /// A configuration mistake: where it is, which key, what is wrong.
@@ -954,7 +955,7 @@ fn validate_forward(
             list.into_iter()
                 .map(|c| match c {
                     RawChatId::Int(n) => n.to_string(),
-                    RawChatId::Text(s) => crate::update::chat_key(s),
+                    RawChatId::Text(s) => crate::platform::update::chat_key(s),
                 })
                 .collect()
         }),
@@ -978,7 +979,7 @@ fn validate_forward(
         })?,
     };
     let reply_methods = match &rf.reply_methods {
-        None => MethodSet::parse(crate::delivery::reply::DEFAULT_METHODS),
+        None => MethodSet::parse(crate::policy::methods::DEFAULT_REPLY_METHODS),
         Some(list) => MethodSet::parse(list),
     }
     .map_err(|m| ctx.err(format!("{prefix}.reply_methods"), m))?;

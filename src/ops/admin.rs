@@ -22,9 +22,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::deadletters::{self, Selection};
-use crate::serve::{Limits, LocalAddr};
-use crate::status::{self, Observed};
+use crate::ops::deadletters::{self, Selection};
+use crate::ops::serve::{Limits, LocalAddr};
+use crate::ops::status::{self, Observed};
 
 pub struct Admin {
     pub relay: Arc<Observed>,
@@ -59,7 +59,7 @@ pub async fn serve(
             same_host_only,
         ))
         .with_state(admin);
-    crate::serve::serve(listener, app, limits, shutdown).await;
+    crate::ops::serve::serve(listener, app, limits, shutdown).await;
 }
 
 /// Refuses what a browser sends on a web page's behalf: an `Origin` header
@@ -160,7 +160,7 @@ async fn status_json(State(admin): State<Shared>) -> Response {
 
 async fn metrics(State(admin): State<Shared>) -> Response {
     let snap = admin.relay.snapshot();
-    let body = crate::metrics::render(&snap, &admin.relay.bots, &admin.relay.forwards);
+    let body = crate::ops::metrics::render(&snap, &admin.relay.bots, &admin.relay.forwards);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -9,13 +9,7 @@
 use bytes::Bytes;
 use memchr::memmem;
 
-#[derive(Debug, Clone)]
-pub struct Part {
-    pub name: String,
-    pub file_name: Option<String>,
-    pub content_type: Option<String>,
-    pub data: Bytes,
-}
+use crate::platform::call::Part;
 
 /// The parts of `body`, whose `Content-Type` is `content_type`.
 pub fn parse(content_type: &str, body: &Bytes) -> Result<Vec<Part>, String> {

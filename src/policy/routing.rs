@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use crate::update::{Lane, Update};
+use crate::platform::update::{Lane, Update};
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

@@ -14,8 +14,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
+use crate::platform::update::Lane;
 use crate::store::Job;
-use crate::update::Lane;
 
 pub const PER_LANE: usize = 256;
 

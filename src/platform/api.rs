@@ -17,15 +17,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::body::{read_capped, BodyError};
-use crate::delivery::reply::Params;
+use crate::http::{error_chain, read_capped, BodyError};
+use crate::platform::call::Params;
+use crate::platform::utf8::{readable, span_in};
 use crate::redact::Redactor;
-use crate::utf8::{readable, span_in};
 
 /// Extra time the HTTP client waits beyond the long-poll timeout before it
 /// calls a poll hung.
 pub const POLL_MARGIN: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// 100 updates are rarely more than a megabyte; anything near this is broken.
 pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
@@ -192,77 +191,6 @@ impl std::fmt::Display for Me {
             Some(u) => write!(f, "@{u} (id {})", self.id),
             None => write!(f, "id {}", self.id),
         }
-    }
-}
-
-/// The one HTTP client of the process. Each `reqwest::Client` carries its own
-/// connection pool and TLS configuration (the root store alone is a few
-/// hundred KB), so one per bot and forward made 1,000 idle bots cost 250 MB.
-/// Redirects are never followed (Bot API calls do not redirect; a backend's
-/// redirect is a misconfiguration to surface) and every request sets its
-/// own timeout.
-///
-/// It uses no proxy, whatever `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` say: a
-/// proxy sees the whole URL of an `http://` request, token included, and
-/// deliveries to private backends should not leave through one either. A
-/// bot that needs a proxy names it (`proxy`), see [`Clients`].
-pub fn shared_client() -> reqwest::Client {
-    builder()
-        .no_proxy()
-        .build()
-        .expect("a client with static settings always builds")
-}
-
-fn builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(64)
-        .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
-}
-
-/// The process's HTTP clients: the shared direct one, and one per distinct
-/// configured proxy (bots behind the same proxy share it).
-pub struct Clients {
-    direct: reqwest::Client,
-    via: std::collections::HashMap<String, reqwest::Client>,
-}
-
-impl Clients {
-    pub fn new() -> Clients {
-        Clients {
-            direct: shared_client(),
-            via: Default::default(),
-        }
-    }
-
-    /// The direct client, for backends.
-    pub fn direct(&self) -> reqwest::Client {
-        self.direct.clone()
-    }
-
-    /// The client for a bot's Bot API calls: through `proxy` if it has one.
-    /// The proxy URL was checked by configuration validation; an error
-    /// here names the scheme or address reqwest refused.
-    pub fn for_bot(&mut self, proxy: Option<&url::Url>) -> Result<reqwest::Client, String> {
-        let Some(proxy) = proxy else {
-            return Ok(self.direct.clone());
-        };
-        if let Some(c) = self.via.get(proxy.as_str()) {
-            return Ok(c.clone());
-        }
-        let client = reqwest::Proxy::all(proxy.as_str())
-            .and_then(|p| builder().proxy(p).build())
-            .map_err(|e| error_chain(&e.without_url()))?;
-        self.via.insert(proxy.to_string(), client.clone());
-        Ok(client)
-    }
-}
-
-impl Default for Clients {
-    fn default() -> Self {
-        Clients::new()
     }
 }
 
@@ -543,21 +471,6 @@ impl BotApi {
     }
 }
 
-/// An error and its causes, one line: "error sending request: connection refused".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}
-
 /// Each update of a getUpdates `result` as its exact bytes (slices of
 /// `result`, not copies).
 fn split_updates(result: &Bytes) -> Result<Vec<Bytes>, ApiError> {
@@ -591,15 +504,6 @@ fn snippet(text: &str) -> String {
     format!("{s:?}")
 }
 
-/// Adds ±20 % jitter so that many bots failing together do not retry together.
-pub fn jittered(d: Duration) -> Duration {
-    if d.is_zero() {
-        return d;
-    }
-    let factor: f64 = rand::random_range(0.8..1.2);
-    d.mul_f64(factor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,7 +512,7 @@ mod tests {
         BotApi::new(
             "http://127.0.0.1:1/bot{token}/{method}",
             SecretString::from("123:SECRET"),
-            shared_client(),
+            crate::http::shared_client(),
         )
     }
 
@@ -704,7 +608,7 @@ mod tests {
         BotApi::new(
             "http://127.0.0.1:1/bot{token}/{method}",
             SecretString::from("123456789:AAE-secretTOKENpart_xyz0123456789abc"),
-            shared_client(),
+            crate::http::shared_client(),
         )
     }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
-use crate::status::{summary, Observed};
+use crate::ops::status::{summary, Observed};
 
 /// STATUS= is refreshed this often when no watchdog asks for more.
 const STATUS_EVERY: Duration = Duration::from_secs(5);

@@ -187,7 +187,7 @@ pub async fn fetch(
     let response = request.send().await.map_err(|e| {
         format!(
             "the admin API at {addr} does not answer ({}); is pollhook running?",
-            crate::botapi::error_chain(&e)
+            crate::http::error_chain(&e)
         )
     })?;
     if !response.status().is_success() {

@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
+use crate::ops::status::{BotHandle, ForwardHandle, Snapshot};
 use crate::stats;
-use crate::status::{BotHandle, ForwardHandle, Snapshot};
 
 /// Escapes a label value per the text format.
 fn esc(v: &str) -> String {
@@ -182,7 +182,7 @@ pub fn render(snap: &Snapshot, bots: &[BotHandle], forwards: &[ForwardHandle]) -
     let gauge = |out: &mut String,
                  name: &str,
                  help: &str,
-                 get: &dyn Fn(&crate::status::ForwardStatus) -> f64| {
+                 get: &dyn Fn(&crate::ops::status::ForwardStatus) -> f64| {
         header(out, name, "gauge", help);
         for f in &snap.forwards {
             let _ = writeln!(out, "{name}{{{}}} {}", fwd_l(&f.bot, &f.forward), get(f));

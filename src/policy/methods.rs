@@ -89,6 +89,22 @@ fn glob(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// What `reply_methods` admits unless configured: the methods that answer
+/// (send, edit or delete a message, answer a query, show a chat action),
+/// and not `sendGift`, which spends the bot's Stars.
+pub const DEFAULT_REPLY_METHODS: &[&str] = &[
+    "send*",
+    "!sendGift",
+    "editMessage*",
+    "answer*",
+    "delete*Message*",
+    "copyMessage*",
+    "forwardMessage*",
+    "stopPoll",
+    "stopMessageLiveLocation",
+    "setMessageReaction",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,11 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use secrecy::ExposeSecret;
 use tokio::time::{timeout_at, Instant};
 
-use super::reply_body::{self, ReplyBody, ReplyBudget};
-use crate::body::read_capped;
-use crate::botapi::error_chain;
 use crate::config::ForwardSettings;
-use crate::flavor::Flavor;
+use crate::deliver::reply::{self, ReplyBody, ReplyBudget};
+use crate::http::error_chain;
+use crate::http::read_capped;
+use crate::platform::flavor::Flavor;
 use crate::signing::{signature_header, SigningKey};
 use crate::store::Job;
 
@@ -124,7 +124,7 @@ impl Target {
             // The body only matters as a possible webhook reply; whatever
             // becomes of it, the update counts as delivered.
             let reply = match &self.replies {
-                Some(budget) => reply_body::take(response, budget, deadline, self.timeout).await,
+                Some(budget) => reply::take(response, budget, deadline, self.timeout).await,
                 None => {
                     let _ = timeout_at(deadline, read_capped(response, DISCARD)).await;
                     ReplyBody::None

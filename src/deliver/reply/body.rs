@@ -23,7 +23,7 @@ use reqwest::header::CONTENT_TYPE;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::botapi::error_chain;
+use crate::http::error_chain;
 
 /// The largest JSON or form reply, and the largest multipart one whose
 /// length is known up front to count as small.

@@ -10,8 +10,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::botapi::jittered;
-
 /// The longest `Retry-After` honoured.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
 /// The shortest wait between attempts after the immediate retry, whatever a
@@ -78,6 +76,15 @@ impl fmt::Display for RetryPolicy {
         }
         write!(f, "{}", humantime::format_duration(self.max_age))
     }
+}
+
+/// Adds ±20 % jitter so that many bots failing together do not retry together.
+pub fn jittered(d: Duration) -> Duration {
+    if d.is_zero() {
+        return d;
+    }
+    let factor: f64 = rand::random_range(0.8..1.2);
+    d.mul_f64(factor)
 }
 
 #[cfg(test)]

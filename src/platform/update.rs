@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::fmt;
 
-use crate::utf8::readable;
+use crate::platform::utf8::readable;
 
 /// The parsed head of one update plus its exact bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]

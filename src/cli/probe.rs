@@ -3,14 +3,14 @@
 
 use tokio::task::JoinSet;
 
-use crate::botapi::BotApi;
 use crate::config::Settings;
+use crate::platform::api::BotApi;
 
 /// One entry per bot, in configuration order: `Ok(who)` or `Err(reason)`.
 pub async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)> {
     // Concurrently, so one slow platform does not delay the rest.
     let mut calls = JoinSet::new();
-    let mut clients = crate::botapi::Clients::new();
+    let mut clients = crate::http::Clients::new();
     for (i, bot) in settings.bots.iter().enumerate() {
         let (name, flavor) = (bot.name.clone(), bot.flavor);
         let client = match clients.for_bot(bot.proxy.as_ref()) {

@@ -17,13 +17,8 @@
 //! its behalf by `reply_runner` within the memory budget of `reply_body`.
 
 mod lanes;
-mod multipart;
 pub mod reply;
-mod reply_body;
-mod reply_runner;
-pub mod retry;
-mod send;
-pub mod stale;
+mod sink;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,17 +29,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::botapi::BotApi;
 use crate::clock::now_ms;
 use crate::config::ForwardSettings;
-use crate::flavor::Flavor;
+use crate::platform::api::BotApi;
+use crate::platform::flavor::Flavor;
+use crate::policy::stale::{self, StalePolicy};
 use crate::stats::{self, ForwardStats};
 use crate::store::{Job, Store};
 use lanes::{key_of, Lanes};
-use reply_body::{ReplyBody, ReplyBudget};
-use reply_runner::Replies;
-use send::{Outcome, Target};
-use stale::StalePolicy;
+use reply::{Replies, ReplyBody, ReplyBudget};
+use sink::http::{Outcome, Target};
 
 /// Jobs held in memory per forward.
 const WINDOW: usize = 4096;

@@ -1,0 +1,3 @@
+//! Where a forward's updates go.
+
+pub mod http;

@@ -1,0 +1,133 @@
+//! HTTP plumbing every outgoing path shares: the process's clients (direct,
+//! or through a bot's proxy), reading response bodies with a size cap so a
+//! broken or hostile server cannot make pollhook buffer without end, and
+//! error text without the URL's secrets.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body could not be read: {0}")]
+    Read(String),
+}
+
+pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, BodyError> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(BodyError::TooLarge(cap));
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > cap {
+                    return Err(BodyError::TooLarge(cap));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => {
+                let e = e.without_url();
+                let timeout = e.is_timeout();
+                let text = error_chain(&e);
+                return Err(BodyError::Read(if timeout {
+                    format!("timed out: {text}")
+                } else {
+                    text
+                }));
+            }
+        }
+    }
+}
+
+/// How long a connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The one HTTP client of the process. Each `reqwest::Client` carries its own
+/// connection pool and TLS configuration (the root store alone is a few
+/// hundred KB), so one per bot and forward made 1,000 idle bots cost 250 MB.
+/// Redirects are never followed (Bot API calls do not redirect; a backend's
+/// redirect is a misconfiguration to surface) and every request sets its
+/// own timeout.
+///
+/// It uses no proxy, whatever `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` say: a
+/// proxy sees the whole URL of an `http://` request, token included, and
+/// deliveries to private backends should not leave through one either. A
+/// bot that needs a proxy names it (`proxy`), see [`Clients`].
+pub fn shared_client() -> reqwest::Client {
+    builder()
+        .no_proxy()
+        .build()
+        .expect("a client with static settings always builds")
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(64)
+        .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The process's HTTP clients: the shared direct one, and one per distinct
+/// configured proxy (bots behind the same proxy share it).
+pub struct Clients {
+    direct: reqwest::Client,
+    via: std::collections::HashMap<String, reqwest::Client>,
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        Clients {
+            direct: shared_client(),
+            via: Default::default(),
+        }
+    }
+
+    /// The direct client, for backends.
+    pub fn direct(&self) -> reqwest::Client {
+        self.direct.clone()
+    }
+
+    /// The client for a bot's Bot API calls: through `proxy` if it has one.
+    /// The proxy URL was checked by configuration validation; an error
+    /// here names the scheme or address reqwest refused.
+    pub fn for_bot(&mut self, proxy: Option<&url::Url>) -> Result<reqwest::Client, String> {
+        let Some(proxy) = proxy else {
+            return Ok(self.direct.clone());
+        };
+        if let Some(c) = self.via.get(proxy.as_str()) {
+            return Ok(c.clone());
+        }
+        let client = reqwest::Proxy::all(proxy.as_str())
+            .and_then(|p| builder().proxy(p).build())
+            .map_err(|e| error_chain(&e.without_url()))?;
+        self.via.insert(proxy.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
+}
+
+/// An error and its causes, one line: "error sending request: connection refused".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

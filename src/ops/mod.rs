@@ -1,0 +1,12 @@
+//! What operates the relay: the admin API ([`admin`], served by [`serve`]),
+//! what it reports ([`status`], [`metrics`], [`deadletters`]), systemd
+//! ([`notify`]), logs ([`logging`]) and signals ([`shutdown`]).
+
+pub mod admin;
+pub mod deadletters;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod serve;
+pub mod shutdown;
+pub mod status;
