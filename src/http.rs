@@ -11,6 +11,9 @@ use bytes::{Bytes, BytesMut};
 pub enum BodyError {
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
+    /// The request's timeout ran out while the body was still coming.
+    #[error("the body did not arrive in time: {0}")]
+    Timeout(String),
     #[error("the body could not be read: {0}")]
     Read(String),
 }
@@ -31,13 +34,12 @@ pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<
             Ok(None) => return Ok(buf.freeze()),
             Err(e) => {
                 let e = e.without_url();
-                let timeout = e.is_timeout();
                 let text = error_chain(&e);
-                return Err(BodyError::Read(if timeout {
-                    format!("timed out: {text}")
+                return Err(if e.is_timeout() {
+                    BodyError::Timeout(text)
                 } else {
-                    text
-                }));
+                    BodyError::Read(text)
+                });
             }
         }
     }

@@ -2,12 +2,13 @@
 //! straight on the state directory while it is stopped (sled lets only one
 //! process open the database, so there is no third way).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use anyhow::Context;
 
+use crate::ops::client::AdminClient;
 use crate::ops::deadletters::{self, DeadLetter, Outcome, Selection};
 use crate::store::Store;
 
@@ -24,32 +25,50 @@ pub enum Command {
     Drop(Selection),
 }
 
-/// Where the dead letters are.
-pub struct Target {
-    pub state_dir: PathBuf,
-    pub admin: Option<SocketAddr>,
-    pub token: Option<SecretString>,
-    pub cache_bytes: u64,
-}
+/// sled's page cache for a one-off command: it reads dead letters once.
+const CACHE_BYTES: u64 = 16 << 20;
 
 enum Via {
-    Api {
-        base: String,
-        client: reqwest::Client,
-        token: Option<SecretString>,
-    },
+    Api(AdminClient),
     Store(Box<Store>),
 }
 
+/// `pollhook dlq` with `--config` (the daemon's admin API if it answers,
+/// else its state directory) or `--state-dir` (the default state directory
+/// without either).
+pub async fn command(
+    config: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
+    let via = match config {
+        Some(path) => {
+            let view = crate::config::load_admin_view(&path)?;
+            let api = view
+                .listen
+                .map(|addr| AdminClient::new(addr, view.token, Duration::from_secs(30)));
+            connect(api, view.state_dir).await?
+        }
+        None => {
+            let dir = state_dir.unwrap_or_else(crate::config::default_state_dir);
+            connect(None, dir).await?
+        }
+    };
+    let ok = run(&via, command).await?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// Runs a dlq command, printing its result; returns whether it fully worked.
-pub async fn run(target: Target, command: Command) -> Result<bool, String> {
-    let via = connect(target).await?;
+async fn run(via: &Via, command: Command) -> anyhow::Result<bool> {
     match command {
         Command::List { bot, forward, json } => {
-            let list = match &via {
-                Via::Store(s) => deadletters::list(s, bot.as_deref(), forward.as_deref())
-                    .map_err(|e| e.to_string())?,
-                Via::Api { .. } => {
+            let list: Vec<DeadLetter> = match via {
+                Via::Store(s) => deadletters::list(s, bot.as_deref(), forward.as_deref())?,
+                Via::Api(api) => {
                     let mut query = Vec::new();
                     if let Some(b) = &bot {
                         query.push(("bot", b.as_str()));
@@ -57,30 +76,24 @@ pub async fn run(target: Target, command: Command) -> Result<bool, String> {
                     if let Some(f) = &forward {
                         query.push(("forward", f.as_str()));
                     }
-                    get_json(&via, "/dlq", &query).await?
+                    api.get("/dlq", &query).await?
                 }
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?
-                );
+                println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 print_table(&list);
             }
             Ok(true)
         }
         Command::Show { id } => {
-            let one: Option<DeadLetter> = match &via {
-                Via::Store(s) => deadletters::show(s, id).map_err(|e| e.to_string())?,
-                Via::Api { .. } => get_json_opt(&via, &format!("/dlq/{id}")).await?,
+            let one: Option<DeadLetter> = match via {
+                Via::Store(s) => deadletters::show(s, id)?,
+                Via::Api(api) => api.get_opt(&format!("/dlq/{id}")).await?,
             };
             match one {
                 Some(d) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&d).map_err(|e| e.to_string())?
-                    );
+                    println!("{}", serde_json::to_string_pretty(&d)?);
                     Ok(true)
                 }
                 None => {
@@ -90,120 +103,48 @@ pub async fn run(target: Target, command: Command) -> Result<bool, String> {
             }
         }
         Command::Replay(sel) => {
-            let outcome = match &via {
-                Via::Store(s) => deadletters::replay(s, &sel)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                Via::Api { .. } => post_json(&via, "/dlq/replay", &sel).await?,
+            let outcome = match via {
+                Via::Store(s) => deadletters::replay(s, &sel).await?,
+                Via::Api(api) => api.post("/dlq/replay", &sel).await?,
             };
             Ok(report("replayed", &outcome))
         }
         Command::Drop(sel) => {
-            let outcome = match &via {
-                Via::Store(s) => deadletters::drop(s, &sel)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                Via::Api { .. } => post_json(&via, "/dlq/drop", &sel).await?,
+            let outcome = match via {
+                Via::Store(s) => deadletters::drop(s, &sel).await?,
+                Via::Api(api) => api.post("/dlq/drop", &sel).await?,
             };
             Ok(report("dropped", &outcome))
         }
     }
 }
 
-async fn connect(t: Target) -> Result<Via, String> {
-    if let Some(addr) = t.admin {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let base = format!("http://{addr}");
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            return Ok(Via::Api {
-                base,
-                client,
-                token: t.token,
-            });
+async fn connect(api: Option<AdminClient>, state_dir: PathBuf) -> anyhow::Result<Via> {
+    let addr = api.as_ref().map(AdminClient::addr);
+    if let Some(api) = api {
+        if api.answers().await {
+            return Ok(Via::Api(api));
         }
     }
     // Opening would create an empty database and report "no dead letters"
     // for a mistyped path; say what is wrong instead.
-    if !t.state_dir.join("db").exists() {
-        return Err(format!(
+    if !state_dir.join("db").exists() {
+        anyhow::bail!(
             "no pollhook state in {} (set state_dir in the configuration, or pass --state-dir)",
-            t.state_dir.display()
-        ));
+            state_dir.display()
+        );
     }
     // sled may create files here (run as root from a shell, with its
     // umask): keep them as private as the relay's own.
-    if let Err(e) = crate::store::dir::create(&t.state_dir) {
-        return Err(format!("cannot use {}: {e}", t.state_dir.display()));
-    }
-    match Store::open(&t.state_dir, t.cache_bytes) {
+    crate::store::dir::create(&state_dir)
+        .with_context(|| format!("cannot use {}", state_dir.display()))?;
+    match Store::open(&state_dir, CACHE_BYTES) {
         Ok(s) => Ok(Via::Store(Box::new(s))),
-        Err(e) => Err(match t.admin {
-            Some(addr) => format!("{e}; and the admin API at {addr} does not answer. Is pollhook running with a different admin.listen?"),
-            None => format!("{e}. If pollhook is running, set admin.listen in its configuration so `pollhook dlq` can reach it"),
+        Err(e) => Err(match addr {
+            Some(addr) => anyhow::anyhow!("{e}; and the admin API at {addr} does not answer. Is pollhook running with a different admin.listen?"),
+            None => anyhow::anyhow!("{e}. If pollhook is running, set admin.listen in its configuration so `pollhook dlq` can reach it"),
         }),
     }
-}
-
-fn request(via: &Via, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-    let Via::Api {
-        base,
-        client,
-        token,
-    } = via
-    else {
-        unreachable!("only called for the API")
-    };
-    let mut r = client.request(method, format!("{base}{path}"));
-    if let Some(t) = token {
-        r = r.bearer_auth(t.expose_secret());
-    }
-    r
-}
-
-async fn answer(r: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
-    let resp = r
-        .send()
-        .await
-        .map_err(|e| format!("admin API: {}", crate::http::error_chain(&e)))?;
-    Ok(resp)
-}
-
-async fn expect_ok<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, String> {
-    let status = resp.status();
-    if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(format!("admin API answered {status}: {}", text.trim()));
-    }
-    resp.json()
-        .await
-        .map_err(|e| format!("admin API: unreadable answer: {e}"))
-}
-
-async fn get_json<T: serde::de::DeserializeOwned>(
-    via: &Via,
-    path: &str,
-    query: &[(&str, &str)],
-) -> Result<T, String> {
-    expect_ok(answer(request(via, reqwest::Method::GET, path).query(query)).await?).await
-}
-
-async fn get_json_opt<T: serde::de::DeserializeOwned>(
-    via: &Via,
-    path: &str,
-) -> Result<Option<T>, String> {
-    let resp = answer(request(via, reqwest::Method::GET, path)).await?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    expect_ok(resp).await.map(Some)
-}
-
-async fn post_json(via: &Via, path: &str, sel: &Selection) -> Result<Outcome, String> {
-    expect_ok(answer(request(via, reqwest::Method::POST, path).json(sel)).await?).await
 }
 
 fn report(verb: &str, o: &Outcome) -> bool {

@@ -1,4 +1,236 @@
-//! The command line.
+//! The command line: what each command takes ([`Cli`]) and does ([`run`]).
+//! The binary parses, builds one runtime and hands over here; every error
+//! comes back to it and leaves through [`report`].
 
+mod check;
 pub mod dlq;
-pub mod probe;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, QuickStart, Settings};
+use crate::ops::deadletters::Selection;
+use crate::ops::logging::Format;
+
+#[derive(Parser)]
+#[command(
+    name = "pollhook",
+    version,
+    about = "Long-polls Telegram-style Bot APIs and forwards every update as a signed webhook, durably"
+)]
+pub struct Cli {
+    /// Log lines as text (default) or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Relay updates until SIGTERM or SIGINT.
+    ///
+    /// With --config, relays every bot in the file. Without it, relays one bot
+    /// whose token is in the environment variable named by --token-env to the
+    /// --forward URLs.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short, conflicts_with = "quick")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        quick: QuickArgs,
+    },
+    /// Inspect, replay or drop dead letters (through the admin API while
+    /// pollhook runs, straight on the state directory while it is stopped).
+    Dlq {
+        /// The configuration file: where the state is, how to reach the daemon.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The state directory, when there is no configuration file.
+        #[arg(long, global = true, value_name = "DIR", conflicts_with = "config")]
+        state_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Show what a running pollhook is doing (through its admin API).
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the JSON the admin API answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Manpage,
+    /// Validate a configuration file and print what would run (secrets masked).
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also call getMe for every bot (nothing is polled or forwarded);
+        /// exit 1 if any bot fails.
+        #[arg(long)]
+        probe: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters.
+    List {
+        #[arg(long)]
+        bot: Option<String>,
+        #[arg(long)]
+        forward: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter with its payload.
+    Show { id: u64 },
+    /// Put dead letters back in their queue (each keeps its webhook-id).
+    Replay(DlqSelect),
+    /// Forget dead letters for good.
+    Drop(DlqSelect),
+}
+
+#[derive(clap::Args)]
+struct DlqSelect {
+    /// Dead-letter ids, as `dlq list` shows them.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    ids: Vec<u64>,
+    /// Every dead letter (of --bot / --forward, if given).
+    #[arg(long)]
+    all: bool,
+    #[arg(long, requires = "all")]
+    bot: Option<String>,
+    #[arg(long, requires = "all")]
+    forward: Option<String>,
+}
+
+impl From<DlqSelect> for Selection {
+    fn from(s: DlqSelect) -> Self {
+        Selection {
+            ids: s.ids,
+            all: s.all,
+            bot: s.bot,
+            forward: s.forward,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+#[group(id = "quick", multiple = true)]
+struct QuickArgs {
+    /// Quick start: a backend URL to forward every update to (repeatable).
+    #[arg(long = "forward", value_name = "URL")]
+    forwards: Vec<String>,
+    /// Quick start: the environment variable holding the bot token
+    /// [default: BOT_TOKEN].
+    #[arg(long, value_name = "NAME")]
+    token_env: Option<String>,
+    /// Quick start: telegram, mpchat or wwchat.
+    #[arg(long)]
+    flavor: Option<String>,
+    /// Quick start: a Bot API URL template with {token} and {method}.
+    #[arg(long, value_name = "TEMPLATE")]
+    api_url: Option<String>,
+    /// Quick start: the environment variable holding a Standard Webhooks
+    /// signing secret (whsec_…).
+    #[arg(long, value_name = "NAME")]
+    signing_secret_env: Option<String>,
+    /// Quick start: the environment variable holding the secret token sent
+    /// in the platform's X-…-Bot-Api-Secret-Token header.
+    #[arg(long, value_name = "NAME")]
+    secret_token_env: Option<String>,
+    /// Quick start: where to keep the database (default: $STATE_DIRECTORY,
+    /// else ./pollhook-state).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// Runs one command; `Ok` carries the exit code of a command that ran (one
+/// that partly failed, e.g. a replay of ids that are not dead letters, has
+/// said so itself), `Err` an error for [`report`].
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, quick } => {
+            let settings = settings_for_run(config, quick)?;
+            crate::ops::logging::init(cli.log_format);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(crate::ops::shutdown::on_signals(shutdown.clone()));
+            crate::relay::run(settings, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config, probe } => check::run(&config, probe).await,
+        Command::Dlq {
+            config,
+            state_dir,
+            action,
+        } => dlq::command(config, state_dir, action.into()).await,
+        Command::Status { config, json } => status::run(&config, json).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "pollhook",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Says what went wrong: in the log once `run` has set logging up (so the
+/// journal files it as an error), else on stderr.
+pub fn report(e: &anyhow::Error) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!("{e:#}");
+    } else {
+        eprintln!("error: {e:#}");
+    }
+}
+
+fn settings_for_run(config: Option<PathBuf>, q: QuickArgs) -> anyhow::Result<Settings> {
+    if let Some(path) = config {
+        return Ok(config::load(&path)?);
+    }
+    if q.forwards.is_empty() {
+        anyhow::bail!(
+            "nothing to run: give --config FILE, or --forward URL with the bot token in $BOT_TOKEN (see --help)"
+        );
+    }
+    Ok(config::quick_start(QuickStart {
+        token_env: q.token_env.unwrap_or_else(|| "BOT_TOKEN".into()),
+        flavor: q.flavor,
+        api_url: q.api_url,
+        forwards: q.forwards,
+        signing_secret_env: q.signing_secret_env,
+        secret_token_env: q.secret_token_env,
+        state_dir: q.state_dir,
+    })?)
+}
+
+impl From<DlqAction> for dlq::Command {
+    fn from(a: DlqAction) -> Self {
+        match a {
+            DlqAction::List { bot, forward, json } => dlq::Command::List { bot, forward, json },
+            DlqAction::Show { id } => dlq::Command::Show { id },
+            DlqAction::Replay(sel) => dlq::Command::Replay(sel.into()),
+            DlqAction::Drop(sel) => dlq::Command::Drop(sel.into()),
+        }
+    }
+}

@@ -485,7 +485,8 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
-fn default_state_dir() -> PathBuf {
+/// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `./pollhook-state`.
+pub fn default_state_dir() -> PathBuf {
     // systemd's StateDirectory= sets this, possibly to several paths joined by ':'.
     match std::env::var("STATE_DIRECTORY") {
         Ok(v) if !v.is_empty() => PathBuf::from(v.split(':').next().unwrap_or(&v)),

@@ -3,6 +3,7 @@
 //! ([`notify`]), logs ([`logging`]) and signals ([`shutdown`]).
 
 pub mod admin;
+pub mod client;
 pub mod deadletters;
 pub mod logging;
 pub mod metrics;

@@ -349,7 +349,7 @@ impl BotApi {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let bytes = match read_capped(response, MAX_RESPONSE).await {
             Ok(b) => b,
-            Err(BodyError::Read(e)) if e.starts_with("timed out") => {
+            Err(BodyError::Timeout(_)) => {
                 return Err(ApiError::Timeout { timeout })
             }
             Err(BodyError::TooLarge(limit)) => return Err(ApiError::TooLarge { limit }),

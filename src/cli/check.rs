@@ -1,5 +1,9 @@
-//! `check-config --probe`: ask the platform who each token belongs to,
-//! without polling and without sending anything to a backend.
+//! `check-config`: print what would run, secrets masked; with `--probe`,
+//! also ask the platform who each token belongs to, without polling and
+//! without sending anything to a backend.
+
+use std::path::Path;
+use std::process::ExitCode;
 
 use tokio::task::JoinSet;
 
@@ -7,7 +11,7 @@ use crate::config::Settings;
 use crate::platform::api::BotApi;
 
 /// One entry per bot, in configuration order: `Ok(who)` or `Err(reason)`.
-pub async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)> {
+async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)> {
     // Concurrently, so one slow platform does not delay the rest.
     let mut calls = JoinSet::new();
     let mut clients = crate::http::Clients::new();
@@ -33,4 +37,30 @@ pub async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)>
     let mut out: Vec<_> = calls.join_all().await;
     out.sort_by_key(|(i, _, _)| *i);
     out.into_iter().map(|(_, name, r)| (name, r)).collect()
+}
+
+pub async fn run(config: &Path, with_probe: bool) -> anyhow::Result<ExitCode> {
+    let settings = crate::config::load(config)?;
+    print!("{settings}");
+    if !with_probe {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = Vec::new();
+    for (bot, result) in probe(&settings).await {
+        match result {
+            Ok(who) => println!("probe: bot {bot:?}: ok, {who}"),
+            Err(why) => {
+                eprintln!("error: probe: bot {bot:?}: {why}");
+                failed.push(bot);
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    anyhow::bail!(
+        "{} bot(s) failed the probe: {}",
+        failed.len(),
+        failed.join(", ")
+    )
 }
