@@ -349,9 +349,7 @@ impl BotApi {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let bytes = match read_capped(response, MAX_RESPONSE).await {
             Ok(b) => b,
-            Err(BodyError::Timeout(_)) => {
-                return Err(ApiError::Timeout { timeout })
-            }
+            Err(BodyError::Timeout(_)) => return Err(ApiError::Timeout { timeout }),
             Err(BodyError::TooLarge(limit)) => return Err(ApiError::TooLarge { limit }),
             Err(e) => return Err(ApiError::Transport(e.to_string())),
         };

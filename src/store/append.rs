@@ -1,0 +1,93 @@
+//! Appending a batch with its bot's new offset, and reading the offset:
+//! the poller's side of the store.
+
+use super::*;
+
+impl Store {
+    /// The offset to send with the bot's next getUpdates, if one was stored
+    /// (flushed: an offset whose flush failed is not reported).
+    pub fn offset(&self, bot: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(o) = self
+            .stored_offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(bot)
+        {
+            return Ok(Some(*o));
+        }
+        // Not appended to since open: the tree holds what is on disk.
+        match self.tree.get(offset_key(bot))? {
+            Some(v) => Ok(Some(u64_from(&v)? as i64)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a batch and the bot's new offset (None: leave it) atomically,
+    /// then flushes. Only after this returns may the new offset be sent to
+    /// the platform: sending it is what makes the platform forget the batch.
+    pub async fn append(
+        &self,
+        bot: &str,
+        batch: &[Incoming<'_>],
+        new_offset: Option<i64>,
+        received_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        let last_seq = {
+            let _order = self.append_order.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last_seq = None;
+            // Forward by forward, so each forward's jobs of this batch get
+            // consecutive numbers and fill as few groups as possible.
+            let mut fwds: Vec<u32> = batch
+                .iter()
+                .flat_map(|i| i.forwards.iter().copied())
+                .collect();
+            fwds.sort_unstable();
+            fwds.dedup();
+            for fwd in fwds {
+                let mut g = group::Builder::new();
+                let mut first = 0;
+                for inc in batch.iter().filter(|i| i.forwards.contains(&fwd)) {
+                    if g.is_full() {
+                        let full = std::mem::replace(&mut g, group::Builder::new());
+                        b.insert(&key(GROUP, fwd, first)[..], full.finish());
+                    }
+                    let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+                    if g.is_empty() {
+                        first = seq;
+                    }
+                    last_seq = Some(seq);
+                    g.push_with(|buf| record::encode_new_into(buf, inc.update, seq, received_ms));
+                }
+                if !g.is_empty() {
+                    b.insert(&key(GROUP, fwd, first)[..], g.finish());
+                }
+            }
+            if let Some(seq) = last_seq {
+                b.insert(&b"m/seq"[..], &seq.to_be_bytes()[..]);
+            }
+            if let Some(offset) = new_offset {
+                b.insert(offset_key(bot), &(offset as u64).to_be_bytes()[..]);
+            }
+            if let Err(e) = self.tree.apply_batch(b) {
+                self.health.failed(crate::clock::now_ms(), &e.to_string());
+                return Err(e.into());
+            }
+            last_seq
+        };
+        // One flush per batch (group commit); concurrent bots share flushes.
+        // A flush covers every batch applied before it, so publishing the
+        // highest seq afterwards never exposes an unflushed one.
+        self.durable().await?;
+        if let Some(seq) = last_seq {
+            self.committed.fetch_max(seq, Ordering::SeqCst);
+        }
+        if let Some(offset) = new_offset {
+            self.stored_offsets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(bot.to_string(), offset);
+        }
+        Ok(())
+    }
+}

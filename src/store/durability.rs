@@ -1,0 +1,76 @@
+//! sled's quirks, kept together: the log segment size that keeps long
+//! updates out of blob files, the blob files sled never fsyncs (blobs.rs),
+//! and the I/O error it keeps for good once it met one (health.rs).
+
+use super::*;
+
+/// sled's log segment size. sled writes any page bigger than a quarter of
+/// a segment to its own blob file, which sled 0.34 never fsyncs: the store
+/// does that after each flush (blobs.rs), at the price of a file and an
+/// fsync per blob. A page is a whole leaf (up to ~17 records), so with
+/// sled's default 512 KiB a leaf of long updates (8 KiB each: a
+/// 4,096-character Cyrillic message) already went to a blob. 8 MiB
+/// segments keep leaves of 100 KiB updates in the log; the cost is sled's
+/// larger I/O buffers (measured in BENCHMARKS.md, "backlog").
+pub const SEGMENT_SIZE: usize = 8 << 20;
+
+/// The segment size to open `db` with: the one it was created with (sled
+/// refuses any other), else [`SEGMENT_SIZE`].
+pub(super) fn segment_size(db: &Path) -> usize {
+    // sled keeps its creation parameters in `conf`: `key: value` lines
+    // followed by a binary checksum.
+    std::fs::read(db.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            String::from_utf8_lossy(&conf)
+                .lines()
+                .find_map(|l| l.strip_prefix("segment_size: ")?.trim().parse().ok())
+        })
+        .unwrap_or(SEGMENT_SIZE)
+}
+
+impl Store {
+    /// Whether the database still takes writes (for readiness).
+    pub fn writable(&self) -> bool {
+        self.tree
+            .insert(b"m/probe", &crate::clock::now_ms().to_be_bytes()[..])
+            .is_ok()
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.durable().await
+    }
+
+    /// sled's flush, then the blob files it does not sync itself. Every
+    /// flush after `open` goes through here, except `forward_id`'s blocking
+    /// one, which syncs the blobs the same way.
+    pub(super) async fn durable(&self) -> Result<(), StoreError> {
+        let result = async {
+            self.db.flush_async().await?;
+            self.blobs.sync()?;
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        match &result {
+            Ok(()) => self.health.worked(),
+            Err(e) => self.health.failed(crate::clock::now_ms(), &e.to_string()),
+        }
+        result
+    }
+
+    /// Since when (ms since the epoch) writes fail, and the last error, if
+    /// they do.
+    pub fn failing(&self) -> Option<(u64, String)> {
+        self.health.failing()
+    }
+
+    /// Whether this handle is beyond repair: sled keeps an I/O error for
+    /// good, so once writes have failed a while with room on the disk again,
+    /// only reopening the store helps (see health.rs).
+    pub fn needs_restart(&self, now_ms: u64) -> bool {
+        self.failing().is_some_and(|(since, _)| {
+            health::needs_restart(since, now_ms, health::free_space(&self.dir))
+        })
+    }
+}
