@@ -29,7 +29,7 @@ use crate::platform::update::Update;
 use crate::policy::retry::jittered;
 use crate::policy::routing::Filter;
 use crate::stats::{self, BotStats};
-use crate::store::{Incoming, Store};
+use crate::store::{Incoming, Queue};
 
 /// Extra time the watchdog allows beyond a step's own bound.
 const SLACK: Duration = Duration::from_secs(15);
@@ -44,7 +44,7 @@ pub struct Route {
 pub struct Poller {
     pub bot: BotSettings,
     pub api: Arc<BotApi>,
-    pub store: Arc<Store>,
+    pub queue: Arc<dyn Queue>,
     pub routes: Vec<Route>,
     pub stats: Arc<BotStats>,
 }
@@ -64,7 +64,7 @@ impl Poller {
         let name = self.bot.name.clone();
         // Already clamped to the platform's cap by config validation.
         let timeout = self.bot.poll_timeout;
-        let mut offset = match self.store.offset(&name) {
+        let mut offset = match self.queue.offset(&name) {
             Ok(o) => o,
             Err(e) => {
                 error!(bot = %name, "cannot read the stored offset, polling not started: {e}");
@@ -275,7 +275,7 @@ impl Poller {
         let mut attempt: u32 = 0;
         loop {
             match self
-                .store
+                .queue
                 .append(name, &incoming, new_offset, received_ms)
                 .await
             {

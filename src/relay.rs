@@ -18,7 +18,7 @@ use crate::ops::status::{BotHandle, ForwardHandle, Observed};
 use crate::platform::api::BotApi;
 use crate::poller::{Poller, Route};
 use crate::stats::{BotStats, ForwardStats};
-use crate::store::Store;
+use crate::store::{Queue, Store};
 
 /// Runs until `shutdown` is cancelled, then drains in-flight deliveries
 /// (bounded by `shutdown_timeout`), flushes the store and returns.
@@ -36,6 +36,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         );
     }
     let store = Arc::new(Store::open(&settings.state_dir, settings.cache_bytes)?);
+    // The stages see the queue through its seam; operations see the store.
+    let queue: Arc<dyn Queue> = store.clone();
     for w in &settings.warnings {
         warn!("{}: {w}", settings.source_name);
     }
@@ -71,7 +73,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 fwd_id,
                 settings: fwd.clone(),
                 flavor: bot.flavor,
-                store: store.clone(),
+                queue: queue.clone(),
                 api: api.clone(),
                 client: client.clone(),
                 wake,
@@ -88,7 +90,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         let poller = Poller {
             bot,
             api,
-            store: store.clone(),
+            queue: queue.clone(),
             routes,
             stats,
         };

@@ -35,10 +35,11 @@ use crate::platform::api::BotApi;
 use crate::platform::flavor::Flavor;
 use crate::policy::stale::{self, StalePolicy};
 use crate::stats::{self, ForwardStats};
-use crate::store::{Job, Store};
+use crate::store::{Job, Queue};
 use lanes::{key_of, Lanes};
 use reply::{Replies, ReplyBody, ReplyBudget};
-use sink::http::{Outcome, Target};
+use sink::http::Target;
+use sink::{Outcome, Sink};
 
 /// Jobs held in memory per forward.
 const WINDOW: usize = 4096;
@@ -52,7 +53,7 @@ pub struct Forwarder {
     pub fwd_id: u32,
     pub settings: ForwardSettings,
     pub flavor: Flavor,
-    pub store: Arc<Store>,
+    pub queue: Arc<dyn Queue>,
     /// The bot's API, for calls a backend returns in its reply.
     pub api: Arc<BotApi>,
     /// The process's shared HTTP client.
@@ -115,7 +116,7 @@ impl Drop for LaneHold {
 
 impl Forwarder {
     pub async fn run(self, shutdown: CancellationToken) {
-        let target = Arc::new(Target::new(
+        let target: Arc<dyn Sink> = Arc::new(Target::new(
             &self.bot,
             self.flavor,
             &self.settings,
@@ -200,9 +201,9 @@ impl Forwarder {
         debug!(bot = %self.bot, forward = %self.settings.name, "dispatcher stopped");
     }
 
-    fn start(&self, target: &Arc<Target>, inflight: &mut InFlight, key: String, job: Job) {
+    fn start(&self, target: &Arc<dyn Sink>, inflight: &mut InFlight, key: String, job: Job) {
         let target = target.clone();
-        let id = self.store.webhook_id(&job);
+        let id = self.queue.webhook_id(&job);
         let remembered = key.clone();
         stats::add(&self.stats.in_flight, 1);
         let handle = inflight.tasks.spawn(async move {
@@ -217,7 +218,7 @@ impl Forwarder {
         if room == 0 {
             return;
         }
-        match self.store.pending(self.fwd_id, lanes.cursor(), room) {
+        match self.queue.pending(self.fwd_id, lanes.cursor(), room) {
             Ok(jobs) => {
                 let now = now_ms();
                 for job in jobs {
@@ -235,11 +236,13 @@ impl Forwarder {
         let Some((from, room, to)) = lanes.needs_reload(key) else {
             return;
         };
-        match self
-            .store
-            .scan(self.fwd_id, from.checked_sub(1), Some(to), room + 1, |j| {
-                key_of(j) == key
-            }) {
+        match self.queue.scan(
+            self.fwd_id,
+            from.checked_sub(1),
+            Some(to),
+            room + 1,
+            &mut |j| key_of(j) == key,
+        ) {
             Ok(mut jobs) => {
                 let rest_from = (jobs.len() > room).then(|| jobs[room].seq);
                 jobs.truncate(room);
@@ -271,7 +274,7 @@ impl Forwarder {
             StalePolicy::Drop => {
                 info!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, "{why}; dropped");
                 stats::add(&self.stats.stale_dropped, 1);
-                if let Err(e) = self.store.complete(self.fwd_id, job.seq) {
+                if let Err(e) = self.queue.complete(self.fwd_id, job.seq) {
                     error!(bot = %self.bot, forward = %self.settings.name, "cannot drop a stale update: {e}");
                 }
             }
@@ -293,7 +296,7 @@ impl Forwarder {
             job.last_error, job.seq
         );
         stats::add(&self.stats.dead_lettered, 1);
-        if let Err(e) = self.store.bury(self.fwd_id, job, now_ms()) {
+        if let Err(e) = self.queue.bury(self.fwd_id, job, now_ms()) {
             error!(bot = %self.bot, forward = %self.settings.name, "cannot move update {:?} to dead letters: {e}", job.update_id);
         }
     }
@@ -394,7 +397,7 @@ impl Forwarder {
                         attempt = job.attempts, retry_in = %format!("{:.1}s", wait.as_secs_f64()),
                         "delivery failed: {}; the update stays queued", job.last_error
                     );
-                    if let Err(e) = self.store.reschedule(self.fwd_id, &job) {
+                    if let Err(e) = self.queue.reschedule(self.fwd_id, &job) {
                         error!(bot = %self.bot, forward = %self.settings.name, "cannot store the retry schedule: {e}");
                     }
                     lanes.replace_head(&key, job, now);
@@ -410,7 +413,7 @@ impl Forwarder {
         if inflight.done.is_empty() {
             return;
         }
-        if let Err(e) = self.store.complete_many(self.fwd_id, &inflight.done) {
+        if let Err(e) = self.queue.complete_many(self.fwd_id, &inflight.done) {
             // They stay stored and will be sent again: duplicates, not a loss.
             error!(bot = %self.bot, forward = %self.settings.name, "cannot mark {} updates delivered: {e}", inflight.done.len());
         }

@@ -37,10 +37,12 @@ mod finish;
 mod group;
 pub mod health;
 mod meta;
+mod queue;
 mod record;
 mod scan;
 
 pub use durability::SEGMENT_SIZE;
+pub use queue::Queue;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
-//! One delivery attempt: build the signed request, send it, classify the answer.
+//! The HTTP sink: a signed POST per attempt (Standard Webhooks headers and
+//! the platform's secret-token header), its answer classified.
 
 use std::time::Duration;
 
@@ -6,6 +7,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use secrecy::ExposeSecret;
 use tokio::time::{timeout_at, Instant};
 
+use super::{Outcome, Sink};
 use crate::config::ForwardSettings;
 use crate::deliver::reply::{self, ReplyBody, ReplyBudget};
 use crate::http::error_chain;
@@ -17,23 +19,6 @@ use crate::store::Job;
 /// What is read of a body that is not wanted, so the connection can be
 /// reused.
 const DISCARD: usize = 64 * 1024;
-
-/// What became of one attempt.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The backend answered 2xx: the job is done. The body may hold a Bot
-    /// API call to make on its behalf.
-    Delivered { status: u16, reply: ReplyBody },
-    /// 410 Gone: the backend says this update will never be accepted; it
-    /// goes to dead letters at once instead of blocking its chat.
-    Gone,
-    /// Anything else; try again later (after `retry_after` if the backend
-    /// said so on a 429 or 503).
-    Failed {
-        error: String,
-        retry_after: Option<Duration>,
-    },
-}
 
 /// A forward's endpoint with everything needed to sign and send to it.
 pub struct Target {
@@ -83,7 +68,7 @@ impl Target {
     }
 
     /// Sends `job` as attempt number `attempt` (1 for the first).
-    pub async fn send(&self, webhook_id: &str, job: &Job, attempt: u32) -> Outcome {
+    async fn post(&self, webhook_id: &str, job: &Job, attempt: u32) -> Outcome {
         let timestamp = (crate::clock::now_ms() / 1000) as i64;
         let received_at = humantime::format_rfc3339_millis(
             std::time::UNIX_EPOCH + Duration::from_millis(job.received_ms),
@@ -173,4 +158,15 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
+}
+
+impl Sink for Target {
+    fn send<'a>(
+        &'a self,
+        webhook_id: &'a str,
+        job: &'a Job,
+        attempt: u32,
+    ) -> futures_util::future::BoxFuture<'a, Outcome> {
+        Box::pin(self.post(webhook_id, job, attempt))
+    }
 }
