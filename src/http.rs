@@ -50,7 +50,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The one HTTP client of the process. Each `reqwest::Client` carries its own
 /// connection pool and TLS configuration (the root store alone is a few
-/// hundred KB), so one per bot and forward made 1,000 idle bots cost 250 MB.
+/// hundred KB), so one per bot and forward made many idle bots cost five
+/// times the memory (BENCHMARKS.md, "1,000 bots").
 /// Redirects are never followed (Bot API calls do not redirect; a backend's
 /// redirect is a misconfiguration to surface) and every request sets its
 /// own timeout.

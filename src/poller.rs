@@ -67,7 +67,7 @@ impl Poller {
         let mut offset = match self.queue.offset(&name) {
             Ok(o) => o,
             Err(e) => {
-                error!(bot = %name, "cannot read the stored offset, polling not started: {e}");
+                error!("cannot read the stored offset, polling not started: {e}");
                 return;
             }
         };
@@ -84,7 +84,7 @@ impl Poller {
         let mut stuck: u32 = 0;
         // While above 0, updates are asked for one at a time (see module doc).
         let mut singles_left: u32 = 0;
-        info!(bot = %name, flavor = %self.bot.flavor, offset = ?offset, "polling");
+        info!(flavor = %self.bot.flavor, offset = ?offset, "polling");
         loop {
             let started = Instant::now();
             self.stats
@@ -107,7 +107,7 @@ impl Poller {
                 Ok(batch) => {
                     self.record_poll(Ok(batch.len()));
                     if failures > 0 {
-                        info!(bot = %name, "getUpdates works again after {failures} failure(s)");
+                        info!("getUpdates works again after {failures} failure(s)");
                     }
                     failures = 0;
                     allowed_sent = true;
@@ -115,7 +115,7 @@ impl Poller {
                         stuck = 0;
                         // The queue is drained: whatever could not be read
                         // is gone.
-                        end_singles(&name, &mut singles_left);
+                        end_singles(&mut singles_left);
                         // A long poll that comes back empty long before its
                         // timeout (a proxy, a misbehaving server) must not
                         // become a tight loop.
@@ -128,7 +128,7 @@ impl Poller {
                                 if singles_left > 0 {
                                     singles_left -= 1;
                                     if singles_left == 0 {
-                                        info!(bot = %name, "{ISOLATION} updates taken one at a time; asking for batches of {BATCH_LIMIT} again");
+                                        info!("{ISOLATION} updates taken one at a time; asking for batches of {BATCH_LIMIT} again");
                                     }
                                 }
                                 Duration::ZERO
@@ -139,10 +139,10 @@ impl Poller {
                                 // One at a time cannot get past an update
                                 // without a usable id; a full batch can, once
                                 // an update with one arrives behind it.
-                                end_singles(&name, &mut singles_left);
+                                end_singles(&mut singles_left);
                                 self.stats.set_state(state);
                                 let wait = jittered(stuck_backoff(stuck));
-                                error!(bot = %name, stuck, retry_in = %format!("{:.1}s", wait.as_secs_f64()), "{why}");
+                                error!(stuck, retry_in = %format!("{:.1}s", wait.as_secs_f64()), "{why}");
                                 wait
                             }
                         }
@@ -151,7 +151,7 @@ impl Poller {
                 Err(e @ ApiError::NotImplemented { .. }) => {
                     // Never retried: the platform says it does not have the method.
                     self.record_poll(Err(&e));
-                    error!(bot = %name, "getUpdates: {e}; this bot cannot be polled here (check flavor and api_url); its poller stops, other bots carry on");
+                    error!("getUpdates: {e}; this bot cannot be polled here (check flavor and api_url); its poller stops, other bots carry on");
                     break;
                 }
                 Err(e) => {
@@ -163,13 +163,13 @@ impl Poller {
                         e.backoff(failures)
                     };
                     if !e.batch_unreadable() {
-                        log_failure(&name, &e, failures, wait);
+                        log_failure(&e, failures, wait);
                     } else if limit > 1 {
                         singles_left = ISOLATION;
-                        warn!(bot = %name, failures, retry_in = %format!("{:.1}s", wait.as_secs_f64()), "getUpdates: {e}; nothing was confirmed, so nothing is lost; retrying with one update at a time, so the updates before the one that cannot be read get through");
+                        warn!(failures, retry_in = %format!("{:.1}s", wait.as_secs_f64()), "getUpdates: {e}; nothing was confirmed, so nothing is lost; retrying with one update at a time, so the updates before the one that cannot be read get through");
                     } else {
                         self.stats.set_state(single_unreadable_state(&e));
-                        error!(bot = %name, failures, retry_in = %format!("{:.1}s", wait.as_secs_f64()), "getUpdates: {e} for a single update: the platform's next update cannot be read, so it cannot be confirmed and the updates behind it wait; nothing is lost (the platform keeps it; Telegram for 24 h); if this does not clear, ask the platform's operator about it; retrying one update at a time");
+                        error!(failures, retry_in = %format!("{:.1}s", wait.as_secs_f64()), "getUpdates: {e} for a single update: the platform's next update cannot be read, so it cannot be confirmed and the updates behind it wait; nothing is lost (the platform keeps it; Telegram for 24 h); if this does not clear, ask the platform's operator about it; retrying one update at a time");
                     }
                     wait
                 }
@@ -186,21 +186,20 @@ impl Poller {
         self.stats
             .busy_until_ms
             .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
-        debug!(bot = %name, "poller stopped");
+        debug!("poller stopped");
     }
 
     /// Asks the platform who the token belongs to, once, so a wrong token
     /// shows at start rather than after the first long poll. Returns false
     /// if shutdown came first.
     async fn introduce(&self, shutdown: &CancellationToken) -> bool {
-        let name = &self.bot.name;
         let me = tokio::select! {
             _ = shutdown.cancelled() => return false,
             me = self.api.get_me() => me,
         };
         match me {
             Ok(me) => {
-                info!(bot = %name, "the token belongs to {me}");
+                info!("the token belongs to {me}");
                 *self
                     .stats
                     .identity
@@ -208,9 +207,9 @@ impl Poller {
                     .unwrap_or_else(|e| e.into_inner()) = Some(me.to_string());
             }
             Err(ApiError::NotImplemented { .. }) => {
-                info!(bot = %name, "the platform does not offer getMe; skipped")
+                info!("the platform does not offer getMe; skipped")
             }
-            Err(e) => error!(bot = %name, "getMe: {e}; {}", e.advice()),
+            Err(e) => error!("getMe: {e}; {}", e.advice()),
         }
         true
     }
@@ -265,7 +264,7 @@ impl Poller {
             .filter(|(u, f)| {
                 if f.is_empty() {
                     stats::add(&self.stats.updates_unrouted, 1);
-                    debug!(bot = %name, update_id = ?u.update_id, kind = %u.kind, "no forward wants this update; dropped");
+                    debug!(update_id = ?u.update_id, kind = %u.kind, "no forward wants this update; dropped");
                 }
                 !f.is_empty()
             })
@@ -283,7 +282,7 @@ impl Poller {
                 Err(e) => {
                     attempt += 1;
                     let wait = Duration::from_secs(1 << attempt.min(5));
-                    error!(bot = %name, "cannot store a batch of {} updates: {e}; polling is paused (nothing is confirmed, the platform keeps the updates); retrying in {}s", incoming.len(), wait.as_secs());
+                    error!("cannot store a batch of {} updates: {e}; polling is paused (nothing is confirmed, the platform keeps the updates); retrying in {}s", incoming.len(), wait.as_secs());
                     self.stats.set_state("store failing");
                     self.stats.busy_for(now_ms(), wait + SLACK);
                     tokio::select! {
@@ -293,7 +292,7 @@ impl Poller {
                 }
             }
         }
-        debug!(bot = %name, count = incoming.len(), ?new_offset, "stored batch");
+        debug!(count = incoming.len(), ?new_offset, "stored batch");
         for r in &self.routes {
             r.wake.notify_one();
         }
@@ -310,7 +309,10 @@ impl Poller {
             .map(|raw| match Update::from_bytes(raw) {
                 Ok(u) => u,
                 Err(e) => {
-                    warn!(bot = %self.bot.name, "an update pollhook cannot read ({e}) is forwarded as is: {}", self.preview(raw));
+                    warn!(
+                        "an update pollhook cannot read ({e}) is forwarded as is: {}",
+                        self.preview(raw)
+                    );
                     Update::opaque(raw)
                 }
             })
@@ -331,14 +333,13 @@ impl Poller {
     /// The offset to store with a batch and send next, or why the batch
     /// must not be stored.
     fn next_offset(&self, updates: &[Update], sent: Option<i64>) -> Result<Option<i64>, Stored> {
-        let name = &self.bot.name;
         let ids: Vec<Option<i64>> = updates.iter().map(|u| u.update_id).collect();
         let next = offset::after_batch(&ids, sent);
         let odd = offset::unconfirmable(&ids);
         if let Next::Offset(o) = next {
             let again: Vec<i64> = odd.into_iter().filter(|&id| id >= o).collect();
             if !again.is_empty() {
-                warn!(bot = %name, "update_id {again:?} lies above every possible offset, so the platform cannot be told to forget it: it is stored and forwarded now; when it comes again on its own it is reported, not stored again");
+                warn!("update_id {again:?} lies above every possible offset, so the platform cannot be told to forget it: it is stored and forwarded now; when it comes again on its own it is reported, not stored again");
             }
             return Ok(Some(o));
         }
@@ -373,10 +374,10 @@ impl Poller {
 /// among them.
 const ISOLATION: u32 = BATCH_LIMIT as u32;
 
-fn end_singles(bot: &str, singles_left: &mut u32) {
+fn end_singles(singles_left: &mut u32) {
     if *singles_left > 0 {
         *singles_left = 0;
-        info!(bot = %bot, "asking for batches of {BATCH_LIMIT} again");
+        info!("asking for batches of {BATCH_LIMIT} again");
     }
 }
 
@@ -405,15 +406,15 @@ fn early_empty_pause(took: Duration, timeout: Duration) -> Duration {
     }
 }
 
-fn log_failure(bot: &str, e: &ApiError, failures: u32, wait: Duration) {
+fn log_failure(e: &ApiError, failures: u32, wait: Duration) {
     let wait_s = format!("{:.1}s", wait.as_secs_f64());
     match e {
         ApiError::RateLimited { .. } => {
-            info!(bot = %bot, retry_in = %wait_s, "getUpdates: {e}; {}", e.advice())
+            info!(retry_in = %wait_s, "getUpdates: {e}; {}", e.advice())
         }
         ApiError::OtherPoller { .. } | ApiError::WebhookSet { .. } | ApiError::BadToken { .. } => {
-            error!(bot = %bot, failures, retry_in = %wait_s, "getUpdates: {e}; {}", e.advice())
+            error!(failures, retry_in = %wait_s, "getUpdates: {e}; {}", e.advice())
         }
-        _ => warn!(bot = %bot, failures, retry_in = %wait_s, "getUpdates: {e}; {}", e.advice()),
+        _ => warn!(failures, retry_in = %wait_s, "getUpdates: {e}; {}", e.advice()),
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::Settings;
 use crate::deliver::Forwarder;
@@ -80,13 +80,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 stats,
                 drain_timeout: settings.shutdown_timeout,
             };
-            tasks.spawn(forwarder.run(shutdown.clone()));
+            let span = info_span!("forward", bot = %bot.name, forward = %fwd.name);
+            tasks.spawn(forwarder.run(shutdown.clone()).instrument(span));
         }
         let stats = Arc::new(BotStats::new(bot.poll_timeout));
         bot_stats.push(BotHandle {
             name: bot.name.clone(),
             stats: stats.clone(),
         });
+        let span = info_span!("poller", bot = %bot.name);
         let poller = Poller {
             bot,
             api,
@@ -94,7 +96,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             routes,
             stats,
         };
-        tasks.spawn(poller.run(shutdown.clone()));
+        tasks.spawn(poller.run(shutdown.clone()).instrument(span));
     }
     let observed = Arc::new(Observed {
         store: store.clone(),

@@ -124,8 +124,12 @@ impl Drop for Child {
     }
 }
 
+/// The relay under test: this build's binary, or `POLLHOOK_BENCH_BIN` to
+/// measure another build (an older commit) against the same servers.
 fn spawn_pollhook(config: &Path) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_pollhook"))
+    let bin = std::env::var_os("POLLHOOK_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_pollhook").into());
+    let child = Command::new(bin)
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")

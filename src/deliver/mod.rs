@@ -124,7 +124,6 @@ impl Forwarder {
             ReplyBudget::default(),
         ));
         let replies = Replies::new(
-            &self.bot,
             &self.settings.name,
             self.api.clone(),
             self.stats.clone(),
@@ -134,7 +133,7 @@ impl Forwarder {
         let mut lanes = Lanes::default();
         let mut inflight = InFlight::new(lane_back);
         let mut refill = true;
-        info!(bot = %self.bot, forward = %self.settings.name, url = %crate::config::display_url(&self.settings.url), "delivering");
+        info!(url = %crate::config::display_url(&self.settings.url), "delivering");
         loop {
             if refill || lanes.loaded() < WINDOW / 2 {
                 self.refill(&mut lanes);
@@ -198,7 +197,7 @@ impl Forwarder {
             .await;
         self.forget_delivered(&mut inflight);
         replies.drain(deadline).await;
-        debug!(bot = %self.bot, forward = %self.settings.name, "dispatcher stopped");
+        debug!("dispatcher stopped");
     }
 
     fn start(&self, target: &Arc<dyn Sink>, inflight: &mut InFlight, key: String, job: Job) {
@@ -226,7 +225,7 @@ impl Forwarder {
                 }
             }
             Err(e) => {
-                error!(bot = %self.bot, forward = %self.settings.name, "cannot read the queue: {e}")
+                error!("cannot read the queue: {e}")
             }
         }
     }
@@ -249,7 +248,7 @@ impl Forwarder {
                 lanes.reloaded(key, jobs, rest_from, now_ms());
             }
             Err(e) => {
-                error!(bot = %self.bot, forward = %self.settings.name, "cannot reload a lane: {e}")
+                error!("cannot reload a lane: {e}")
             }
         }
     }
@@ -272,10 +271,10 @@ impl Forwarder {
         );
         match self.settings.stale {
             StalePolicy::Drop => {
-                info!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, "{why}; dropped");
+                info!(update_id = ?job.update_id, "{why}; dropped");
                 stats::add(&self.stats.stale_dropped, 1);
                 if let Err(e) = self.queue.complete(self.fwd_id, job.seq) {
-                    error!(bot = %self.bot, forward = %self.settings.name, "cannot drop a stale update: {e}");
+                    error!("cannot drop a stale update: {e}");
                 }
             }
             _ => {
@@ -291,13 +290,16 @@ impl Forwarder {
 
     fn bury(&self, job: &Job) {
         warn!(
-            bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, attempts = job.attempts,
+            update_id = ?job.update_id, attempts = job.attempts,
             "moved to dead letters: {}; inspect with `pollhook dlq list`, resend with `pollhook dlq replay {}`",
             job.last_error, job.seq
         );
         stats::add(&self.stats.dead_lettered, 1);
         if let Err(e) = self.queue.bury(self.fwd_id, job, now_ms()) {
-            error!(bot = %self.bot, forward = %self.settings.name, "cannot move update {:?} to dead letters: {e}", job.update_id);
+            error!(
+                "cannot move update {:?} to dead letters: {e}",
+                job.update_id
+            );
         }
     }
 
@@ -317,7 +319,7 @@ impl Forwarder {
             Err(e) => {
                 // A send task cannot panic on input, but if one ever does, its
                 // lane must not stay blocked: count it as a failed attempt.
-                error!(bot = %self.bot, forward = %self.settings.name, "a delivery task failed: {e}");
+                error!("a delivery task failed: {e}");
                 let Some(key) = inflight.by_task.remove(&e.id()) else {
                     return;
                 };
@@ -332,7 +334,7 @@ impl Forwarder {
         let now = now_ms();
         match outcome {
             Outcome::Delivered { status, reply } => {
-                debug!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered");
+                debug!(update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered");
                 stats::add(&self.stats.delivered, 1);
                 self.stats
                     .latency
@@ -361,7 +363,7 @@ impl Forwarder {
                         // Every permit for a body of its size is taken: the
                         // chat waits until this reply is read, other chats
                         // go on.
-                        debug!(bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id, "webhook reply waits for memory to be read; its chat waits with it");
+                        debug!(update_id = ?job.update_id, "webhook reply waits for memory to be read; its chat waits with it");
                         let hold = LaneHold {
                             key: key.clone(),
                             back: inflight.lane_back.clone(),
@@ -393,12 +395,12 @@ impl Forwarder {
                     let wait = self.settings.retry.delay(job.attempts, retry_after);
                     job.next_at_ms = now + wait.as_millis() as u64;
                     warn!(
-                        bot = %self.bot, forward = %self.settings.name, update_id = ?job.update_id,
+                        update_id = ?job.update_id,
                         attempt = job.attempts, retry_in = %format!("{:.1}s", wait.as_secs_f64()),
                         "delivery failed: {}; the update stays queued", job.last_error
                     );
                     if let Err(e) = self.queue.reschedule(self.fwd_id, &job) {
-                        error!(bot = %self.bot, forward = %self.settings.name, "cannot store the retry schedule: {e}");
+                        error!("cannot store the retry schedule: {e}");
                     }
                     lanes.replace_head(&key, job, now);
                 }
@@ -415,7 +417,7 @@ impl Forwarder {
         }
         if let Err(e) = self.queue.complete_many(self.fwd_id, &inflight.done) {
             // They stay stored and will be sent again: duplicates, not a loss.
-            error!(bot = %self.bot, forward = %self.settings.name, "cannot mark {} updates delivered: {e}", inflight.done.len());
+            error!("cannot mark {} updates delivered: {e}", inflight.done.len());
         }
         inflight.done.clear();
         inflight.done_since = None;
@@ -433,7 +435,10 @@ impl Forwarder {
         if inflight.tasks.is_empty() {
             return;
         }
-        info!(bot = %self.bot, forward = %self.settings.name, in_flight = inflight.tasks.len(), "waiting for deliveries in flight");
+        info!(
+            in_flight = inflight.tasks.len(),
+            "waiting for deliveries in flight"
+        );
         let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         loop {
@@ -443,7 +448,7 @@ impl Forwarder {
                     None => return,
                 },
                 _ = &mut deadline => {
-                    warn!(bot = %self.bot, forward = %self.settings.name, abandoned = inflight.tasks.len(), "stop timeout reached; unfinished deliveries stay queued and will be sent again");
+                    warn!(abandoned = inflight.tasks.len(), "stop timeout reached; unfinished deliveries stay queued and will be sent again");
                     inflight.tasks.abort_all();
                     return;
                 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::{Parsed, Pending, ReadReply};
 use crate::platform::api::{ApiError, BotApi};
@@ -27,7 +27,6 @@ pub struct Replies {
 }
 
 struct Inner {
-    bot: String,
     fwd: String,
     api: Arc<BotApi>,
     stats: Arc<ForwardStats>,
@@ -74,7 +73,6 @@ impl Inner {
 
 impl Replies {
     pub fn new(
-        bot: &str,
         fwd: &str,
         api: Arc<BotApi>,
         stats: Arc<ForwardStats>,
@@ -82,7 +80,6 @@ impl Replies {
     ) -> Replies {
         Replies {
             inner: Arc::new(Inner {
-                bot: bot.to_string(),
                 fwd: fwd.to_string(),
                 api,
                 stats,
@@ -99,7 +96,10 @@ impl Replies {
     pub fn failed(&self, why: &str, update_id: Option<i64>) {
         let i = &self.inner;
         stats::add(&i.stats.replies_failed, 1);
-        warn!(bot = %i.bot, forward = %i.fwd, ?update_id, "webhook reply not executed: {why}; the update itself was delivered");
+        warn!(
+            ?update_id,
+            "webhook reply not executed: {why}; the update itself was delivered"
+        );
     }
 
     /// Runs a reply whose body is in memory.
@@ -150,12 +150,14 @@ impl Replies {
         };
         let abandon = self.inner.abandon.clone();
         let work = work(entry);
-        self.inner.tasks.spawn(async move {
+        // In the forward's span, so each call's log lines name bot and forward.
+        let task = async move {
             tokio::select! {
                 _ = abandon.cancelled() => {}
                 _ = work => {}
             }
-        });
+        };
+        self.inner.tasks.spawn(task.in_current_span());
     }
 
     /// At a stop: waits for running replies until `deadline`, then logs each
@@ -166,7 +168,7 @@ impl Replies {
         if i.tasks.is_empty() {
             return;
         }
-        info!(bot = %i.bot, forward = %i.fwd, replies = i.tasks.len(), "waiting for webhook reply calls");
+        info!(replies = i.tasks.len(), "waiting for webhook reply calls");
         if tokio::time::timeout_at(deadline, i.tasks.wait())
             .await
             .is_ok()
@@ -175,7 +177,7 @@ impl Replies {
         }
         for live in i.live().values() {
             let method = live.method.as_deref().unwrap_or("(body not read yet)");
-            warn!(bot = %i.bot, forward = %i.fwd, update_id = ?live.update_id, %method, "stop timeout reached; webhook reply call abandoned: the backend's answer did not reach the platform");
+            warn!(update_id = ?live.update_id, %method, "stop timeout reached; webhook reply call abandoned: the backend's answer did not reach the platform");
         }
         i.abandon.cancel();
         i.tasks.wait().await;
@@ -184,7 +186,7 @@ impl Replies {
 
 /// Parses a reply and makes its call, retrying what may succeed later.
 async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: Option<i64>) {
-    let (bot, fwd, stats) = (&inner.bot, &inner.fwd, &inner.stats);
+    let (fwd, stats) = (&inner.fwd, &inner.stats);
     // The permit is held (and with it the body's memory accounted for)
     // until the call is done.
     let ReadReply {
@@ -196,17 +198,20 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         Parsed::Nothing => return,
         Parsed::Ignored(method) => {
             stats::add(&stats.replies_ignored, 1);
-            info!(bot = %bot, forward = %fwd, ?update_id, "webhook reply calls {method}, which is not executed from a reply; ignored");
+            info!(
+                ?update_id,
+                "webhook reply calls {method}, which is not executed from a reply; ignored"
+            );
             return;
         }
         Parsed::Refused(method) => {
             stats::add(&stats.replies_refused, 1);
-            info!(bot = %bot, forward = %fwd, ?update_id, "webhook reply calls {method}, which reply_methods does not admit; not called (to allow it, add \"{method}\" to reply_methods of forward {fwd:?})");
+            info!(?update_id, "webhook reply calls {method}, which reply_methods does not admit; not called (to allow it, add \"{method}\" to reply_methods of forward {fwd:?})");
             return;
         }
         Parsed::Invalid(why) => {
             stats::add(&stats.replies_failed, 1);
-            warn!(bot = %bot, forward = %fwd, ?update_id, "webhook reply not understood: {why}");
+            warn!(?update_id, "webhook reply not understood: {why}");
             return;
         }
         Parsed::Call(call) => call,
@@ -216,12 +221,12 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         match inner.api.call_with(&call.method, &call.params).await {
             Ok(_) => {
                 stats::add(&stats.replies_ok, 1);
-                info!(bot = %bot, forward = %fwd, ?update_id, method = %call.method, "webhook reply executed");
+                info!(?update_id, method = %call.method, "webhook reply executed");
                 return;
             }
             Err(e) => {
                 let retry = attempt < REPLY_ATTEMPTS && retryable(&e);
-                warn!(bot = %bot, forward = %fwd, ?update_id, method = %call.method, attempt, "webhook reply call failed: {e}{}", if retry { "; retrying" } else { "" });
+                warn!(?update_id, method = %call.method, attempt, "webhook reply call failed: {e}{}", if retry { "; retrying" } else { "" });
                 if !retry {
                     break;
                 }
