@@ -283,12 +283,12 @@ fn check_config_warns_about_secret_files_others_can_read() {
 fn check_config_masks_credentials_in_the_api_url() {
     let toml = GOOD.replace(
         "token = \"42:AAsecret-part\"",
-        "token = \"42:AAsecret-part\"\napi_url = \"https://relay-user:pr0xy-pa55@platform::api.example/bot{token}/{method}\"",
+        "token = \"42:AAsecret-part\"\napi_url = \"https://relay-user:pr0xy-pa55@botapi.example/bot{token}/{method}\"",
     );
     let (ok, out, err) = check_config(&toml);
     assert!(ok, "{err}");
     assert!(
-        out.contains("api_url https://relay-user:****@platform::api.example/bot{token}/{method}"),
+        out.contains("api_url https://relay-user:****@botapi.example/bot{token}/{method}"),
         "{out}"
     );
     assert!(
@@ -297,12 +297,12 @@ fn check_config_masks_credentials_in_the_api_url() {
     );
     let toml = GOOD.replace(
         "token = \"42:AAsecret-part\"",
-        "token = \"42:AAsecret-part\"\napi_url = \"https://s3cretkey@platform::api.example/bot{token}/{method}\"",
+        "token = \"42:AAsecret-part\"\napi_url = \"https://s3cretkey@botapi.example/bot{token}/{method}\"",
     );
     let (ok, out, _) = check_config(&toml);
     assert!(ok);
     assert!(
-        out.contains("api_url https://****@platform::api.example/"),
+        out.contains("api_url https://****@botapi.example/"),
         "{out}"
     );
     assert!(!out.contains("s3cretkey"), "{out}");
