@@ -4,11 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pollhook::store::Store;
 use rand::Rng;
 
-use crate::common::*;
-use crate::rig::{Flavor, Relay};
+use crate::rig::*;
 
 /// Every update the fake API counts as confirmed must be delivered or still
 /// in the store: confirmation never runs ahead of durable storage.
@@ -18,19 +16,10 @@ use crate::rig::{Flavor, Relay};
 /// answered before it (possibly being stored at that instant) and every batch
 /// answered afterwards to the dead process's still-open long poll, until the
 /// restarted relay's first poll supersedes it.
-fn check_after_kill(setup: &Setup, round: usize, window: &HashSet<i64>) -> usize {
+async fn check_after_kill(setup: &Setup, round: usize, window: &HashSet<i64>) -> usize {
     let confirmed = setup.api.confirmed(TOKEN).unwrap_or(0);
     let delivered: HashSet<i64> = distinct_ids(&setup.backend.accepted());
-    let store = Store::open(&setup.state_dir(), 1 << 20).expect("the killed relay's store opens");
-    let fwd = store.forward_id("main", "app").unwrap();
-    let stored: HashSet<i64> = store
-        .pending(fwd, None, usize::MAX)
-        .unwrap()
-        .iter()
-        .filter_map(|j| j.update_id)
-        .collect();
-    drop(store);
-    wait_for_sled_to_let_go(&setup.state_dir().join("db").join("db"));
+    let stored = stored_update_ids(&setup.state_dir()).await;
     let missing: Vec<i64> = (1..=confirmed)
         .filter(|id| !delivered.contains(id) && !stored.contains(id) && !window.contains(id))
         .take(10)
@@ -40,27 +29,6 @@ fn check_after_kill(setup: &Setup, round: usize, window: &HashSet<i64>) -> usize
         "after kill {round}: the API had confirmed up to {confirmed}, but these were neither delivered nor stored: {missing:?}"
     );
     stored.len()
-}
-
-/// sled releases its file lock (a `flock` on `db/db`) when its last
-/// background thread lets go of the database, a moment after the drop; the
-/// restarted relay would find it still held and exit. Wait until a `flock`
-/// of our own succeeds (and is released again by closing the file).
-pub fn wait_for_sled_to_let_go(lock_file: &std::path::Path) {
-    use std::os::fd::AsRawFd;
-    let give_up = std::time::Instant::now() + LONG;
-    loop {
-        let file = std::fs::File::open(lock_file).expect("sled's lock file exists");
-        // SAFETY: flock on a file descriptor we own, which is open here.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < give_up,
-            "sled kept {lock_file:?} locked"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// The ids of batches answered from index `from` on (MPChat only).
@@ -111,7 +79,7 @@ pub async fn crash_run(flavor: Flavor, updates: i64, kills: usize, messages: Mes
                 .open()
                 .and_then(|db| db.flush())
                 .expect("an old-style state directory");
-            wait_for_sled_to_let_go(&setup.state_dir().join("db").join("db"));
+            wait_for_sled_to_let_go(&setup.state_dir()).await;
             format!(" {}", "д".repeat(6_000))
         }
     };
@@ -145,7 +113,7 @@ pub async fn crash_run(flavor: Flavor, updates: i64, kills: usize, messages: Mes
         relay.sigkill();
         max_blobs = max_blobs.max(blob_files(&setup));
         may_lose.extend(answered_since(&setup, from));
-        max_stored = max_stored.max(check_after_kill(&setup, round, &may_lose));
+        max_stored = max_stored.max(check_after_kill(&setup, round, &may_lose).await);
         relay = Relay::spawn(&config, &env);
         // Once the new relay polls, the dead one's long poll is superseded
         // (answered 409, consuming nothing).

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::*;
-use crate::rig::Reply;
+use crate::rig::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_410_dead_letters_at_once_and_3xx_is_a_failure_to_retry() {
@@ -190,8 +189,7 @@ async fn max_age_dead_letters_and_dlq_works_on_a_stopped_daemon() {
         relay.logs().matches("moved to dead letters").count() == 3
     })
     .await;
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
     let ids_sent: Vec<String> = setup
         .backend
         .received()
@@ -251,18 +249,13 @@ async fn max_age_dead_letters_and_dlq_works_on_a_stopped_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_interactive_updates_are_dropped_or_dead_lettered_when_asked() {
     let setup = Setup::new().await;
-    let dropping = crate::rig::Backend::start().await;
+    let dropping = Backend::start().await;
     setup.backend.set_reply(Reply::Status(503));
     dropping.set_reply(Reply::Status(503));
     let toml = format!(
         r#"
 state_dir = "state"
-[[bot]]
-name = "main"
-api_url = "{api}"
-token = "{TOKEN}"
-poll_timeout = "2s"
-
+{main_bot}
 [[bot.forward]]
 name = "keeps"
 url = "{keep}"
@@ -277,11 +270,11 @@ stale = "drop"
 retry_delay = "500ms"
 retry_max_delay = "1s"
 "#,
-        api = setup.api.url_template(),
+        main_bot = setup.main_bot(),
         keep = setup.backend.url(),
         drop = dropping.url(),
     );
-    let config = crate::rig::write_config(setup.path(), &toml);
+    let config = write_config(setup.path(), &toml);
     let mut relay = setup.spawn(&config);
     setup.api.push_raw(
         TOKEN,
@@ -295,10 +288,8 @@ retry_max_delay = "1s"
     relay
         .wait_log("stale: a inline_query", Duration::from_secs(50))
         .await;
-    wait_until("both forwards to expire it", LONG, || {
-        relay.logs().matches("stale: a inline_query").count() >= 2
-    })
-    .await;
+    // Both forwards expire it.
+    relay.wait_log_count("stale: a inline_query", 2, LONG).await;
     setup.backend.set_reply(Reply::Ok);
     dropping.set_reply(Reply::Ok);
     for b in [&setup.backend, &dropping] {

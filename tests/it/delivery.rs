@@ -4,8 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::common::*;
-use crate::rig::{Backend, Reply};
+use crate::rig::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_exact_bytes_signed_with_the_secret_token_header() {
@@ -44,8 +43,7 @@ async fn forwards_exact_bytes_signed_with_the_secret_token_header() {
         assert!(verifier.verify(b"{\"update_id\":999}", &r.headers).is_err());
     }
     assert_ne!(got[0].header("webhook-id"), got[1].header("webhook-id"));
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
     assert_no_token(&relay.logs());
 }
 
@@ -112,8 +110,7 @@ async fn webhook_id_and_retry_schedule_survive_retries_and_a_restart() {
         .collect();
     assert_eq!(attempts, ["1", "2", "3"]);
 
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
     let stopped_at = Instant::now();
     let before = setup.backend.received().len();
     setup.backend.set_reply(Reply::Ok);
@@ -179,7 +176,7 @@ async fn refused_connections_then_the_backend_comes_back_on_its_port() {
         ..
     } = setup;
     backend.shutdown().await;
-    let mut relay = crate::rig::Relay::spawn(&config, &[]);
+    let mut relay = Relay::spawn(&config, &[]);
     for id in 1..=50 {
         api.push_message(TOKEN, id, id % 5, "while down");
     }
@@ -190,10 +187,9 @@ async fn refused_connections_then_the_backend_comes_back_on_its_port() {
     let got = backend.wait_accepted(50, LONG).await;
     assert_eq!(distinct_ids(&got).len(), 50);
     // Delivered, then forgotten: a restart sends nothing again.
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
     let before = backend.received().len();
-    let _relay = crate::rig::Relay::spawn(&config, &[]);
+    let _relay = Relay::spawn(&config, &[]);
     // A sentinel: once it is through, anything re-sent from the store
     // (loaded before it was even polled) would have arrived.
     api.push_message(TOKEN, 51, 1, "sentinel");
@@ -218,12 +214,7 @@ async fn several_bots_and_forwards_each_get_what_they_asked_for() {
         r#"
 state_dir = "state"
 
-[[bot]]
-name = "main"
-api_url = "{api}"
-token = "{TOKEN}"
-poll_timeout = "2s"
-allowed_updates = ["message", "callback_query"]
+{main_bot}allowed_updates = ["message", "callback_query"]
 
 [[bot.forward]]
 name = "everything"
@@ -243,11 +234,12 @@ poll_timeout = "2s"
 [[bot.forward]]
 url = "{all}"
 "#,
+        main_bot = setup.main_bot(),
         api = setup.api.url_template(),
         all = setup.backend.url(),
         cb = callbacks.url(),
     );
-    let config = crate::rig::write_config(setup.path(), &toml);
+    let config = write_config(setup.path(), &toml);
     let mut relay = setup.spawn(&config);
     setup.api.push_message(TOKEN, 1, 10, "to main");
     setup.api.push_raw(TOKEN, 2, r#"{"update_id":2,"callback_query":{"id":"c","from":{"id":10},"message":{"message_id":1,"chat":{"id":10}},"data":"x"}}"#);
@@ -292,6 +284,5 @@ url = "{all}"
         [2, 3],
         "the buttons forward got an update it did not ask for"
     );
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
 }

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::*;
-use crate::rig::{NotifySocket, Relay, Reply};
+use crate::rig::*;
 
 /// `POLLHOOK_…` overrides are strings: `007` stays `007`, and `status` reads
 /// the same layered configuration as `run`.
@@ -12,7 +11,7 @@ use crate::rig::{NotifySocket, Relay, Reply};
 async fn environment_overrides_keep_strings_and_every_command_reads_them() {
     let setup = Setup::new().await;
     let port = free_port();
-    let config = setup.config_full(&format!("[admin]\nlisten = \"127.0.0.1:{port}\""), "", "");
+    let config = setup.admin_config(port);
     let cfg = config.to_str().unwrap();
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pollhook"))
@@ -80,9 +79,9 @@ async fn environment_overrides_keep_strings_and_every_command_reads_them() {
 struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
-    /// None where this machine cannot mount (not root, no tmpfs); under CI
-    /// that is a failure, since the test must run there.
-    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+    /// Fails the test where this machine cannot mount one (not root, no
+    /// tmpfs): the test is ignored unless asked for, and then must run.
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(dir).unwrap();
         let out = std::process::Command::new("mount")
             .args([
@@ -95,18 +94,13 @@ impl SmallDisk {
             .arg(dir)
             .output();
         match out {
-            Ok(o) if o.status.success() => Some(SmallDisk(dir.to_path_buf())),
+            Ok(o) if o.status.success() => SmallDisk(dir.to_path_buf()),
             other => {
                 let why = match other {
                     Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
                     Err(e) => e.to_string(),
                 };
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "cannot mount a tmpfs ({why}); CI must run the full-disk test (as root)"
-                );
-                eprintln!("SKIPPED: cannot mount a tmpfs for the full-disk test: {why}");
-                None
+                panic!("this test needs to mount a tmpfs, as root: {why}");
             }
         }
     }
@@ -136,14 +130,13 @@ impl Drop for SmallDisk {
 /// until reopened) so that systemd restarts it, and after the restart every
 /// update is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, to mount a small tmpfs; run with --include-ignored (see README)"]
 async fn a_full_disk_pauses_polling_and_a_restart_delivers_everything() {
     let setup = Setup::new().await;
-    let Some(disk) = SmallDisk::mount(&setup.path().join("disk"), "40m") else {
-        return;
-    };
+    let disk = SmallDisk::mount(&setup.path().join("disk"), "40m");
     let state = disk.0.join("state");
     let port = free_port();
-    let config = setup.config_full(&format!("[admin]\nlisten = \"127.0.0.1:{port}\""), "", "");
+    let config = setup.admin_config(port);
     let notify = NotifySocket::new();
     let notify_path = notify.path.to_str().unwrap().to_string();
     let env = [
@@ -173,15 +166,7 @@ async fn a_full_disk_pauses_polling_and_a_restart_delivers_everything() {
 
     // What an operator sees: the flushed offset, not the applied one; not
     // ready; no watchdog ping while the store fails.
-    let client = reqwest::Client::new();
-    let status: serde_json::Value = client
-        .get(format!("http://127.0.0.1:{port}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status_json(port).await).unwrap();
     assert_eq!(
         status["bots"][0]["offset"].as_i64(),
         Some(confirmed + 1),
@@ -192,12 +177,7 @@ async fn a_full_disk_pauses_polling_and_a_restart_delivers_everything() {
         Some(confirmed),
         "/status must count stored updates only: {status}"
     );
-    let ready = client
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
+    assert_eq!(get(port, "/readyz").await.0, 503);
     let said = tokio::task::spawn_blocking(move || notify.read_until("the store is failing", LONG))
         .await
         .unwrap();
@@ -211,7 +191,7 @@ async fn a_full_disk_pauses_polling_and_a_restart_delivers_everything() {
     let exit = exit.unwrap_or_else(|| {
         panic!(
             "still running 60 s after the disk had room again; log tail:\n{}",
-            crate::rig::proc::tail(&relay.logs(), 20)
+            tail(&relay.logs(), 20)
         )
     });
     let took = freed.elapsed();
@@ -220,19 +200,9 @@ async fn a_full_disk_pauses_polling_and_a_restart_delivers_everything() {
 
     // Nothing confirmed is missing from the store or the backend.
     let confirmed = setup.api.confirmed(TOKEN).unwrap();
-    {
-        let store = pollhook::store::Store::open(&state, 1 << 20).expect("the store reopens");
-        let fwd = store.forward_id("main", "app").unwrap();
-        let stored: std::collections::HashSet<i64> = store
-            .pending(fwd, None, usize::MAX)
-            .unwrap()
-            .iter()
-            .filter_map(|j| j.update_id)
-            .collect();
-        let missing: Vec<i64> = (1..=confirmed).filter(|id| !stored.contains(id)).collect();
-        assert!(missing.is_empty(), "confirmed but not stored: {missing:?}");
-    }
-    crate::crash::wait_for_sled_to_let_go(&state.join("db").join("db"));
+    let stored = stored_update_ids(&state).await;
+    let missing: Vec<i64> = (1..=confirmed).filter(|id| !stored.contains(id)).collect();
+    assert!(missing.is_empty(), "confirmed but not stored: {missing:?}");
 
     // What systemd's Restart= does; then everything arrives.
     setup.backend.set_reply(Reply::Ok);
@@ -242,15 +212,14 @@ async fn a_full_disk_pauses_polling_and_a_restart_delivers_everything() {
         distinct_ids(&setup.backend.accepted()).len() == pushed as usize
     })
     .await;
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.is_some_and(|s| s.success()));
+    relay.stop().await;
     assert_no_token(&relay.logs());
 }
 
 /// An HTTP forward proxy that passes plain-http requests on and records the
 /// URI of each one it saw.
 struct Proxy {
-    server: crate::rig::serve::Server,
+    server: serve::Server,
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -260,8 +229,8 @@ impl Proxy {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let listener = crate::rig::serve::bind(0);
-        let server = crate::rig::serve::Server::serve(
+        let listener = serve::bind(0);
+        let server = serve::Server::serve(
             listener,
             move |req: hyper::Request<hyper::body::Incoming>| {
                 let (log, client) = (log.clone(), client.clone());
@@ -274,7 +243,7 @@ impl Proxy {
                         .into_body()
                         .collect()
                         .await
-                        .map_err(|_| crate::rig::serve::DropConnection)?
+                        .map_err(|_| serve::DropConnection)?
                         .to_bytes();
                     let mut out = client.request(method, &uri).body(body);
                     for (k, v) in headers.iter() {
@@ -282,16 +251,10 @@ impl Proxy {
                             out = out.header(k, v);
                         }
                     }
-                    let resp = out
-                        .send()
-                        .await
-                        .map_err(|_| crate::rig::serve::DropConnection)?;
+                    let resp = out.send().await.map_err(|_| serve::DropConnection)?;
                     let status = resp.status();
                     let ct = resp.headers().get(hyper::header::CONTENT_TYPE).cloned();
-                    let bytes = resp
-                        .bytes()
-                        .await
-                        .map_err(|_| crate::rig::serve::DropConnection)?;
+                    let bytes = resp.bytes().await.map_err(|_| serve::DropConnection)?;
                     let mut answer = hyper::Response::builder().status(status);
                     if let Some(ct) = ct {
                         answer = answer.header(hyper::header::CONTENT_TYPE, ct);

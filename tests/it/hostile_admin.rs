@@ -6,13 +6,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::*;
 use crate::rig::proc::LOG_FILE;
-use crate::rig::{ProcLimits, Relay};
-
-fn admin_table(port: u16, extra: &str) -> String {
-    format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n{extra}")
-}
+use crate::rig::*;
 
 /// File handles the process holds now.
 fn open_fds(pid: u32) -> usize {
@@ -112,18 +107,20 @@ async fn idle_connections_to_the_admin_api_starve_nothing_and_are_closed() {
         setup.api.push_message(TOKEN, id, id, "during");
     }
     let mut fds_peak = fds_held;
-    let deliveries = Instant::now() + Duration::from_secs(20);
-    while distinct_ids(&setup.backend.accepted()).len() < 21 {
-        fds_peak = fds_peak.max(open_fds(relay.pid()));
-        assert!(
-            Instant::now() < deliveries,
-            "deliveries stopped while 200 connections were held ({} of 21 delivered, {} handles open); log tail:\n{}",
-            distinct_ids(&setup.backend.accepted()).len(),
-            open_fds(relay.pid()),
-            crate::rig::proc::tail(&relay.logs(), 20)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = "deliveries while 200 connections were held";
+    wait_until(what, Duration::from_secs(20), || {
+        let open = open_fds(relay.pid());
+        fds_peak = fds_peak.max(open);
+        let delivered = distinct_ids(&setup.backend.accepted()).len();
+        if delivered >= 21 {
+            return Ok(());
+        }
+        Err(format!(
+            "{delivered} of 21 delivered, {open} handles open; log tail:\n{}",
+            tail(&relay.logs(), 20)
+        ))
+    })
+    .await;
     let delivered_after = opened.elapsed();
 
     // Every one of them is closed by the server: over the cap at once, the
@@ -253,8 +250,7 @@ async fn slow_headers_are_cut_at_the_header_timeout_and_keep_alive_at_the_idle_t
     assert!(within(silent_closed, 0.9, 2.5), "{silent_closed:?}");
     assert!(within(slow_closed, 0.9, 2.5), "{slow_closed:?}");
     assert!(within(idle_closed, 2.9, 5.0), "{idle_closed:?}");
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,8 +330,7 @@ async fn the_admin_api_refuses_foreign_hosts_and_browser_origins() {
     let n = kept.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let t = Instant::now();
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
     let stopped = t.elapsed();
     eprintln!("stopped {stopped:?} after SIGTERM with an idle and a half-sent connection open");
     assert!(stopped < Duration::from_secs(3), "{stopped:?}");

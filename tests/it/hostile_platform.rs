@@ -8,8 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use hmac::{KeyInit, Mac};
 
-use crate::common::*;
-use crate::rig::Call;
+use crate::rig::*;
 
 fn message(id: i64) -> String {
     format!(
@@ -33,11 +32,24 @@ fn assert_offsets_positive(calls: &[Call]) {
     assert!(bad.is_empty(), "offsets ≤ 0 were sent: {bad:?}");
 }
 
-/// getUpdates calls that arrive within `window` from now.
-async fn calls_within(setup: &Setup, window: Duration) -> usize {
-    let before = setup.api.get_updates_calls(TOKEN).len();
-    tokio::time::sleep(window).await;
-    setup.api.get_updates_calls(TOKEN).len() - before
+/// The pause the relay announced (`retry_in=`) in its latest log line
+/// naming `needle`, checked against the fake's clock: the next getUpdates
+/// call arrives no sooner. (A relay that spins announces no pause, or polls
+/// again at once.)
+async fn pause_after(setup: &Setup, relay: &mut Relay, needle: &str) -> Duration {
+    relay.wait_log(needle, LONG).await;
+    let logs = relay.logs();
+    let line = logs.lines().rev().find(|l| l.contains(needle)).unwrap();
+    let announced = retry_in(line);
+    let before = setup.api.get_updates_calls(TOKEN);
+    let after = setup.api.wait_calls(TOKEN, before.len() + 1, LONG).await;
+    let waited = after[before.len()].at - before[before.len() - 1].at;
+    // retry_in is logged to a tenth of a second.
+    assert!(
+        waited + Duration::from_millis(50) >= announced,
+        "announced a pause of {announced:?}, polled again after {waited:?}: {line}"
+    );
+    announced
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,13 +58,18 @@ async fn an_update_id_at_i64_max_is_forwarded_once_without_panic_or_spin() {
     setup.api.push_raw(TOKEN, 1, &message(1));
     setup.api.push_raw(TOKEN, i64::MAX, &message(i64::MAX));
     let port = free_port();
-    let mut relay = setup.spawn(&admin_config(&setup, port, ""));
+    let mut relay = setup.spawn(&setup.admin_config(port));
     setup.backend.wait_accepted(2, LONG).await;
     let bot = wait_bot_state(port, "stuck: unusable update_id").await;
     assert_eq!(bot["offset"], 2, "{bot}");
-    // It comes back alone and is not stored again; polls slow down.
-    let polls = calls_within(&setup, Duration::from_secs(4)).await;
-    assert!(polls <= 2, "{polls} getUpdates in 4 s while stuck");
+    // It comes back alone and is not stored again; polls slow down: 5 s
+    // (±20 %) between them.
+    let needle = "update(s) with update_id [9223372036854775807]";
+    let pause = pause_after(&setup, &mut relay, needle).await;
+    assert!(
+        pause >= Duration::from_secs(4),
+        "{pause:?} between polls while stuck"
+    );
     let mut ids = accepted_ids(&setup);
     ids.sort();
     assert_eq!(ids, vec![1, i64::MAX]);
@@ -60,11 +77,7 @@ async fn an_update_id_at_i64_max_is_forwarded_once_without_panic_or_spin() {
         .wait_log("update_id [9223372036854775807]", LONG)
         .await;
     let logs = relay.logs();
-    assert!(
-        !logs.contains("panicked"),
-        "{}",
-        crate::rig::proc::tail(&logs, 20)
-    );
+    assert!(!logs.contains("panicked"), "{}", tail(&logs, 20));
     assert_offsets_positive(&setup.api.get_updates_calls(TOKEN));
     assert!(relay.is_running());
 }
@@ -79,12 +92,15 @@ async fn a_platform_that_ignores_the_offset_is_not_stored_from_again_and_again()
         setup.api.push_raw(TOKEN, id, &message(id));
     }
     let port = free_port();
-    let mut relay = setup.spawn(&admin_config(&setup, port, ""));
+    let mut relay = setup.spawn(&setup.admin_config(port));
     setup.backend.wait_accepted(3, LONG).await;
     let bot = wait_bot_state(port, "stuck: offset ignored").await;
     assert_eq!(bot["offset"], 4, "{bot}");
-    let polls = calls_within(&setup, Duration::from_secs(4)).await;
-    assert!(polls <= 2, "{polls} getUpdates in 4 s while stuck");
+    let pause = pause_after(&setup, &mut relay, "which offset 4 had confirmed").await;
+    assert!(
+        pause >= Duration::from_secs(4),
+        "{pause:?} between polls while stuck"
+    );
     let mut ids = accepted_ids(&setup);
     ids.sort();
     assert_eq!(ids, vec![1, 3, i64::MAX], "each update once");
@@ -103,7 +119,7 @@ async fn ids_below_zero_are_never_sent_as_an_offset_and_nothing_is_lost() {
         setup.api.push_raw(TOKEN, id, &message(id));
     }
     let port = free_port();
-    let mut relay = setup.spawn(&admin_config(&setup, port, ""));
+    let mut relay = setup.spawn(&setup.admin_config(port));
     wait_bot_state(port, "stuck: unusable update_id").await;
     relay.wait_log("update_id [-9, -5, -1]", LONG).await;
     // Nothing could be confirmed, so nothing was stored or dropped.
@@ -138,7 +154,7 @@ async fn an_unreadable_update_is_isolated_one_at_a_time() {
     );
     setup.api.push_raw(TOKEN, 4, &message(4));
     let port = free_port();
-    let mut relay = setup.spawn(&admin_config(&setup, port, ""));
+    let mut relay = setup.spawn(&setup.admin_config(port));
     setup.backend.wait_accepted(2, LONG).await;
     wait_bot_state(port, "stuck: unreadable update").await;
     relay
@@ -151,8 +167,13 @@ async fn an_unreadable_update_is_isolated_one_at_a_time() {
     assert_eq!(calls[0].limit, Some(100));
     assert!(calls.iter().any(|c| c.limit == Some(1)), "{calls:#?}");
     assert_eq!(accepted_ids(&setup), vec![1, 2]);
-    let polls = calls_within(&setup, Duration::from_secs(3)).await;
-    assert!(polls <= 3, "{polls} getUpdates in 3 s while stuck");
+    // Failures back off from 1 s (±20 %), doubling.
+    let needle = "the platform's next update cannot be read";
+    let pause = pause_after(&setup, &mut relay, needle).await;
+    assert!(
+        pause >= Duration::from_millis(800),
+        "{pause:?} between polls while stuck"
+    );
     // The platform drops it (Telegram does after 24 h): 4 gets through and
     // batches are full size again.
     setup.api.expire(TOKEN, 3);
@@ -182,7 +203,7 @@ async fn an_update_over_the_size_cap_is_isolated_one_at_a_time() {
     setup.api.push_bytes(TOKEN, 3, huge);
     setup.api.push_raw(TOKEN, 4, &message(4));
     let port = free_port();
-    let mut relay = setup.spawn(&admin_config(&setup, port, ""));
+    let mut relay = setup.spawn(&setup.admin_config(port));
     setup.backend.wait_accepted(2, LONG).await;
     wait_bot_state(port, "stuck: update too large").await;
     relay

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::common::*;
-use crate::rig::{Backend, Fault, Reply};
+use crate::rig::*;
 
 /// The counters of forward `name` in a `/status` answer.
 fn counters<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -18,30 +17,6 @@ fn counters<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
         .find(|f| f["forward"] == name)
         .map(|f| &f["counters"])
         .unwrap_or_else(|| panic!("no forward {name:?} in {status}"))
-}
-
-/// Polls `/status` until `done` holds for it; returns that status.
-async fn wait_status(
-    port: u16,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + LONG;
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/status")).await {
-            if let Ok(s) = r.json::<serde_json::Value>().await {
-                if done(&s) {
-                    return s;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "timed out waiting for {what}: {s}"
-                );
-            }
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Replies settled one way or another (executed, failed, ignored, refused).
@@ -72,10 +47,6 @@ fn peak_rss_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-fn admin(port: u16) -> String {
-    format!("[admin]\nlisten = \"127.0.0.1:{port}\"")
-}
-
 /// Sixteen backends' worth of 50 MB JSON replies arriving at once: a JSON
 /// reply carries parameters only, so each is refused as too large (half by
 /// their Content-Length before reading, half, sent chunked, once 1 MiB has
@@ -100,7 +71,7 @@ async fn sixteen_fifty_mb_json_replies_at_once_keep_memory_flat_and_count_as_fai
         }
     });
     let port = free_port();
-    let config = setup.config_full(&admin(port), "", "max_in_flight = 16");
+    let config = setup.config_full(&admin_table(port, ""), "", "max_in_flight = 16");
     let mut relay = setup.spawn(&config);
     relay.wait_log("admin API on", LONG).await;
     for id in 1..=16 {
@@ -171,7 +142,7 @@ async fn large_multipart_replies_run_at_most_four_at_once_and_arrive_intact() {
             .inject_method(TOKEN, "sendDocument", Fault::ServerError(502));
     }
     let port = free_port();
-    let config = setup.config_full(&admin(port), "", "max_in_flight = 16");
+    let config = setup.config_full(&admin_table(port, ""), "", "max_in_flight = 16");
     let mut relay = setup.spawn(&config);
     relay.wait_log("admin API on", LONG).await;
     for id in 1..=8 {
@@ -276,12 +247,7 @@ async fn a_reply_calling_a_method_outside_reply_methods_is_refused_and_counted()
 state_dir = "state"
 {admin}
 
-[[bot]]
-name = "main"
-api_url = "{api}"
-token = "{TOKEN}"
-poll_timeout = "2s"
-
+{main_bot}
 [[bot.forward]]
 name = "app"
 url = "{app}"
@@ -293,12 +259,12 @@ url = "{trusted}"
 chats = [9]
 reply_methods = ["send*", "setMyName"]
 "#,
-        admin = admin(port),
-        api = setup.api.url_template(),
+        admin = admin_table(port, ""),
+        main_bot = setup.main_bot(),
         app = setup.backend.url(),
         trusted = trusted.url(),
     );
-    let config = crate::rig::write_config(setup.path(), &toml);
+    let config = write_config(setup.path(), &toml);
     let json = |body: &str| Reply::Body(200, "application/json".into(), body.into());
     setup.backend.set_script(move |r, _| match update_id(r) {
         1 => json(r#"{"method":"setMyName","name":"pwned"}"#),
@@ -337,12 +303,7 @@ reply_methods = ["send*", "setMyName"]
     relay
         .wait_log("setMyName, which reply_methods does not admit", LONG)
         .await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = get(port, "/metrics").await;
     assert!(
         metrics.contains(
             "pollhook_webhook_replies_total{bot=\"main\",forward=\"app\",result=\"refused\"} 2"
@@ -373,10 +334,11 @@ async fn reply_calls_retrying_at_sigterm_finish_within_the_timeout_or_are_logged
         Reply::Body(200, "application/json".into(), body.into())
     });
     let config = setup.config("", "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"3s\"");
-    std::fs::write(&config, text).unwrap();
+    edit_config(
+        &config,
+        "shutdown_timeout = \"5s\"",
+        "shutdown_timeout = \"3s\"",
+    );
     let mut relay = setup.spawn(&config);
     setup.api.push_message(TOKEN, 1, 1, "a");
     setup.api.push_message(TOKEN, 2, 2, "b");
@@ -423,7 +385,7 @@ async fn reply_calls_retrying_at_sigterm_finish_within_the_timeout_or_are_logged
 fn reply_methods_are_validated_and_shown() {
     let dir = tempfile::tempdir().unwrap();
     let config = |methods: &str| {
-        let path = crate::rig::write_config(
+        let path = write_config(
             dir.path(),
             &format!(
                 "[[bot]]\nname = \"b\"\ntoken = \"42:AAsecret-part\"\n[[bot.forward]]\nurl = \"http://127.0.0.1:8080/\"\n{methods}\n"

@@ -3,9 +3,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::*;
 use crate::rig::proc::LOG_FILE;
-use crate::rig::{write_config, ProcLimits, Relay, Reply};
+use crate::rig::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_backlog_exits_0_quickly_and_loses_nothing() {
@@ -68,8 +67,7 @@ async fn quick_start_needs_no_config_file() {
         state.join("db").exists(),
         "state should live in --state-dir"
     );
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
     assert_no_token(&relay.logs());
 }
 
@@ -362,8 +360,7 @@ async fn the_state_directory_is_private_whatever_the_umask() {
                 distinct_ids(&setup.backend.accepted()).contains(&n)
             })
             .await;
-            relay.sigterm();
-            assert!(relay.wait_exit(LONG).await.unwrap().success());
+            relay.stop().await;
         }
     };
     // A new directory.
@@ -401,10 +398,11 @@ async fn a_secret_file_others_can_read_is_warned_about_at_start() {
     std::fs::write(&token_file, TOKEN).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let config = setup.config("", "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(&format!("token = \"{TOKEN}\""), "token_file = \"token\"");
-    std::fs::write(&config, text).unwrap();
+    edit_config(
+        &config,
+        &format!("token = \"{TOKEN}\""),
+        "token_file = \"token\"",
+    );
     let mut relay = setup.spawn(&config);
     setup.api.push_message(TOKEN, 1, 1, "still runs");
     setup.backend.wait_accepted(1, LONG).await;
@@ -412,10 +410,7 @@ async fn a_secret_file_others_can_read_is_warned_about_at_start() {
         .wait_log("bot[0].token_file: ", Duration::from_secs(1))
         .await;
     let logs = relay.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("bot[0].token_file: "))
-        .unwrap();
+    let line = log_line(&logs, "bot[0].token_file: ");
     assert!(
         line.contains(" WARN ")
             && line.contains("is open to group or others (mode 0640); chmod 600 it"),

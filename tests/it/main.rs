@@ -3,7 +3,6 @@
 
 mod alerts;
 mod api_errors;
-mod common;
 mod crash;
 mod dead_letters;
 mod delivery;

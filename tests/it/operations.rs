@@ -5,35 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::*;
-use crate::rig::{NotifySocket, Relay, Reply};
-
-fn admin_config(setup: &Setup, port: u16) -> std::path::PathBuf {
-    setup.config_full(&format!("[admin]\nlisten = \"127.0.0.1:{port}\""), "", "")
-}
-
-async fn get(port: u16, path: &str) -> (u16, String) {
-    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-/// Waits until `path` answers `code`; returns the body.
-async fn wait_status(port: u16, path: &str, code: u16) -> String {
-    let deadline = std::time::Instant::now() + LONG;
-    loop {
-        let (c, body) = get(port, path).await;
-        if c == code {
-            return body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{path} still answers {c}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::rig::*;
 
 /// The value of one series in a Prometheus text scrape.
 fn sample(metrics: &str, series: &str) -> f64 {
@@ -52,7 +24,7 @@ fn sample(metrics: &str, series: &str) -> f64 {
 async fn admin_api_health_readiness_status_and_metrics() {
     let setup = Setup::new().await;
     let port = free_port();
-    let config = admin_config(&setup, port);
+    let config = setup.admin_config(port);
     let mut relay = setup.spawn(&config);
     relay.wait_log("admin API on", LONG).await;
     assert_eq!(get(port, "/healthz").await, (200, "ok\n".into()));
@@ -60,7 +32,7 @@ async fn admin_api_health_readiness_status_and_metrics() {
         setup.api.push_message(TOKEN, id, id, "m");
     }
     setup.backend.wait_accepted(3, LONG).await;
-    wait_status(port, "/readyz", 200).await;
+    wait_code(port, "/readyz", 200).await;
 
     let (code, metrics) = get(port, "/metrics").await;
     assert_eq!(code, 200);
@@ -70,18 +42,11 @@ async fn admin_api_health_readiness_status_and_metrics() {
         3.0
     );
     // Delivered jobs leave the store in batches (within 100 ms).
-    let deadline = std::time::Instant::now() + LONG;
-    while sample(
-        &get(port, "/metrics").await.1,
-        &format!("pollhook_queue_depth{l}"),
-    ) != 0.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the queue never emptied"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let depth = format!("pollhook_queue_depth{l}");
+    eventually("the queue to empty", LONG, async || {
+        sample(&get(port, "/metrics").await.1, &depth) == 0.0
+    })
+    .await;
     assert_eq!(
         sample(
             &metrics,
@@ -153,7 +118,7 @@ async fn admin_api_health_readiness_status_and_metrics() {
     let snap: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(snap["bots"][0]["state"], "webhook is set");
     // Not ready once no poll succeeded for twice the poll timeout (2 s).
-    let why = wait_status(port, "/readyz", 503).await;
+    let why = wait_code(port, "/readyz", 503).await;
     assert!(
         why.contains("main") && why.contains("webhook is set"),
         "{why}"
@@ -168,7 +133,7 @@ async fn systemd_hears_ready_after_the_first_poll_then_status_watchdog_and_stopp
     // Hold the first getUpdates so READY can be checked against it.
     setup
         .api
-        .inject(TOKEN, crate::rig::Fault::Hang(Duration::from_millis(1500)));
+        .inject(TOKEN, Fault::Hang(Duration::from_millis(1500)));
     let notify = NotifySocket::new();
     let config = setup.config("", "");
     let path = notify.path.to_str().unwrap().to_string();
@@ -224,13 +189,9 @@ async fn json_logs_are_one_object_per_line() {
     setup.api.push_message(TOKEN, 1, 1, "x");
     setup.backend.wait_accepted(1, LONG).await;
     relay.wait_log("the token belongs to", LONG).await;
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
     let logs = relay.logs();
-    let lines: Vec<&str> = logs
-        .lines()
-        .filter(|l| !l.starts_with("==== rig"))
-        .collect();
+    let lines = relay_lines(&logs);
     assert!(lines.len() >= 3, "{logs}");
     for line in &lines {
         let v: serde_json::Value =
@@ -248,15 +209,12 @@ async fn json_logs_are_one_object_per_line() {
 async fn a_second_signal_stops_at_once_and_loses_nothing() {
     let setup = Setup::new().await;
     setup.backend.set_reply(Reply::Hang);
-    let config = setup
-        .config_full("shutdown_timeout = \"60s\"", "", "")
-        .to_path_buf();
-    // shutdown_timeout appears twice now; keep the long one.
-    let text =
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replacen("shutdown_timeout = \"5s\"\n", "", 1);
-    std::fs::write(&config, text).unwrap();
+    let config = setup.config("", "");
+    edit_config(
+        &config,
+        "shutdown_timeout = \"5s\"",
+        "shutdown_timeout = \"60s\"",
+    );
     let mut relay = setup.spawn(&config);
     for id in 1..=5 {
         setup.api.push_message(TOKEN, id, id, "hangs");
@@ -342,27 +300,10 @@ fn the_example_config_is_valid_with_systemd_credentials() {
     );
 }
 
-/// A tool CI installs; a developer machine may lack it.
-fn tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is missing on CI; .ci/run installs it"
-        );
-        eprintln!("skipped: {name} is not installed");
-    }
-    found
-}
-
 #[test]
+#[ignore = "needs systemd-analyze; run with --include-ignored (see README)"]
 fn the_unit_is_hardened_and_verifies() {
-    if !tool("systemd-analyze") {
-        return;
-    }
+    tools::require("systemd-analyze", "apt-get install systemd");
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/pollhook.service");
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=yes"])
@@ -398,10 +339,13 @@ fn the_unit_is_hardened_and_verifies() {
 }
 
 #[test]
+#[ignore = "needs cargo-deb and dpkg-deb; run with --include-ignored (see README)"]
 fn the_package_holds_binary_unit_config_man_page_and_keeps_state() {
-    if !tool("cargo-deb") || !tool("dpkg-deb") {
-        return;
-    }
+    tools::require(
+        "cargo-deb",
+        "cargo install cargo-deb --version 3.8.0 --locked",
+    );
+    tools::require("dpkg-deb", "apt-get install dpkg");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(root.join("packaging/build-deb.sh"))
         .current_dir(root)
@@ -498,11 +442,7 @@ async fn under_journald_lines_carry_their_syslog_priority() {
     setup.backend.wait_accepted(1, LONG).await;
     relay.wait_log("delivery failed", LONG).await;
     let logs = relay.logs();
-    let line = |needle: &str| {
-        logs.lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("{needle}: {logs}"))
-    };
+    let line = |needle| log_line(&logs, needle);
     assert!(
         line("delivery failed").starts_with("<4>"),
         "a warning is <4>"
@@ -558,9 +498,7 @@ async fn journal_priorities_and_library_log_levels_are_as_documented() {
         }
     });
     // An error (another poller) before the first batch.
-    setup
-        .api
-        .inject(TOKEN, crate::rig::Fault::ConflictOtherPoller);
+    setup.api.inject(TOKEN, Fault::ConflictOtherPoller);
     let config = setup.config("", "");
     // Asks for everything, libraries included, by crate and by module.
     let everything = "trace,hyper=trace,hyper_util=trace,hyper_util::client=trace,\
@@ -572,13 +510,9 @@ async fn journal_priorities_and_library_log_levels_are_as_documented() {
     setup.api.push_message(TOKEN, 1, 1, "x");
     setup.backend.wait_accepted(1, LONG).await;
     relay.wait_log("delivery failed", LONG).await;
-    relay.sigterm();
-    assert!(relay.wait_exit(LONG).await.unwrap().success());
+    relay.stop().await;
     let logs = relay.logs();
-    let lines: Vec<&str> = logs
-        .lines()
-        .filter(|l| !l.starts_with("==== rig"))
-        .collect();
+    let lines = relay_lines(&logs);
     let mut seen = std::collections::BTreeSet::new();
     for line in &lines {
         let (priority, text) = line
@@ -607,7 +541,7 @@ async fn journal_priorities_and_library_log_levels_are_as_documented() {
         assert!(
             !logs.contains(library_detail),
             "a library's debug output is in the log ({library_detail:?}):\n{}",
-            crate::rig::proc::tail(&logs, 20)
+            tail(&logs, 20)
         );
     }
     assert_no_token(&logs);

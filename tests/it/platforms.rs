@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use crate::common::*;
-use crate::rig::{Fault, Flavor, Relay, Reply};
+use crate::rig::*;
 
 fn secret_header(f: Flavor) -> &'static str {
     match f {
@@ -126,27 +125,40 @@ pub async fn rate_limited_429(f: Flavor) {
     );
 }
 
+/// A token the platform refuses is named at start (getMe) and at the
+/// first poll, each line with the bot and the fix, and is retried slowly:
+/// the relay announces a wait of a minute (less its ±20 % jitter at most)
+/// before the next poll, and has polled once.
 pub async fn wrong_token(f: Flavor) {
+    const WRONG: &str = "999:AAwrong-secret-token";
     let setup = Setup::with(f).await;
     let config = setup.config("", "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(TOKEN, "999:AAwrong-secret-token");
-    std::fs::write(&config, text).unwrap();
+    edit_config(&config, TOKEN, WRONG);
     let mut relay = setup.spawn(&config);
     // getMe at start finds it before any long poll.
     relay
         .wait_log("getMe: 401: the bot token is not accepted", LONG)
         .await;
-    relay.wait_log("getUpdates: 401", LONG).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let polls = setup
-        .api
-        .get_updates_calls("999:AAwrong-secret-token")
-        .len();
-    assert_eq!(polls, 1, "a rejected token was retried fast");
+    relay
+        .wait_log("getUpdates: 401: the bot token is not accepted", LONG)
+        .await;
+    let logs = relay.logs();
+    for call in ["getMe: 401", "getUpdates: 401"] {
+        let line = log_line(&logs, call);
+        assert!(
+            line.contains("bot=main") && line.contains("check the token"),
+            "the log line should name the bot and the fix: {line}"
+        );
+    }
+    let wait = retry_in(log_line(&logs, "getUpdates: 401"));
+    assert!(
+        wait >= Duration::from_secs(48),
+        "a rejected token must be retried slowly, not after {wait:?}"
+    );
+    let polls = setup.api.get_updates_calls(WRONG).len();
+    assert_eq!(polls, 1, "a rejected token was retried at once");
     assert!(relay.is_running());
-    assert!(!relay.logs().contains("AAwrong-secret-token"));
+    assert!(!logs.contains("AAwrong-secret-token"));
 }
 
 /// update_id jumps down (after a week of silence the platform picks a random
@@ -223,8 +235,8 @@ per_platform!(telegram => Flavor::Telegram, mpchat => Flavor::MpChat, wwchat => 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_broken_bot_does_not_stop_the_others() {
     let setup = Setup::new().await;
-    let mp = crate::rig::FakeApi::start(Flavor::MpChat).await;
-    let ww = crate::rig::FakeApi::start(Flavor::WwChat).await;
+    let mp = FakeApi::start(Flavor::MpChat).await;
+    let ww = FakeApi::start(Flavor::WwChat).await;
     const WW_TOKEN: &str = "777:AAww-token";
     ww.add_bot(WW_TOKEN, 777, "ww_bot");
     ww.set_webhook(WW_TOKEN, Some("https://example.invalid/hook"));
@@ -260,7 +272,7 @@ url = "{url}"
         ww = ww.url_template(),
         url = setup.backend.url(),
     );
-    let config = crate::rig::write_config(setup.path(), &toml);
+    let config = write_config(setup.path(), &toml);
     let mut relay = Relay::spawn(&config, &[]);
     relay.wait_log("bot=wrongtoken", LONG).await;
     relay.wait_log("a webhook is set for this bot", LONG).await;
@@ -304,7 +316,7 @@ url = "{url}"
         api = setup.api.url_template(),
         url = setup.backend.url(),
     );
-    let config = crate::rig::write_config(setup.path(), &toml);
+    let config = write_config(setup.path(), &toml);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pollhook"))
         .args([
             "check-config",
@@ -358,14 +370,20 @@ async fn mpchat_501_is_never_retried() {
     setup.api.push_raw(TOKEN, 1, &message(Flavor::MpChat, 1, 1));
     setup.backend.wait_accepted(1, LONG).await;
     relay.wait_log("webhook reply call failed: 501", LONG).await;
+    let line = log_line(&relay.logs(), "webhook reply call failed: 501").to_owned();
+    assert!(
+        !line.contains("retrying"),
+        "a reply call answered 501 is retried: {line}"
+    );
     setup.api.inject(TOKEN, Fault::NotImplemented);
     relay.wait_log("this bot cannot be polled here", LONG).await;
-    let polls = setup.api.get_updates_calls(TOKEN).len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The bot's poller ends there instead of waiting to try again.
+    relay.wait_log("poller stopped", LONG).await;
+    let polls = setup.api.get_updates_calls(TOKEN);
     assert_eq!(
-        setup.api.get_updates_calls(TOKEN).len(),
-        polls,
-        "getUpdates was retried after a 501"
+        polls.last().map(|c| c.status),
+        Some(501),
+        "getUpdates was called again after a 501"
     );
     let stickers = setup
         .api

@@ -2,8 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::common::*;
-use crate::rig::{Fault, Reply};
+use crate::rig::*;
 
 fn reply(content_type: &str, body: &str) -> Reply {
     Reply::Body(200, content_type.to_string(), body.to_string())
@@ -126,12 +125,12 @@ async fn a_failing_reply_call_is_retried_without_blocking_its_chat() {
 async fn every_request_is_signed_with_each_key_during_a_rotation() {
     let setup = Setup::new().await;
     const NEW: &str = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-    let config = setup.config("", "").to_path_buf();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
+    let config = setup.config("", "");
+    edit_config(
+        &config,
         &format!("signing_secret = \"{SECRET}\""),
         &format!("signing_secret = [\"{SECRET}\", \"{NEW}\"]"),
     );
-    std::fs::write(&config, text).unwrap();
     let _relay = setup.spawn(&config);
     setup.api.push_message(TOKEN, 1, 1, "rotating");
     let got = setup.backend.wait_accepted(1, LONG).await;
@@ -151,20 +150,14 @@ async fn every_request_is_signed_with_each_key_during_a_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_by_chat_and_type_and_unwanted_updates_are_counted_and_dropped() {
     let setup = Setup::new().await;
-    let groups = crate::rig::Backend::start().await;
+    let groups = Backend::start().await;
     let port = free_port();
     let toml = format!(
         r#"
 state_dir = "state"
-[admin]
-listen = "127.0.0.1:{port}"
+{admin}
 
-[[bot]]
-name = "main"
-api_url = "{api}"
-token = "{TOKEN}"
-poll_timeout = "2s"
-
+{main_bot}
 [[bot.forward]]
 name = "vip"
 url = "{vip}"
@@ -175,11 +168,12 @@ name = "groups"
 url = "{groups}"
 chat_types = ["group", "supergroup"]
 "#,
-        api = setup.api.url_template(),
+        admin = admin_table(port, ""),
+        main_bot = setup.main_bot(),
         vip = setup.backend.url(),
         groups = groups.url(),
     );
-    let config = crate::rig::write_config(setup.path(), &toml);
+    let config = write_config(setup.path(), &toml);
     let mut relay = setup.spawn(&config);
     let group = |id: i64, chat: i64| {
         format!(
@@ -195,7 +189,7 @@ chat_types = ["group", "supergroup"]
         .push_raw(TOKEN, 5, r#"{"update_id":5,"poll":{"id":"p"}}"#);
     let vip = setup.backend.wait_accepted(2, LONG).await;
     let grp = groups.wait_accepted(2, LONG).await;
-    let ids = |v: &[crate::rig::Received]| {
+    let ids = |v: &[Received]| {
         let mut i: Vec<i64> = v.iter().map(update_id).collect();
         i.sort();
         i
@@ -203,24 +197,12 @@ chat_types = ["group", "supergroup"]
     assert_eq!(ids(&vip), [1, 2]);
     assert_eq!(ids(&grp), [2, 3]);
     relay.wait_log("no forward wants this update", LONG).await;
-    let status = || async move {
-        let v: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v
-    };
-    let deadline = std::time::Instant::now() + LONG;
-    while status().await["bots"][0]["updates_received"] != 5 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "five updates never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let s = status().await;
+    // Counted as received when polled, as unrouted once stored.
+    let s = wait_status(port, "five updates counted, two unrouted", |s| {
+        s["bots"][0]["updates_received"] == 5
+            && s["bots"][0]["updates_unrouted"].as_u64() >= Some(2)
+    })
+    .await;
     assert_eq!(s["bots"][0]["updates_unrouted"], 2, "{s}");
     // Sentinels, one for each, prove nothing else is on its way.
     setup.api.push_message(TOKEN, 6, 5, "sentinel");

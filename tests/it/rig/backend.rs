@@ -247,25 +247,9 @@ impl Backend {
         self.server.shutdown().await;
     }
 
-    async fn wait_for<T>(
-        &self,
-        within: Duration,
-        mut check: impl FnMut() -> Option<T>,
-    ) -> Option<T> {
+    async fn wait_for<T>(&self, within: Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
         let deadline = tokio::time::Instant::now() + within;
-        loop {
-            // Register before checking so a change in between is not missed.
-            let notified = self.inner.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(v) = check() {
-                return Some(v);
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => return check(),
-            }
-        }
+        super::wait::on_change(&self.inner.changed, deadline, check).await
     }
 }
 

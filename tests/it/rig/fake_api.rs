@@ -192,22 +192,9 @@ impl Inner {
     async fn wait_for<T>(
         &self,
         deadline: tokio::time::Instant,
-        mut check: impl FnMut() -> Option<T>,
+        check: impl FnMut() -> Option<T>,
     ) -> Option<T> {
-        loop {
-            // Register interest before checking so a change between the
-            // check and the await is not missed.
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(v) = check() {
-                return Some(v);
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => return check(),
-            }
-        }
+        super::wait::on_change(&self.changed, deadline, check).await
     }
 }
 

@@ -1,16 +1,30 @@
 //! Integration-test rig: a fake Telegram Bot API, a recording webhook
-//! backend, and helpers to run the real `pollhook` binary.
+//! backend, the real `pollhook` binary as a child process, a systemd
+//! notification socket, and the helpers tests share. A test module imports
+//! it whole: `use crate::rig::*;`.
 
 // Not every test uses every helper.
 #![allow(dead_code, unused_imports)]
 
+pub mod admin;
 pub mod backend;
+pub mod check;
 pub mod fake_api;
 pub mod notify;
 pub mod proc;
 pub mod serve;
+pub mod setup;
+pub mod state_dir;
+pub mod tools;
+pub mod wait;
 
+pub use admin::{get, status_json, wait_bot_state, wait_code, wait_status};
 pub use backend::{Backend, Received, Reply, Span};
+pub use check::{assert_no_token, chat_id, distinct_ids, log_line, per_chat, retry_in, update_id};
 pub use fake_api::{Call, FakeApi, Fault, Flavor};
 pub use notify::NotifySocket;
-pub use proc::{write_config, ProcLimits, Relay};
+pub use proc::{pollhook, pollhook_async, relay_lines, tail, write_config, ProcLimits, Relay};
+pub use serve::free_port;
+pub use setup::{admin_table, edit_config, flavor_name, Setup, SECRET, SECRET_TOKEN, TOKEN};
+pub use state_dir::{stored_update_ids, wait_for_sled_to_let_go};
+pub use wait::{eventually, wait_until, LONG};

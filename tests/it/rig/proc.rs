@@ -7,13 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// How often `wait_exit` / `wait_log` look again (tokio's "process" feature
-/// isn't enabled, so exits are polled with try_wait).
+use super::wait::{eventually, LONG};
+
+/// How often `wait_exit` looks again (tokio's "process" feature isn't
+/// enabled, so exits are polled with try_wait).
 const POLL: Duration = Duration::from_millis(20);
 
 /// The name `write_config` uses, next to which `spawn` puts the log.
 pub const CONFIG_FILE: &str = "pollhook.toml";
 pub const LOG_FILE: &str = "pollhook.log";
+/// How the log line `spawn` writes before each start begins.
+const MARKER: &str = "==== rig: starting pollhook";
 
 /// Process limits for `Relay::spawn_limited`, applied in the child.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +89,7 @@ impl Relay {
             .open(log_path)
             .unwrap_or_else(|e| panic!("rig: cannot open log {}: {e}", log_path.display()));
         // A marker so a test reading the log can tell restarts apart.
-        writeln!(log, "==== rig: starting pollhook {args:?} ====").expect("rig: write log");
+        writeln!(log, "{MARKER} {args:?} ====").expect("rig: write log");
         let stderr = log.try_clone().expect("rig: clone log handle");
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pollhook"));
@@ -187,20 +191,38 @@ impl Relay {
     /// Waits until the log contains `needle`; panics with the log's tail on
     /// timeout or if the process exits first.
     pub async fn wait_log(&mut self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
+        self.wait_log_count(needle, 1, within).await
+    }
+
+    /// Waits until `needle` occurs at least `n` times in the log; panics
+    /// with the log's tail on timeout or if the process exits first.
+    pub async fn wait_log_count(&mut self, needle: &str, n: usize, within: Duration) {
+        let what = format!("{needle:?} {n} time(s) in pollhook's log");
+        eventually(&what, within, async || {
             let logs = self.logs();
-            if logs.contains(needle) {
-                return;
+            if logs.matches(needle).count() >= n {
+                return Ok(());
             }
-            let exited = self.try_exit();
-            if exited.is_some() || Instant::now() >= deadline {
+            if let Some(status) = self.try_exit() {
                 panic!(
-                    "rig: {needle:?} not in pollhook's log within {within:?} (exit status {exited:?}); log tail:\n{}",
+                    "rig: pollhook exited ({status}) while waiting for {what}; log tail:\n{}",
                     tail(&logs, 60)
                 );
             }
-            tokio::time::sleep(POLL).await;
+            Err(format!("log tail:\n{}", tail(&logs, 60)))
+        })
+        .await
+    }
+
+    /// SIGTERM, then waits for a clean exit (status 0).
+    pub async fn stop(&mut self) {
+        self.sigterm();
+        match self.wait_exit(LONG).await {
+            Some(status) if status.success() => {}
+            other => panic!(
+                "rig: pollhook did not stop cleanly after SIGTERM (exit {other:?}); log tail:\n{}",
+                tail(&self.logs(), 40)
+            ),
         }
     }
 }
@@ -229,6 +251,11 @@ fn read_log(path: &Path) -> String {
     }
 }
 
+/// The relay's own lines in `logs`, without the rig's start markers.
+pub fn relay_lines(logs: &str) -> Vec<&str> {
+    logs.lines().filter(|l| !l.starts_with(MARKER)).collect()
+}
+
 /// The last `lines` lines of `text`, for failure messages.
 pub fn tail(text: &str, lines: usize) -> &str {
     let mut start = text.len();
@@ -239,4 +266,29 @@ pub fn tail(text: &str, lines: usize) -> &str {
         }
     }
     &text[start + 1..]
+}
+
+/// Runs `pollhook` with `args` to completion: (success, stdout, stderr).
+pub fn pollhook(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pollhook"))
+        .args(args)
+        .output()
+        .expect("pollhook runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `pollhook` run off the test's async threads (it may talk to servers the
+/// test runtime serves).
+pub async fn pollhook_async(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        pollhook(&refs)
+    })
+    .await
+    .unwrap()
 }

@@ -105,3 +105,12 @@ impl Drop for Server {
         self.task.abort();
     }
 }
+
+/// A port nothing listens on right now (for admin.listen in a config).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
