@@ -20,7 +20,12 @@ pub(super) struct Env {
 
 impl Env {
     pub fn from_process() -> Env {
-        let vars = std::env::vars_os()
+        Env::from_os(std::env::vars_os())
+    }
+
+    pub fn from_os(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Env {
+        let vars = vars
+            .into_iter()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
             .collect();
         Env { vars }

@@ -42,11 +42,14 @@ pub fn from_str(
     base: &Path,
     env: &[(String, String)],
 ) -> Result<Settings, ConfigError> {
-    let env = Env::from_pairs(env);
+    from_str_with(toml, base, &Env::from_pairs(env))
+}
+
+pub(super) fn from_str_with(toml: &str, base: &Path, env: &Env) -> Result<Settings, ConfigError> {
     let source_name = "(string)";
     let file = config::File::from_str(toml, config::FileFormat::Toml);
-    let raw = layered(file, source_name, &env)?;
-    validate(raw, Ctx::new(source_name, base, &env))
+    let raw = layered(file, source_name, env)?;
+    validate(raw, Ctx::new(source_name, base, env))
 }
 
 /// The quick start: one bot, token from an environment variable, forwards

@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::{env, parse_err, parse_ok, BOT};
-use crate::config::load::{load_admin_view_with, load_with, quick_start_with};
+use crate::config::load::{from_str_with, load_admin_view_with, load_with, quick_start_with};
 use crate::config::QuickStart;
 
 #[test]
@@ -209,4 +209,46 @@ fn the_quick_start_is_validated_like_a_file() {
         .err()
         .unwrap();
     assert_eq!(e.key, "bot[0].forward[0].url");
+}
+
+#[test]
+fn the_environment_need_not_be_unicode() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    let raw = |k: &[u8], v: &[u8]| {
+        (
+            OsString::from_vec(k.to_vec()),
+            OsString::from_vec(v.to_vec()),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join(OsString::from_vec(b"cr\xffds".to_vec()));
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("bot"), "5:cred").unwrap();
+    let toml = BOT.replace("token = \"123456:ABC-def\"", "token_credential = \"bot\"");
+    let load = |vars: Vec<(OsString, OsString)>| {
+        let env = crate::config::env::Env::from_os(vars);
+        from_str_with(&toml, Path::new("/etc/pollhook"), &env)
+    };
+    // Other variables that are not Unicode, in name or value, are no concern;
+    // a credentials directory need not be Unicode either.
+    let mut vars = vec![
+        raw(b"OTHER", b"\xfe"),
+        raw(b"POLLHOOK_\xff", b"x"),
+        (
+            OsString::from("CREDENTIALS_DIRECTORY"),
+            creds.into_os_string(),
+        ),
+    ];
+    let s = load(vars.clone()).unwrap();
+    assert_eq!(s.bots[0].token.expose_secret(), "5:cred");
+    // An override that is not Unicode is refused, named.
+    vars.push(raw(b"POLLHOOK_STATE_DIR", b"\xff"));
+    let e = load(vars).unwrap_err();
+    assert_eq!(e.key, "(file)");
+    assert_eq!(
+        e.message,
+        "env variable \"state_dir\" contains non-Unicode data: \"\\xFF\""
+    );
 }
