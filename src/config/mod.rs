@@ -22,9 +22,6 @@ mod schema;
 mod secrets;
 mod validate;
 
-#[cfg(test)]
-mod tests;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -142,3 +139,6 @@ pub struct AdminView {
     pub listen: Option<SocketAddr>,
     pub token: Option<SecretString>,
 }
+
+#[cfg(test)]
+mod tests;
