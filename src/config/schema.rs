@@ -1,0 +1,103 @@
+//! The file's shape: `Raw*` structs that mirror the TOML exactly.
+//!
+//! `deny_unknown_fields` everywhere, so a typo is an error rather than a
+//! silently ignored key. Nothing here is checked yet: every field is
+//! optional and `validate` decides what is missing or wrong.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub state_dir: Option<String>,
+    pub admin: Option<RawAdmin>,
+    pub shutdown_timeout: Option<String>,
+    pub cache_mb: Option<u64>,
+    #[serde(default)]
+    pub bot: Vec<RawBot>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
+    pub token_credential: Option<String>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub allow_insecure: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBot {
+    pub name: Option<String>,
+    pub flavor: Option<String>,
+    pub api_url: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
+    pub token_credential: Option<String>,
+    pub allowed_updates: Option<Vec<String>>,
+    pub poll_timeout: Option<String>,
+    #[serde(default)]
+    pub forward: Vec<RawForward>,
+    pub proxy: Option<String>,
+}
+
+/// A value written either once or as a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A chat id as written in the file: a number or a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawChatId {
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawForward {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    /// Several secrets during a key rotation.
+    pub signing_secret: Option<OneOrMany<String>>,
+    pub signing_secret_file: Option<String>,
+    pub signing_secret_env: Option<String>,
+    pub signing_secret_credential: Option<String>,
+    pub secret_token: Option<String>,
+    pub secret_token_file: Option<String>,
+    pub secret_token_env: Option<String>,
+    pub secret_token_credential: Option<String>,
+    pub updates: Option<Vec<String>>,
+    pub chats: Option<Vec<RawChatId>>,
+    pub chat_types: Option<Vec<String>>,
+    pub max_in_flight: Option<usize>,
+    pub timeout: Option<String>,
+    pub retry_delay: Option<String>,
+    pub retry_max_delay: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub max_age: Option<String>,
+    pub stale: Option<String>,
+    pub reply_calls: Option<bool>,
+    pub reply_methods: Option<Vec<String>>,
+    pub allow_insecure: Option<bool>,
+}
