@@ -160,6 +160,9 @@ struct QuickArgs {
 /// that partly failed, e.g. a replay of ids that are not dead letters, has
 /// said so itself), `Err` an error for [`report`].
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(cli.command, Command::Run { .. }) {
+        printing_to_a_pipe();
+    }
     match cli.command {
         Command::Run { config, quick } => {
             let settings = settings_for_run(config, quick)?;
@@ -191,6 +194,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot write the man page")?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Commands that print (`check-config | head`, `dlq list | less`) end
+/// quietly when the reader goes away, as Unix tools do, instead of panicking
+/// in `println!`: Rust ignores SIGPIPE, so a write to a closed pipe is an
+/// error that `print!` turns into a panic. The relay keeps SIGPIPE ignored:
+/// its sockets get EPIPE as an error to handle.
+fn printing_to_a_pipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler and touches no
+    // memory of ours.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -18,11 +18,7 @@ use super::{
 };
 
 pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError> {
-    let state_dir = match raw.state_dir.as_deref() {
-        Some("") => return Err(ctx.err("state_dir", "must not be empty")),
-        Some(p) => ctx.path(p),
-        None => default_state_dir(&ctx),
-    };
+    let state_dir = state_dir(&raw, &ctx)?;
     let guards = validate_admin_guards(&ctx, raw.admin.as_ref())?;
     let (admin_listen, admin_token) = validate_admin(&ctx, raw.admin)?;
     check_admin_exposure(
@@ -72,10 +68,9 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
 /// Only what `pollhook dlq` and `status` need: bots are not validated, so
 /// an operator's shell need not hold every bot token.
 pub(super) fn admin_view(raw: RawConfig, ctx: Ctx) -> Result<AdminView, ConfigError> {
-    let state_dir = match raw.state_dir.as_deref() {
-        Some(p) => ctx.path(p),
-        None => default_state_dir(&ctx),
-    };
+    // The same rule as `run`'s: an empty state_dir would resolve to the
+    // configuration's own folder, and `dlq` would open a database there.
+    let state_dir = state_dir(&raw, &ctx)?;
     let (listen, token) = validate_admin(&ctx, raw.admin)?;
     Ok(AdminView {
         state_dir,
@@ -84,8 +79,12 @@ pub(super) fn admin_view(raw: RawConfig, ctx: Ctx) -> Result<AdminView, ConfigEr
     })
 }
 
-fn default_state_dir(ctx: &Ctx) -> PathBuf {
-    state_dir_in(ctx.env)
+fn state_dir(raw: &RawConfig, ctx: &Ctx) -> Result<PathBuf, ConfigError> {
+    match raw.state_dir.as_deref() {
+        Some("") => Err(ctx.err("state_dir", "must not be empty")),
+        Some(p) => Ok(ctx.path(p)),
+        None => Ok(state_dir_in(ctx.env)),
+    }
 }
 
 /// `$STATE_DIRECTORY` of `env`, else `./pollhook-state`.

@@ -260,6 +260,37 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     );
 }
 
+/// `pollhook … | head`: a reader that goes away ends the command the Unix
+/// way (SIGPIPE), not with a panic.
+#[test]
+fn a_closed_pipe_ends_a_printing_command_without_a_panic() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors of a new pipe, which are
+    // then owned here; the read end is closed before the command starts, so
+    // its first write meets a pipe nobody reads.
+    let write_end = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        drop(OwnedFd::from_raw_fd(fds[0]));
+        OwnedFd::from_raw_fd(fds[1])
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[bot]]\nname = \"b\"\ntoken = \"1:x\"\n[[bot.forward]]\nurl = \"http://127.0.0.1:1/\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pollhook"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::from(write_end))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
+
 #[test]
 fn the_example_config_is_valid_with_systemd_credentials() {
     let creds = tempfile::tempdir().unwrap();

@@ -161,6 +161,13 @@ fn the_admin_view_skips_bots_but_reads_the_admin_section() {
     let v = load_admin_view_with(&path, &env(&[("STATE_DIRECTORY", "/var/lib/p")])).unwrap();
     assert_eq!(v.state_dir, PathBuf::from("/var/lib/p"));
     assert!(v.listen.is_none() && v.token.is_none());
+    // An empty state_dir is refused here too, not read as the file's folder.
+    std::fs::write(&path, "state_dir = \"\"\n").unwrap();
+    let e = load_admin_view_with(&path, &env(&[])).err().unwrap();
+    assert_eq!(
+        (e.key.as_str(), e.message.as_str()),
+        ("state_dir", "must not be empty")
+    );
 }
 
 fn quick(forwards: &[&str]) -> QuickStart {
