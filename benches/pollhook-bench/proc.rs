@@ -124,10 +124,11 @@ impl Drop for Child {
     }
 }
 
-/// The relay under test: this build's binary, or `POLLHOOK_BENCH_BIN` to
-/// measure another build (an older commit) against the same servers.
+/// The relay under test: this build's binary, or `BENCH_RELAY_BIN` to
+/// measure another build (an older commit) against the same servers. (Not
+/// `POLLHOOK_…`: the relay would read that as a configuration override.)
 fn spawn_pollhook(config: &Path) -> std::process::Child {
-    let bin = std::env::var_os("POLLHOOK_BENCH_BIN")
+    let bin = std::env::var_os("BENCH_RELAY_BIN")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_pollhook").into());
     let child = Command::new(bin)
         .args(["run", "--config"])
