@@ -135,7 +135,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
              exiting non-zero so that systemd's Restart= opens it afresh"
         );
     }
-    store.flush().await?;
+    // sled's flush never completes once it holds an I/O error: a stop
+    // must not wait for it. Nothing unflushed was confirmed.
+    if let Some((_, e)) = store.failing() {
+        anyhow::bail!(
+            "stopped with the state database failing ({e}); nothing unstored was confirmed"
+        );
+    }
+    tokio::time::timeout(settings.shutdown_timeout, store.flush())
+        .await
+        .map_err(|_| anyhow::anyhow!("the final flush did not finish within shutdown_timeout"))??;
     info!("stopped; everything stored is on disk");
     Ok(())
 }

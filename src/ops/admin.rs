@@ -168,7 +168,9 @@ async fn metrics(State(admin): State<Shared>) -> Response {
 /// the store takes writes. Open, like /healthz: it says nothing secret.
 async fn readyz(State(admin): State<Shared>) -> Response {
     let mut problems = status::unready(&admin.relay.bots);
-    if !admin.relay.store.writable() {
+    if let Some((_, e)) = admin.relay.store.failing() {
+        problems.push(format!("the store is failing: {e}"));
+    } else if !admin.relay.store.writable() {
         problems.push("the store does not take writes".into());
     }
     if problems.is_empty() {

@@ -476,7 +476,11 @@ fn split_updates(result: &Bytes) -> Result<Vec<Bytes>, ApiError> {
     let updates: Vec<&RawValue> =
         serde_json::from_str(&text).map_err(|e| ApiError::BadResponse {
             status: 200,
-            detail: format!("result is not an array of updates: {e}"),
+            // Not serde's text: it quotes the platform's input.
+            detail: format!(
+                "result is not an array of updates: {}",
+                super::update::what_it_is(&text, &e)
+            ),
         })?;
     Ok(updates
         .into_iter()

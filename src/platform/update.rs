@@ -128,6 +128,21 @@ pub enum ParseError {
     NoUpdateId,
 }
 
+/// What a value that is not an object is, without quoting it: serde's own
+/// message quotes the input ("invalid type: string \"…\""), and the input
+/// is the platform's text, which may hold the token and may be megabytes.
+pub(super) fn what_it_is(text: &str, e: &serde_json::Error) -> String {
+    match text.trim_start().chars().next() {
+        Some('{') if e.is_data() => "it is an object".into(),
+        Some('"') => "it is a string".into(),
+        Some('[') => "it is an array".into(),
+        Some('t' | 'f') => "it is a boolean".into(),
+        Some('n') => "it is null".into(),
+        Some('-' | '0'..='9') => "it is a number".into(),
+        _ => format!("malformed JSON at line {} column {}", e.line(), e.column()),
+    }
+}
+
 /// An object's top-level fields in document order, values unparsed.
 struct Fields<'a>(Vec<(String, &'a RawValue)>);
 
@@ -164,8 +179,8 @@ impl Update {
     /// read from a same-length view, see [`readable`]).
     pub fn from_bytes(payload: &[u8]) -> Result<Update, ParseError> {
         let text = readable(payload);
-        let Fields(fields) =
-            serde_json::from_str(&text).map_err(|e| ParseError::NotAnObject(e.to_string()))?;
+        let Fields(fields) = serde_json::from_str(&text)
+            .map_err(|e| ParseError::NotAnObject(what_it_is(&text, &e)))?;
         let update_id = fields
             .iter()
             .find(|(k, _)| k == "update_id")

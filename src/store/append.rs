@@ -7,19 +7,12 @@ impl Store {
     /// The offset to send with the bot's next getUpdates, if one was stored
     /// (flushed: an offset whose flush failed is not reported).
     pub fn offset(&self, bot: &str) -> Result<Option<i64>, StoreError> {
-        if let Some(o) = self
+        Ok(self
             .stored_offsets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(bot)
-        {
-            return Ok(Some(*o));
-        }
-        // Not appended to since open: the tree holds what is on disk.
-        match self.tree.get(offset_key(bot))? {
-            Some(v) => Ok(Some(u64_from(&v)? as i64)),
-            None => Ok(None),
-        }
+            .copied())
     }
 
     /// Stores a batch and the bot's new offset (None: leave it) atomically,
@@ -69,10 +62,7 @@ impl Store {
             if let Some(offset) = new_offset {
                 b.insert(offset_key(bot), &(offset as u64).to_be_bytes()[..]);
             }
-            if let Err(e) = self.tree.apply_batch(b) {
-                self.health.failed(crate::clock::now_ms(), &e.to_string());
-                return Err(e.into());
-            }
+            self.apply(b)?;
             last_seq
         };
         // One flush per batch (group commit); concurrent bots share flushes.

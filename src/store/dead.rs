@@ -12,7 +12,7 @@ impl Store {
         let mut live = self.live();
         self.finish_into(&mut live, fwd, &[job.seq], &mut b)?;
         b.insert(&key(DEAD, fwd, job.seq)[..], record::encode(&dead));
-        self.tree.apply_batch(b)?;
+        self.apply(b)?;
         Ok(())
     }
 
@@ -72,7 +72,7 @@ impl Store {
             b.remove(&key(DEAD, fwd, seq)[..]);
             b.insert(&key(JOB, fwd, new_seq)[..], record::encode(&job));
             b.insert(&b"m/seq"[..], &new_seq.to_be_bytes()[..]);
-            self.tree.apply_batch(b)?;
+            self.apply(b)?;
             self.live().own.insert((fwd, new_seq));
             new_seq
         };

@@ -14,6 +14,28 @@ use super::*;
 /// larger I/O buffers (measured in BENCHMARKS.md, "backlog").
 pub const SEGMENT_SIZE: usize = 8 << 20;
 
+/// Removes snapshot files sled began and never finished. sled writes a
+/// snapshot to `snap.<lsn>.generating` and renames it when complete, so a
+/// leftover is garbage; but an open that meets one (an empty file, left by
+/// an open on a full disk) fails with "Read corrupted data" for good.
+pub(super) fn drop_unfinished_snapshots(db: &Path) {
+    let Ok(entries) = std::fs::read_dir(db) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    warn!("removed an unfinished sled snapshot, {name}, left by an earlier run")
+                }
+                Err(e) => warn!("cannot remove the unfinished sled snapshot {name}: {e}"),
+            }
+        }
+    }
+}
+
 /// The segment size to open `db` with: the one it was created with (sled
 /// refuses any other), else [`SEGMENT_SIZE`].
 pub(super) fn segment_size(db: &Path) -> usize {
@@ -57,6 +79,16 @@ impl Store {
             Err(e) => self.health.failed(crate::clock::now_ms(), &e.to_string()),
         }
         result
+    }
+
+    /// Applies a batch of writes, noting a failure in the store's health:
+    /// sled keeps an I/O error, so a failed write means a broken store even
+    /// for a bot that has nothing to append.
+    pub(super) fn apply(&self, b: sled::Batch) -> Result<(), StoreError> {
+        self.tree.apply_batch(b).map_err(|e| {
+            self.health.failed(crate::clock::now_ms(), &e.to_string());
+            e.into()
+        })
     }
 
     /// Since when (ms since the epoch) writes fail, and the last error, if

@@ -55,7 +55,7 @@ impl Store {
         let mut b = sled::Batch::default();
         let mut live = self.live();
         self.finish_into(&mut live, fwd, seqs, &mut b)?;
-        self.tree.apply_batch(b)?;
+        self.apply(b)?;
         Ok(())
     }
 

@@ -158,6 +158,7 @@ impl Store {
     /// database, so a second pollhook on the same directory fails here.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let segments = durability::segment_size(&dir.join("db"));
+        durability::drop_unfinished_snapshots(&dir.join("db"));
         if segments < SEGMENT_SIZE {
             warn!(
                 state_dir = %dir.display(),
@@ -191,6 +192,17 @@ impl Store {
         // never have reached the disk.
         let blobs = blobs::Blobs::new(dir.join("db"));
         blobs.sync()?;
+        // Every bot's offset as it is on disk now: what `/status` reports
+        // until an append is flushed (the tree may later hold an applied
+        // offset whose flush failed, which was never confirmed).
+        let mut stored_offsets = HashMap::new();
+        for item in tree.scan_prefix(b"o") {
+            let (k, v) = item?;
+            stored_offsets.insert(
+                String::from_utf8_lossy(&k[1..]).into_owned(),
+                u64_from(&v)? as i64,
+            );
+        }
         let last = match tree.get(b"m/seq")? {
             Some(v) => u64_from(&v)?,
             None => 0,
@@ -213,7 +225,7 @@ impl Store {
             blobs,
             dir: dir.to_path_buf(),
             health: health::Health::default(),
-            stored_offsets: Mutex::new(HashMap::new()),
+            stored_offsets: Mutex::new(stored_offsets),
         })
     }
 

@@ -447,3 +447,46 @@ async fn a_state_directory_made_with_other_sled_segments_still_opens() {
         3
     );
 }
+
+/// A start on a full disk can leave an empty unfinished snapshot behind;
+/// sled then refuses the database ("Read corrupted data") for good.
+#[tokio::test]
+async fn an_unfinished_snapshot_left_by_a_failed_start_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        let fwd = s.forward_id("b", "f").unwrap();
+        fill(&s, 1, 3, &[fwd]).await;
+    }
+    let db = dir.path().join("db");
+    let leftover = db.join("snap.00000000000000FF.generating");
+    std::fs::write(&leftover, b"").unwrap();
+    let s = open(dir.path());
+    let fwd = s.forward_id("b", "f").unwrap();
+    assert_eq!(ids(&s.pending(fwd, None, 10).unwrap()), vec![1, 2, 3]);
+    assert!(!leftover.exists());
+}
+
+/// `offset` reports what was flushed: an offset applied to the tree whose
+/// flush failed was never confirmed, even right after a start.
+#[tokio::test]
+async fn the_offset_is_the_flushed_one_not_the_applied_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        let fwd = s.forward_id("b", "f").unwrap();
+        let u = update(4, 1);
+        let batch = [Incoming {
+            update: &u,
+            forwards: &[fwd],
+        }];
+        s.append("b", &batch, Some(5), 1).await.unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.offset("b").unwrap(), Some(5));
+    // What a failed append leaves: applied, not flushed.
+    s.tree
+        .insert(offset_key("b"), &9u64.to_be_bytes()[..])
+        .unwrap();
+    assert_eq!(s.offset("b").unwrap(), Some(5));
+}

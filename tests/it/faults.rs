@@ -216,6 +216,50 @@ async fn a_full_disk_pauses_polling_and_a_restart_delivers_everything() {
     assert_no_token(&relay.logs());
 }
 
+/// A stop while the disk is full ends within the stop timeout, non-zero:
+/// sled's flush never completes once it holds an I/O error, so the final
+/// flush must not be waited for (nothing unflushed was confirmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root to mount a tmpfs; run with --include-ignored (see README)"]
+async fn a_stop_while_the_disk_is_full_ends_within_the_stop_timeout() {
+    let setup = Setup::new().await;
+    let disk = SmallDisk::mount(&setup.path().join("disk"), "40m");
+    let state = disk.0.join("state");
+    let config = setup.config("", "");
+    let env = [("POLLHOOK_STATE_DIR", state.to_str().unwrap())];
+    setup.backend.set_reply(Reply::Status(503));
+    let mut relay = Relay::spawn(&config, &env);
+    let text = "x".repeat(4000);
+    for id in 1..=20 {
+        setup.api.push_message(TOKEN, id, id % 5, &text);
+    }
+    setup.api.wait_confirmed(TOKEN, 20, LONG).await;
+    let ballast = disk.fill();
+    for id in 21..=320 {
+        setup.api.push_message(TOKEN, id, id % 5, &text);
+    }
+    relay.wait_log("cannot store a batch", LONG).await;
+    relay.sigterm();
+    let stopping = std::time::Instant::now();
+    let exit = relay.wait_exit(Duration::from_secs(20)).await;
+    let exit = exit.unwrap_or_else(|| {
+        panic!(
+            "a stop with a failing store hung; log tail:\n{}",
+            tail(&relay.logs(), 20)
+        )
+    });
+    assert!(!exit.success(), "{exit}");
+    eprintln!(
+        "full disk: stopped {exit} {:?} after SIGTERM",
+        stopping.elapsed()
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let confirmed = setup.api.confirmed(TOKEN).unwrap();
+    let stored = stored_update_ids(&state).await;
+    let missing: Vec<i64> = (1..=confirmed).filter(|id| !stored.contains(id)).collect();
+    assert!(missing.is_empty(), "confirmed but not stored: {missing:?}");
+}
+
 /// An HTTP forward proxy that passes plain-http requests on and records the
 /// URI of each one it saw.
 struct Proxy {

@@ -253,3 +253,29 @@ async fn invalid_utf8_is_forwarded_byte_for_byte_and_signed_as_is() {
         "{header} has no {expected}"
     );
 }
+
+/// An update that is not an object, quoting the token (a proxy's message in
+/// place of an update): forwarded as it came, but its text, which serde's
+/// error would quote whole, never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_is_a_string_quoting_the_token_is_forwarded_and_not_logged() {
+    let setup = Setup::new().await;
+    setup.api.push_raw(TOKEN, 1, &message(1));
+    let quoted = format!("\"proxy said: GET /bot{TOKEN}/getUpdates failed\"");
+    setup.api.push_raw(TOKEN, 2, &quoted);
+    setup.api.push_raw(TOKEN, 3, &message(3));
+    let mut relay = setup.spawn(&setup.config("", ""));
+    let got = setup.backend.wait_accepted(3, LONG).await;
+    assert!(
+        got.iter().any(|r| r.body_str() == quoted),
+        "forwarded as it came"
+    );
+    relay.wait_log("an update pollhook cannot read", LONG).await;
+    relay.stop().await;
+    let logs = relay.logs();
+    assert_no_token(&logs);
+    assert!(
+        logs.contains("update is not a JSON object: it is a string"),
+        "{logs}"
+    );
+}
