@@ -37,8 +37,7 @@ use crate::policy::stale::{self, StalePolicy};
 use crate::stats::{self, ForwardStats};
 use crate::store::{Job, Queue};
 use lanes::{key_of, Lanes};
-use reply::{Replies, ReplyBody, ReplyBudget};
-use sink::http::Target;
+use reply::{Replies, ReplyBody};
 use sink::{Outcome, Sink};
 
 /// Jobs held in memory per forward.
@@ -85,6 +84,10 @@ struct InFlight {
     /// Lanes kept after their head was delivered, until its webhook reply
     /// is read (`LaneHold`), come back through here.
     lane_back: mpsc::UnboundedSender<String>,
+    /// How many lanes are held so. Each holds the backend's connection
+    /// open with its unread reply, so they count against `max_in_flight`:
+    /// a backend cannot make pollhook hold a socket per chat.
+    held: usize,
 }
 
 impl InFlight {
@@ -96,6 +99,7 @@ impl InFlight {
             done_since: None,
             failing: false,
             lane_back,
+            held: 0,
         }
     }
 }
@@ -116,13 +120,7 @@ impl Drop for LaneHold {
 
 impl Forwarder {
     pub async fn run(self, shutdown: CancellationToken) {
-        let target: Arc<dyn Sink> = Arc::new(Target::new(
-            &self.bot,
-            self.flavor,
-            &self.settings,
-            self.client.clone(),
-            ReplyBudget::default(),
-        ));
+        let target = sink::for_forward(&self.bot, self.flavor, &self.settings, &self.client);
         let replies = Replies::new(
             &self.settings.name,
             self.api.clone(),
@@ -141,7 +139,7 @@ impl Forwarder {
             }
             let now = now_ms();
             lanes.release_due(now);
-            while inflight.tasks.len() < self.settings.max_in_flight {
+            while inflight.tasks.len() + inflight.held < self.settings.max_in_flight {
                 let Some((key, job)) = lanes.take_ready() else {
                     break;
                 };
@@ -177,6 +175,7 @@ impl Forwarder {
                     }
                 }
                 Some(key) = lanes_back.recv() => {
+                    inflight.held = inflight.held.saturating_sub(1);
                     lanes.finish(&key, now_ms());
                     self.reload_lane(&key, &mut lanes);
                 }
@@ -368,6 +367,7 @@ impl Forwarder {
                             key: key.clone(),
                             back: inflight.lane_back.clone(),
                         };
+                        inflight.held += 1;
                         replies.run_when_read(pending, job.update_id, hold);
                     }
                 }

@@ -5,12 +5,33 @@
 
 pub mod http;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::reply::ReplyBody;
+use super::reply::{ReplyBody, ReplyBudget};
+use crate::config::ForwardSettings;
+use crate::platform::flavor::Flavor;
 use crate::store::Job;
+
+/// The sink a forward delivers to. The one place that picks the kind of
+/// sink from a forward's settings: a new kind is added here, not in the
+/// dispatcher.
+pub fn for_forward(
+    bot: &str,
+    flavor: Flavor,
+    fwd: &ForwardSettings,
+    client: &reqwest::Client,
+) -> Arc<dyn Sink> {
+    Arc::new(http::Target::new(
+        bot,
+        flavor,
+        fwd,
+        client.clone(),
+        ReplyBudget::default(),
+    ))
+}
 
 /// One attempt at handing a job over.
 pub trait Sink: Send + Sync {
