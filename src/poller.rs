@@ -286,7 +286,15 @@ impl Poller {
                     self.stats.set_state("store failing");
                     self.stats.busy_for(now_ms(), wait + SLACK);
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Stored::ShuttingDown,
+                        _ = shutdown.cancelled() => {
+                            if self.bot.flavor.confirms_on_response() {
+                                // MPChat counted this batch as consumed when
+                                // it answered: say plainly what is lost.
+                                let ids: Vec<Option<i64>> = incoming.iter().map(|i| i.update.update_id).collect();
+                                error!(lost = ?ids, "stopping while the store fails: this batch, which MPChat counted as consumed when it answered, could not be stored and is lost");
+                            }
+                            return Stored::ShuttingDown;
+                        }
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }

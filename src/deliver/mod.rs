@@ -14,7 +14,7 @@
 //! disk, not memory.
 //!
 //! A backend's 2xx body may hold a Bot API call (a webhook reply), run on
-//! its behalf by `reply_runner` within the memory budget of `reply_body`.
+//! its behalf by `reply::runner` within the memory budget of `reply::body`.
 
 mod lanes;
 pub mod reply;

@@ -279,3 +279,32 @@ async fn an_update_that_is_a_string_quoting_the_token_is_forwarded_and_not_logge
         "{logs}"
     );
 }
+
+/// A batch whose only update has no readable `update_id` cannot be
+/// confirmed: it is not stored (it will come again), the bot's state says
+/// so plainly; once an update with an id arrives behind it, both are stored
+/// and forwarded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_without_an_id_waits_until_one_with_an_id_can_confirm_it() {
+    let setup = Setup::new().await;
+    let no_id = r#"{"message":{"chat":{"id":7},"text":"no id"}}"#;
+    setup.api.push_raw(TOKEN, 1, no_id);
+    let port = free_port();
+    let mut relay = setup.spawn(&setup.admin_config(port));
+    wait_bot_state(port, "stuck: no update_id").await;
+    assert!(
+        setup.backend.accepted().is_empty(),
+        "nothing is forwarded twice later"
+    );
+    setup.api.push_raw(TOKEN, 2, &message(2));
+    let got = setup.backend.wait_accepted(2, LONG).await;
+    assert!(
+        got.iter().any(|r| r.body_str() == no_id),
+        "forwarded as it came"
+    );
+    assert!(got.iter().any(|r| r.body_str() == message(2)));
+    wait_bot_state(port, "ok").await;
+    relay.stop().await;
+    assert_eq!(setup.backend.accepted().len(), 2, "each once");
+    assert_no_token(&relay.logs());
+}

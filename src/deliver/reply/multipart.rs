@@ -11,6 +11,11 @@ use memchr::memmem;
 
 use crate::platform::call::Part;
 
+/// A Bot API call has a few dozen parameters at most (sendMediaGroup: ten
+/// files and their captions); a body of millions of empty parts would cost
+/// ~100 bytes of bookkeeping each.
+const MAX_PARTS: usize = 256;
+
 /// The parts of `body`, whose `Content-Type` is `content_type`.
 pub fn parse(content_type: &str, body: &Bytes) -> Result<Vec<Part>, String> {
     let boundary = multer::parse_boundary(content_type)
@@ -56,6 +61,11 @@ pub fn parse(content_type: &str, body: &Bytes) -> Result<Vec<Part>, String> {
         let data_len = next_part
             .find(&body[data_start..])
             .ok_or("broken multipart body: the closing boundary is missing")?;
+        if parts.len() == MAX_PARTS {
+            return Err(format!(
+                "more than {MAX_PARTS} parts; no Bot API call takes that many"
+            ));
+        }
         parts.push(part(&head, body.slice(data_start..data_start + data_len))?);
         at = data_start + data_len + next_part.needle().len();
     }
@@ -130,6 +140,33 @@ fn disposition_params(value: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_body_of_too_many_parts_is_refused() {
+        let mut text = String::new();
+        for i in 0..300 {
+            text.push_str(&format!(
+                "--b\r\nContent-Disposition: form-data; name=\"p{i}\"\r\n\r\nx\r\n"
+            ));
+        }
+        text.push_str("--b--\r\n");
+        let body = Bytes::from(text);
+        let e = parse("multipart/form-data; boundary=b", &body).unwrap_err();
+        assert!(e.contains("more than 256 parts"), "{e}");
+        let mut few = String::new();
+        for i in 0..10 {
+            few.push_str(&format!(
+                "--b\r\nContent-Disposition: form-data; name=\"p{i}\"\r\n\r\nx\r\n"
+            ));
+        }
+        few.push_str("--b--\r\n");
+        assert_eq!(
+            parse("multipart/form-data; boundary=b", &Bytes::from(few))
+                .unwrap()
+                .len(),
+            10
+        );
+    }
     use super::*;
 
     #[test]

@@ -75,7 +75,7 @@ impl Target {
         );
         // The timeout covers the answer and a body read now; not reqwest's
         // own, which would also run out on a reply body left to read later
-        // (see reply_body).
+        // (see deliver/reply/body.rs).
         let deadline = Instant::now() + self.timeout;
         let mut req = self
             .client
