@@ -125,6 +125,27 @@ impl Drop for SmallDisk {
     }
 }
 
+/// 20 updates of 4 KB stored, then the disk filled and 300 more pushed
+/// until the relay says it cannot store them. Returns the ballast file and
+/// the last update id pushed.
+async fn store_until_the_disk_is_full(
+    setup: &Setup,
+    disk: &SmallDisk,
+    relay: &mut Relay,
+) -> (std::path::PathBuf, i64) {
+    let text = "x".repeat(4000);
+    for id in 1..=20 {
+        setup.api.push_message(TOKEN, id, id % 5, &text);
+    }
+    setup.api.wait_confirmed(TOKEN, 20, LONG).await;
+    let ballast = disk.fill();
+    for id in 21..=320 {
+        setup.api.push_message(TOKEN, id, id % 5, &text);
+    }
+    relay.wait_log("cannot store a batch", LONG).await;
+    (ballast, 320)
+}
+
 /// A full disk pauses polling without confirming anything unstored; once
 /// there is room again the relay exits non-zero (sled keeps its I/O error
 /// until reopened) so that systemd restarts it, and after the restart every
@@ -147,20 +168,7 @@ async fn a_full_disk_pauses_polling_and_a_restart_delivers_everything() {
     // The backend refuses everything for now, so the queue only grows.
     setup.backend.set_reply(Reply::Status(503));
     let mut relay = Relay::spawn(&config, &env);
-    let text = "x".repeat(4000);
-    let mut pushed = 0;
-    for _ in 0..20 {
-        pushed += 1;
-        setup.api.push_message(TOKEN, pushed, pushed % 5, &text);
-    }
-    setup.api.wait_confirmed(TOKEN, pushed, LONG).await;
-
-    let ballast = disk.fill();
-    for _ in 0..300 {
-        pushed += 1;
-        setup.api.push_message(TOKEN, pushed, pushed % 5, &text);
-    }
-    relay.wait_log("cannot store a batch", LONG).await;
+    let (ballast, pushed) = store_until_the_disk_is_full(&setup, &disk, &mut relay).await;
     let confirmed = setup.api.confirmed(TOKEN).unwrap();
     assert!(confirmed < pushed, "a batch was confirmed on a full disk");
 
@@ -229,16 +237,7 @@ async fn a_stop_while_the_disk_is_full_ends_within_the_stop_timeout() {
     let env = [("POLLHOOK_STATE_DIR", state.to_str().unwrap())];
     setup.backend.set_reply(Reply::Status(503));
     let mut relay = Relay::spawn(&config, &env);
-    let text = "x".repeat(4000);
-    for id in 1..=20 {
-        setup.api.push_message(TOKEN, id, id % 5, &text);
-    }
-    setup.api.wait_confirmed(TOKEN, 20, LONG).await;
-    let ballast = disk.fill();
-    for id in 21..=320 {
-        setup.api.push_message(TOKEN, id, id % 5, &text);
-    }
-    relay.wait_log("cannot store a batch", LONG).await;
+    let (ballast, _) = store_until_the_disk_is_full(&setup, &disk, &mut relay).await;
     relay.sigterm();
     let stopping = std::time::Instant::now();
     let exit = relay.wait_exit(Duration::from_secs(20)).await;
