@@ -7,6 +7,7 @@
 //! the very same servers.
 
 mod baseline;
+mod nats;
 mod proc;
 mod servers;
 
@@ -73,6 +74,15 @@ enum Scenario {
         #[arg(long, default_value_t = 3_000)]
         updates: i64,
     },
+    /// The JetStream forward vs the HTTP forward to the fast backend, both
+    /// pollhook, interleaved in one run (needs nats-server).
+    Jetstream {
+        #[arg(long, default_value_t = 100_000)]
+        updates: i64,
+        /// Rounds of each, alternating HTTP then JetStream.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Every scenario (smaller sizes with --quick).
     All {
         #[arg(long)]
@@ -106,6 +116,9 @@ fn main() {
             Scenario::ManyBots { bots } => println!("{}", many_bots(bots).await),
             Scenario::Backlog { updates } => println!("{}", backlog(updates).await),
             Scenario::SlowBackend { updates } => println!("{}", slow_backend(updates).await),
+            Scenario::Jetstream { updates, rounds } => {
+                println!("{}", jetstream(updates, rounds).await)
+            }
             Scenario::All { quick } => all(quick).await,
             Scenario::Baseline {
                 api,
@@ -297,6 +310,110 @@ async fn throughput(updates: i64) -> String {
             &format!("{base_cpu:.2} s"),
             &format!("{cpu:.2} s"),
             Some(cpu / base_cpu),
+            "-",
+            None,
+        ),
+    ]
+    .join("\n")
+}
+
+/// Runs pollhook with a JetStream forward against a fresh API holding
+/// `updates` updates over 100 chats (as `run_throughput`) and a fresh
+/// `nats-server` with a file-storage stream; returns updates/s until the
+/// stream holds them all, the relay's CPU seconds and the server's.
+async fn run_jetstream(updates: i64) -> (f64, f64, f64) {
+    let api = Api::new();
+    for id in 1..=updates {
+        api.push(id, update_json(id, 100));
+    }
+    let api_addr = api.start().await;
+    let server = nats::NatsServer::start().await;
+    let stream = server.stream("TG", "tg.>").await;
+    let cpu0 = server.cpu_seconds();
+    let cfg = Config {
+        jetstream: Some(server.addr),
+        ..Config::default()
+    };
+    let start = Instant::now();
+    // The backend address is unused by a JetStream forward.
+    let child = Child::pollhook(api_addr, server.addr, &cfg);
+    let ok = nats::wait_messages(&stream, updates as u64, Duration::from_secs(1800)).await;
+    let took = start.elapsed();
+    let cpu = child.cpu_seconds();
+    let server_cpu = server.cpu_seconds() - cpu0;
+    drop(child);
+    drop(server);
+    assert!(ok, "not all updates reached the stream");
+    (updates as f64 / took.as_secs_f64(), cpu, server_cpu)
+}
+
+async fn jetstream(updates: i64, rounds: usize) -> String {
+    if nats::server_bin().is_none() {
+        return row(
+            "JetStream forward (needs nats-server; skipped)",
+            "-",
+            "-",
+            None,
+            "≥ 1.0× HTTP forward",
+            None,
+        );
+    }
+    let rounds = rounds.max(1);
+    // Alternating rounds, medians: a shared machine's noise hits both. The
+    // HTTP figure is the throughput scenario's pollhook run, unchanged.
+    let (mut http, mut http_cpu, mut js, mut js_cpu, mut server_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let (h, h_cpu) = run_throughput(updates, Relay::Pollhook).await;
+        let (j, j_cpu, s_cpu) = run_jetstream(updates).await;
+        eprintln!(
+            "round {round}: HTTP {h:.0}/s ({h_cpu:.2} s CPU), JetStream {j:.0}/s ({j_cpu:.2} s CPU, nats-server {s_cpu:.2} s): {:.2}×",
+            j / h
+        );
+        http.push(h);
+        http_cpu.push(h_cpu);
+        js.push(j);
+        js_cpu.push(j_cpu);
+        server_cpu.push(s_cpu);
+    }
+    // Each figure's own median: CPU time is less noisy than wall time, so
+    // it is not taken from the round with the median rate.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (http, http_cpu, js, js_cpu, server_cpu) = (
+        median(http),
+        median(http_cpu),
+        median(js),
+        median(js_cpu),
+        median(server_cpu),
+    );
+    let ratio = js / http;
+    [
+        row(
+            &format!(
+                "JetStream forward, {updates} updates (updates/s, median of {rounds}; baseline: HTTP forward)"
+            ),
+            &format!("{http:.0}"),
+            &format!("{js:.0}"),
+            Some(ratio),
+            "≥ 1.0× HTTP forward",
+            Some(ratio >= 1.0),
+        ),
+        row(
+            &format!("CPU for {updates} updates, JetStream vs HTTP forward (relay process)"),
+            &format!("{http_cpu:.2} s"),
+            &format!("{js_cpu:.2} s"),
+            Some(js_cpu / http_cpu),
+            "-",
+            None,
+        ),
+        row(
+            &format!("CPU for {updates} updates, nats-server (the HTTP backend is not measured: it runs in the bench)"),
+            "-",
+            &format!("{server_cpu:.2} s"),
+            None,
             "-",
             None,
         ),
@@ -590,4 +707,8 @@ async fn all(quick: bool) {
     println!("{}", idle(if quick { 10 } else { 60 }).await);
     println!("{}", many_bots(if quick { 200 } else { 1000 }).await);
     println!("{}", backlog(if quick { 100_000 } else { 1_000_000 }).await);
+    println!(
+        "{}",
+        jetstream(if quick { 20_000 } else { 100_000 }, 3).await
+    );
 }

@@ -9,6 +9,9 @@ pub struct Config {
     pub bots: usize,
     pub max_in_flight: usize,
     pub retry_max_delay: &'static str,
+    /// Publish to JetStream on this NATS server instead of POSTing to the
+    /// backend (`nats_subject = "tg.{bot}.{kind}.{chat}"`).
+    pub jetstream: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -17,6 +20,7 @@ impl Default for Config {
             bots: 1,
             max_in_flight: 16,
             retry_max_delay: "60s",
+            jetstream: None,
         }
     }
 }
@@ -32,10 +36,17 @@ impl Child {
     pub fn pollhook(api: SocketAddr, backend: SocketAddr, cfg: &Config) -> Child {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = String::from("state_dir = \"state\"\nshutdown_timeout = \"5s\"\n");
+        let target = match cfg.jetstream {
+            Some(nats) => {
+                toml.push_str(&format!("[nats]\nservers = [\"nats://{nats}\"]\n"));
+                "nats_subject = \"tg.{bot}.{kind}.{chat}\"".to_string()
+            }
+            None => format!("url = \"http://{backend}/webhook\""),
+        };
         for i in 0..cfg.bots {
             toml.push_str(&format!(
                 "[[bot]]\nname = \"b{i}\"\napi_url = \"http://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"30s\"\n\
-                 [[bot.forward]]\nname = \"f\"\nurl = \"http://{backend}/webhook\"\nmax_in_flight = {}\nretry_max_delay = \"{}\"\n\
+                 [[bot.forward]]\nname = \"f\"\n{target}\nmax_in_flight = {}\nretry_max_delay = \"{}\"\n\
                  signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
                 cfg.max_in_flight, cfg.retry_max_delay
             ));
@@ -89,14 +100,7 @@ impl Child {
 
     /// User + system CPU time so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = self.proc_file("stat");
-        // Fields after the ")" that closes the command name: utime is the
-        // 12th, stime the 13th (fields 14 and 15 of the whole line).
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+        cpu_seconds(self.child.id())
     }
 
     fn status_field(&self, key: &str) -> u64 {
@@ -140,6 +144,18 @@ fn spawn_pollhook(config: &Path) -> std::process::Child {
         .expect("pollhook starts");
     std::thread::sleep(Duration::from_millis(10));
     child
+}
+
+/// A process's user + system CPU time so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that closes the command name: utime is the
+    // 12th, stime the 13th (fields 14 and 15 of the whole line).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Bytes a directory occupies on disk (allocated blocks).
