@@ -28,5 +28,5 @@ pub use notify::NotifySocket;
 pub use proc::{pollhook, pollhook_async, relay_lines, tail, write_config, ProcLimits, Relay};
 pub use serve::free_port;
 pub use setup::{admin_table, edit_config, flavor_name, Setup, SECRET, SECRET_TOKEN, TOKEN};
-pub use state_dir::{stored_update_ids, wait_for_sled_to_let_go};
+pub use state_dir::{stored_update_ids, stored_update_ids_of, wait_for_sled_to_let_go};
 pub use wait::{eventually, wait_until, LONG};

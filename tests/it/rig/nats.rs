@@ -79,7 +79,10 @@ impl NatsServer {
 
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
-            Some(child) => child.try_wait().expect("rig: try_wait nats-server").is_none(),
+            Some(child) => child
+                .try_wait()
+                .expect("rig: try_wait nats-server")
+                .is_none(),
             None => false,
         }
     }
@@ -255,7 +258,10 @@ impl NatsServer {
     async fn wait_ready(&mut self, store: &Path) {
         let starts = self.starts;
         eventually(
-            &format!("nats-server on port {} (store {store:?}) to be ready", self.port),
+            &format!(
+                "nats-server on port {} (store {store:?}) to be ready",
+                self.port
+            ),
             LONG,
             async || {
                 if !self.is_running() {
@@ -290,7 +296,11 @@ impl NatsServer {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        if child.try_wait().expect("rig: try_wait nats-server").is_none() {
+        if child
+            .try_wait()
+            .expect("rig: try_wait nats-server")
+            .is_none()
+        {
             // SAFETY: kill(2) on our own unreaped child, so the pid is ours.
             unsafe {
                 libc::kill(child.id() as libc::pid_t, signal);
@@ -383,7 +393,9 @@ impl StreamMsg {
 pub fn per_subject(msgs: &[StreamMsg]) -> HashMap<String, Vec<i64>> {
     let mut out: HashMap<String, Vec<i64>> = HashMap::new();
     for m in msgs {
-        out.entry(m.subject.clone()).or_default().push(m.update_id());
+        out.entry(m.subject.clone())
+            .or_default()
+            .push(m.update_id());
     }
     out
 }
