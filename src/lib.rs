@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod http;
+pub mod nats;
 pub mod ops;
 pub mod platform;
 pub mod policy;

@@ -12,6 +12,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::Settings;
 use crate::deliver::Forwarder;
+use crate::nats::connection::{FirstConnect, Nats};
 use crate::ops::admin::{self, Admin};
 use crate::ops::serve::Limits;
 use crate::ops::status::{BotHandle, ForwardHandle, Observed};
@@ -41,6 +42,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     for w in &settings.warnings {
         warn!("{}: {w}", settings.source_name);
     }
+    // Connected in the background: while NATS is away the poller goes on
+    // storing, and JetStream forwards wait with their queues.
+    let nats = match &settings.nats {
+        Some(n) => Some(Nats::connect(n, FirstConnect::InBackground).await?),
+        None => None,
+    };
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
     let mut bot_stats = Vec::new();
@@ -76,6 +83,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 queue: queue.clone(),
                 api: api.clone(),
                 client: client.clone(),
+                nats: nats.clone(),
                 wake,
                 stats,
                 drain_timeout: settings.shutdown_timeout,
@@ -102,6 +110,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         store: store.clone(),
         bots: bot_stats,
         forwards: handles,
+        nats: nats.clone(),
     });
     tasks.spawn(crate::ops::notify::run(observed.clone(), shutdown.clone()));
     if let Some(addr) = settings.admin_listen {
@@ -129,6 +138,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tasks.spawn(watch_store(store.clone(), broken.clone(), shutdown.clone()));
     tasks.close();
     tasks.wait().await;
+    if let Some(n) = &nats {
+        n.flush().await;
+    }
     if broken.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!(
             "stopped because the state database kept failing (see above); \

@@ -1,6 +1,7 @@
 //! `check-config`: print what would run, secrets masked; with `--probe`,
-//! also ask the platform who each token belongs to, without polling and
-//! without sending anything to a backend.
+//! also ask the platform who each token belongs to, and NATS whether a
+//! stream captures each JetStream forward's subjects, without polling and
+//! without sending anything to a backend or a stream.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -55,11 +56,34 @@ pub async fn run(config: &Path, with_probe: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    match crate::nats::probe::probe(&settings).await {
+        Ok(findings) => {
+            for f in findings {
+                let what = format!("forward {:?} of bot {:?}", f.forward, f.bot);
+                match f.result {
+                    Ok(stream) => {
+                        println!(
+                            "probe: {what}: ok, stream {stream:?} captures {}",
+                            f.pattern
+                        )
+                    }
+                    Err(why) => {
+                        eprintln!("error: probe: {what}: {why}");
+                        failed.push(format!("{}/{}", f.bot, f.forward));
+                    }
+                }
+            }
+        }
+        Err(why) => {
+            eprintln!("error: probe: NATS: {why}");
+            failed.push("NATS".into());
+        }
+    }
     if failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     anyhow::bail!(
-        "{} bot(s) failed the probe: {}",
+        "{} check(s) failed the probe: {}",
         failed.len(),
         failed.join(", ")
     )

@@ -77,5 +77,13 @@ fn render_table(s: &Snapshot) -> String {
         s.store_bytes as f64 / 1048576.0,
         summary(s)
     );
+    if let Some(n) = &s.nats {
+        let state = if n.connected {
+            "connected"
+        } else {
+            "NOT connected (JetStream forwards wait; updates stay in the local queue)"
+        };
+        let _ = writeln!(out, "nats: {state}");
+    }
     out
 }

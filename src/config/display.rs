@@ -44,6 +44,17 @@ impl fmt::Display for Settings {
             "shutdown_timeout: {}",
             humantime::format_duration(self.shutdown_timeout)
         )?;
+        if let Some(n) = &self.nats {
+            let servers: Vec<String> = n.servers.iter().map(display_url).collect();
+            writeln!(f, "nats.servers: {}", servers.join(", "))?;
+            writeln!(
+                f,
+                "nats: auth {}, tls {}, connect_timeout {}",
+                super::nats::describe_auth(&n.auth),
+                super::nats::describe_tls(n),
+                humantime::format_duration(n.connect_timeout)
+            )?;
+        }
         for b in &self.bots {
             writeln!(
                 f,
@@ -66,7 +77,14 @@ impl fmt::Display for Settings {
                 None => writeln!(f, "  allowed_updates: (platform default)")?,
             }
             for fw in &b.forwards {
-                writeln!(f, "  forward {:?} -> {}", fw.name, display_url(&fw.url))?;
+                writeln!(f, "  forward {:?} -> {}", fw.name, fw.to.describe())?;
+                if let super::Destination::JetStream(t) = &fw.to {
+                    writeln!(
+                        f,
+                        "    stream: one must capture {} (check with --probe)",
+                        t.pattern(&b.name)
+                    )?;
+                }
                 let keys = if fw.signing_keys.is_empty() {
                     "(none: requests are NOT signed)".to_string()
                 } else {

@@ -11,7 +11,10 @@ use super::display::display_url;
 use super::exposure;
 use super::schema::{RawChatId, RawForward};
 use super::secrets::{self, Sources};
-use super::{ConfigError, ForwardSettings, DEFAULT_FORWARD_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
+use super::{
+    ConfigError, Destination, ForwardSettings, DEFAULT_FORWARD_TIMEOUT, DEFAULT_MAX_IN_FLIGHT,
+};
+use crate::nats::subject::SubjectTemplate;
 use crate::policy::methods::MethodSet;
 use crate::policy::retry::RetryPolicy;
 use crate::policy::routing::Filter;
@@ -23,11 +26,14 @@ pub(super) fn validate_forward(
     prefix: &str,
     rf: RawForward,
 ) -> Result<ForwardSettings, ConfigError> {
-    let url = check_url(ctx, prefix, rf.url, rf.allow_insecure)?;
-    // Without a name the URL is the identity, so the queue follows the URL;
-    // not its password or query, which may hold secrets and would show in
-    // every log line and in `pollhook dlq`.
-    let name = rf.name.unwrap_or_else(|| display_url(&url));
+    let to = destination(ctx, prefix, &rf)?;
+    // Without a name the URL (or subject) is the identity, so the queue
+    // follows it; not a URL's password or query, which may hold secrets and
+    // would show in every log line and in `pollhook dlq`.
+    let name = rf.name.clone().unwrap_or_else(|| match &to {
+        Destination::Http(url) => display_url(url),
+        Destination::JetStream(t) => format!("nats:{t}"),
+    });
     if name.trim().is_empty() {
         return Err(ctx.err(format!("{prefix}.name"), "must not be empty"));
     }
@@ -125,7 +131,6 @@ pub(super) fn validate_forward(
     .map_err(|m| ctx.err(format!("{prefix}.reply_methods"), m))?;
     Ok(ForwardSettings {
         name,
-        url,
         signing_keys,
         secret_token,
         filter,
@@ -133,9 +138,47 @@ pub(super) fn validate_forward(
         timeout,
         retry,
         stale,
-        reply_calls: rf.reply_calls.unwrap_or(true),
+        // A stream's consumers cannot answer through pollhook.
+        reply_calls: matches!(to, Destination::Http(_)) && rf.reply_calls.unwrap_or(true),
         reply_methods,
+        to,
     })
+}
+
+/// A URL to POST to, or a subject to publish to: exactly one, and the
+/// keys that only make sense for the other kind are refused by name.
+fn destination(ctx: &Ctx, prefix: &str, rf: &RawForward) -> Result<Destination, ConfigError> {
+    let Some(subject) = &rf.nats_subject else {
+        let url = check_url(ctx, prefix, rf.url.clone(), rf.allow_insecure)?;
+        return Ok(Destination::Http(url));
+    };
+    let http_only = [
+        ("url", rf.url.is_some()),
+        ("secret_token", rf.secret_token.is_some()),
+        ("secret_token_file", rf.secret_token_file.is_some()),
+        ("secret_token_env", rf.secret_token_env.is_some()),
+        (
+            "secret_token_credential",
+            rf.secret_token_credential.is_some(),
+        ),
+        ("reply_calls", rf.reply_calls == Some(true)),
+        ("reply_methods", rf.reply_methods.is_some()),
+        ("allow_insecure", rf.allow_insecure.is_some()),
+    ];
+    if let Some((key, _)) = http_only.iter().find(|(_, set)| *set) {
+        let why = match *key {
+            "url" => "set either url (an HTTP forward) or nats_subject (a JetStream forward), not both",
+            k if k.starts_with("secret_token") => {
+                "a JetStream forward stores its headers in the stream for every reader; let consumers verify origin with signing_secret instead"
+            }
+            "allow_insecure" => "applies to url forwards; TLS to NATS is set in [nats]",
+            _ => "a stream's consumers cannot answer with a Bot API call through pollhook",
+        };
+        return Err(ctx.err(format!("{prefix}.{key}"), why));
+    }
+    SubjectTemplate::parse(subject)
+        .map(Destination::JetStream)
+        .map_err(|m| ctx.err(format!("{prefix}.nats_subject"), m))
 }
 
 /// The backend's URL: http or https, and plain http only to this machine

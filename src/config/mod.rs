@@ -18,6 +18,7 @@ mod env;
 mod exposure;
 mod forward;
 mod load;
+mod nats;
 mod schema;
 mod secrets;
 mod validate;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
+use crate::nats::subject::SubjectTemplate;
 use crate::platform::flavor::Flavor;
 use crate::policy::methods::MethodSet;
 use crate::policy::retry::RetryPolicy;
@@ -79,6 +81,53 @@ pub struct Settings {
     /// Host names the admin API answers to besides localhost and its own
     /// addresses (lower case).
     pub admin_allowed_hosts: Vec<String>,
+    /// The process's NATS connection, for JetStream forwards.
+    pub nats: Option<NatsSettings>,
+}
+
+/// `[nats]`, validated.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// `nats://` or `tls://` URLs with a port; never a user or password.
+    pub servers: Vec<Url>,
+    pub auth: NatsAuth,
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// TLS material was given: refuse a server that does not speak TLS.
+    pub require_tls: bool,
+    pub connect_timeout: Duration,
+}
+
+/// How the NATS connection authenticates.
+#[derive(Debug, Clone)]
+pub enum NatsAuth {
+    None,
+    /// A `.creds` file's contents: a user JWT and its nkey seed.
+    Credentials(SecretString),
+    Token(SecretString),
+    UserPassword(String, SecretString),
+    /// An nkey seed (`SU…`).
+    NKey(SecretString),
+}
+
+/// Where a forward's updates go.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A signed POST to the backend's URL.
+    Http(Url),
+    /// A JetStream publish to a subject rendered per update.
+    JetStream(SubjectTemplate),
+}
+
+impl Destination {
+    /// For logs and listings: no secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            Destination::Http(url) => display_url(url),
+            Destination::JetStream(t) => format!("nats subject {t}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +149,7 @@ pub struct BotSettings {
 pub struct ForwardSettings {
     /// Stable identity of the forward inside its bot; its queue is keyed by it.
     pub name: String,
-    pub url: Url,
+    pub to: Destination,
     /// Every request carries one signature per key (key rotation).
     pub signing_keys: Vec<SigningKey>,
     pub secret_token: Option<SecretString>,

@@ -13,8 +13,37 @@ pub(super) struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub shutdown_timeout: Option<String>,
     pub cache_mb: Option<u64>,
+    pub nats: Option<RawNats>,
     #[serde(default)]
     pub bot: Vec<RawBot>,
+}
+
+/// `[nats]`: the process's one NATS connection.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNats {
+    pub servers: Option<OneOrMany<String>>,
+    pub credentials: Option<String>,
+    pub credentials_file: Option<String>,
+    pub credentials_env: Option<String>,
+    pub credentials_credential: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
+    pub token_credential: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub password_credential: Option<String>,
+    pub nkey: Option<String>,
+    pub nkey_file: Option<String>,
+    pub nkey_env: Option<String>,
+    pub nkey_credential: Option<String>,
+    pub tls_ca_file: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub connect_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +107,8 @@ pub(super) enum RawChatId {
 pub(super) struct RawForward {
     pub name: Option<String>,
     pub url: Option<String>,
+    /// A JetStream forward publishes here instead of POSTing to `url`.
+    pub nats_subject: Option<String>,
     /// Several secrets during a key rotation.
     pub signing_secret: Option<OneOrMany<String>>,
     pub signing_secret_file: Option<String>,

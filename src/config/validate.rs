@@ -13,7 +13,7 @@ use super::ctx::Ctx;
 use super::schema::{RawAdmin, RawConfig};
 use super::secrets::{self, Sources};
 use super::{
-    AdminView, BotSettings, ConfigError, Settings, DEFAULT_ADMIN_HEADER_TIMEOUT,
+    AdminView, BotSettings, ConfigError, Destination, Settings, DEFAULT_ADMIN_HEADER_TIMEOUT,
     DEFAULT_ADMIN_IDLE_TIMEOUT, DEFAULT_CACHE_MB, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 
@@ -39,6 +39,10 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
     if raw.bot.is_empty() {
         return Err(ctx.err("bot", "no [[bot]] is configured; add at least one"));
     }
+    let nats = raw
+        .nats
+        .map(|n| super::nats::validate_nats(&ctx, n))
+        .transpose()?;
     let mut bots: Vec<BotSettings> = Vec::with_capacity(raw.bot.len());
     for (i, rb) in raw.bot.into_iter().enumerate() {
         let bot = validate_bot(&ctx, i, rb)?;
@@ -47,6 +51,18 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
                 format!("bot[{i}].name"),
                 format!("{:?} is used by another bot", bot.name),
             ));
+        }
+        if nats.is_none() {
+            if let Some(j) = bot
+                .forwards
+                .iter()
+                .position(|f| matches!(f.to, Destination::JetStream(_)))
+            {
+                return Err(ctx.err(
+                    format!("bot[{i}].forward[{j}].nats_subject"),
+                    "a JetStream forward needs a [nats] section with its servers",
+                ));
+            }
         }
         bots.push(bot);
     }
@@ -62,6 +78,7 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
         admin_header_timeout: guards.header_timeout,
         admin_idle_timeout: guards.idle_timeout,
         admin_allowed_hosts: guards.allowed_hosts,
+        nats,
     })
 }
 

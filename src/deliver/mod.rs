@@ -31,6 +31,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::now_ms;
 use crate::config::ForwardSettings;
+use crate::nats::connection::Nats;
 use crate::platform::api::BotApi;
 use crate::platform::flavor::Flavor;
 use crate::policy::stale::{self, StalePolicy};
@@ -57,6 +58,8 @@ pub struct Forwarder {
     pub api: Arc<BotApi>,
     /// The process's shared HTTP client.
     pub client: reqwest::Client,
+    /// The process's NATS connection, for a JetStream forward.
+    pub nats: Option<Nats>,
     /// Poked by the poller after it stored jobs for this forward, and by the
     /// admin API after a replay.
     pub wake: Arc<Notify>,
@@ -120,7 +123,14 @@ impl Drop for LaneHold {
 
 impl Forwarder {
     pub async fn run(self, shutdown: CancellationToken) {
-        let target = sink::for_forward(&self.bot, self.flavor, &self.settings, &self.client);
+        let wires = sink::Wires {
+            http: &self.client,
+            nats: self.nats.as_ref(),
+        };
+        let Some(target) = sink::for_forward(&self.bot, self.flavor, &self.settings, &wires) else {
+            error!("a JetStream forward without a [nats] connection; nothing is delivered");
+            return;
+        };
         let replies = Replies::new(
             &self.settings.name,
             self.api.clone(),
@@ -131,7 +141,7 @@ impl Forwarder {
         let mut lanes = Lanes::default();
         let mut inflight = InFlight::new(lane_back);
         let mut refill = true;
-        info!(url = %crate::config::display_url(&self.settings.url), "delivering");
+        info!(to = %self.settings.to.describe(), "delivering");
         loop {
             if refill || lanes.loaded() < WINDOW / 2 {
                 self.refill(&mut lanes);
@@ -333,7 +343,7 @@ impl Forwarder {
         let now = now_ms();
         match outcome {
             Outcome::Delivered { status, reply } => {
-                debug!(update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered");
+                debug!(update_id = ?job.update_id, status = ?status, attempt = job.attempts + 1, "delivered");
                 stats::add(&self.stats.delivered, 1);
                 self.stats
                     .latency
@@ -377,6 +387,24 @@ impl Forwarder {
                 job.last_error = "HTTP 410 Gone: the backend refuses this update for good".into();
                 self.bury(&job);
                 lanes.finish(&key, now);
+            }
+            Outcome::NotSent { error, retry_in } => {
+                inflight.failing = true;
+                if self
+                    .settings
+                    .retry
+                    .exhausted(job.attempts, job.age_base_ms(), now)
+                {
+                    job.last_error = error;
+                    self.bury(&job);
+                    lanes.finish(&key, now);
+                } else {
+                    // Logged once by whatever watches the way there (the
+                    // NATS connection), not once per lane per look.
+                    debug!(update_id = ?job.update_id, "not sent: {error}; looking again in {retry_in:?}");
+                    job.next_at_ms = now + retry_in.as_millis() as u64;
+                    lanes.replace_head(&key, job, now);
+                }
             }
             Outcome::Failed { error, retry_after } => {
                 inflight.failing = true;

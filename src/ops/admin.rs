@@ -173,6 +173,12 @@ async fn readyz(State(admin): State<Shared>) -> Response {
     } else if !admin.relay.store.writable() {
         problems.push("the store does not take writes".into());
     }
+    if admin.relay.nats.as_ref().is_some_and(|n| !n.connected()) {
+        problems.push(
+            "NATS is not connected: JetStream forwards wait (updates are kept in the local queue)"
+                .into(),
+        );
+    }
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -232,5 +232,14 @@ pub fn render(snap: &Snapshot, bots: &[BotHandle], forwards: &[ForwardHandle]) -
         "Size of the state database on disk.",
     );
     let _ = writeln!(out, "pollhook_store_size_bytes {}", snap.store_bytes);
+    if let Some(n) = &snap.nats {
+        header(
+            &mut out,
+            "pollhook_nats_connected",
+            "gauge",
+            "1 while the NATS connection is up, 0 while it is connecting or reconnecting.",
+        );
+        let _ = writeln!(out, "pollhook_nats_connected {}", u8::from(n.connected));
+    }
     out
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
+use crate::nats::connection::Nats;
 use crate::stats::{self, BotStats, ForwardCounters, ForwardStats};
 use crate::store::Store;
 
@@ -30,12 +31,24 @@ pub struct Observed {
     pub store: Arc<Store>,
     pub bots: Vec<BotHandle>,
     pub forwards: Vec<ForwardHandle>,
+    /// The NATS connection, when `[nats]` is configured.
+    pub nats: Option<Nats>,
 }
 
 impl Observed {
     pub fn snapshot(&self) -> Snapshot {
-        snapshot(&self.store, &self.bots, &self.forwards)
+        let mut snap = snapshot(&self.store, &self.bots, &self.forwards);
+        snap.nats = self.nats.as_ref().map(|n| NatsStatus {
+            connected: n.connected(),
+        });
+        snap
     }
+}
+
+/// The NATS connection's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NatsStatus {
+    pub connected: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,6 +56,9 @@ pub struct Snapshot {
     pub bots: Vec<BotStatus>,
     pub forwards: Vec<ForwardStatus>,
     pub store_bytes: u64,
+    /// Absent without `[nats]` (and from older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,6 +136,7 @@ pub fn snapshot(store: &Store, bots: &[BotHandle], forwards: &[ForwardHandle]) -
         bots,
         forwards,
         store_bytes: store.size_on_disk().unwrap_or(0),
+        nats: None,
     }
 }
 
@@ -164,6 +181,9 @@ pub fn summary(s: &Snapshot) -> String {
     let mut line = format!("{} bots, queue {queue}, {dead} dead", s.bots.len());
     if !troubled.is_empty() {
         line.push_str(&format!("; not ok: {}", troubled.join(", ")));
+    }
+    if s.nats.as_ref().is_some_and(|n| !n.connected) {
+        line.push_str("; NATS disconnected");
     }
     line
 }

@@ -340,7 +340,7 @@ url = "{url}"
         "{stderr}"
     );
     assert!(
-        stderr.contains("1 bot(s) failed the probe: bad"),
+        stderr.contains("1 check(s) failed the probe: bad"),
         "{stderr}"
     );
     assert!(setup.backend.received().is_empty());

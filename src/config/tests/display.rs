@@ -94,3 +94,44 @@ fn a_token_shows_only_its_bot_id() {
     assert_eq!(mask("no-colon"), "****");
     assert_eq!(mask("1:2:3"), "1:****");
 }
+
+#[test]
+fn check_config_masks_nats_secrets_of_every_kind() {
+    let seed = format!("SU{}", "A".repeat(56));
+    let auths = [
+        "token = \"natsSECRET\"".to_string(),
+        "user = \"relay\"\npassword = \"pwSECRET\"".to_string(),
+        format!("nkey = \"{seed}\""),
+        "credentials = \"-----BEGIN NATS USER JWT-----\\njwtSECRET\"".to_string(),
+    ];
+    for auth in auths {
+        let toml = format!(
+            r#"
+[nats]
+servers = ["nats://127.0.0.1:4222", "tls://nats.example"]
+{auth}
+
+[[bot]]
+name = "main"
+token = "123456:botSECRET"
+
+[[bot.forward]]
+name = "stream"
+nats_subject = "tg.{{bot}}.{{kind}}.{{chat}}"
+"#
+        );
+        let shown = parse_ok(&toml, &[]).to_string();
+        for secret in ["SECRET", seed.as_str()] {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        assert!(
+            shown.contains("nats.servers: nats://127.0.0.1:4222, tls://nats.example:4222"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("forward \"stream\" -> nats subject tg.{bot}.{kind}.{chat}"),
+            "{shown}"
+        );
+        assert!(shown.contains("one must capture tg.main.*.*"), "{shown}");
+    }
+}

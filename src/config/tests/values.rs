@@ -54,8 +54,11 @@ fn every_key_reaches_its_setting() {
 
     let f = &b.forwards[0];
     assert_eq!(f.name, "app");
+    let crate::config::Destination::Http(url) = &f.to else {
+        panic!("an HTTP forward: {:?}", f.to)
+    };
     assert_eq!(
-        f.url.as_str(),
+        url.as_str(),
         "https://hooks:hookpass@app.example/webhook?key=querysecret#frag"
     );
     assert_eq!(f.signing_keys.len(), 2);

@@ -39,6 +39,7 @@ impl Target {
     pub fn new(
         bot: &str,
         flavor: Flavor,
+        url: &url::Url,
         fwd: &ForwardSettings,
         client: reqwest::Client,
         replies: ReplyBudget,
@@ -59,7 +60,7 @@ impl Target {
         }
         Target {
             client,
-            url: fwd.url.clone(),
+            url: url.clone(),
             keys: fwd.signing_keys.clone(),
             fixed,
             timeout: fwd.timeout,
@@ -116,7 +117,7 @@ impl Target {
                 }
             };
             return Outcome::Delivered {
-                status: status.as_u16(),
+                status: Some(status.as_u16()),
                 reply,
             };
         }

@@ -1,9 +1,10 @@
 //! Where a forward's updates go: the seam between the dispatcher (order,
-//! retries, dead letters, replies) and the wire. HTTP is the one sink
-//! today; a JetStream publish is the next and plugs in here, so the
-//! dispatcher's guarantees hold for every kind of forward.
+//! retries, dead letters, replies) and the wire: a signed HTTP POST, or a
+//! JetStream publish. Both plug in here, so the dispatcher's guarantees
+//! hold for every kind of forward.
 
 pub mod http;
+pub mod jetstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,26 +12,45 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use super::reply::{ReplyBody, ReplyBudget};
-use crate::config::ForwardSettings;
+use crate::config::{Destination, ForwardSettings};
+use crate::nats::connection::Nats;
 use crate::platform::flavor::Flavor;
 use crate::store::Job;
 
+/// The connections sinks are made with.
+pub struct Wires<'a> {
+    /// The process's shared HTTP client.
+    pub http: &'a reqwest::Client,
+    /// The process's NATS connection, when `[nats]` is configured.
+    pub nats: Option<&'a Nats>,
+}
+
 /// The sink a forward delivers to. The one place that picks the kind of
 /// sink from a forward's settings: a new kind is added here, not in the
-/// dispatcher.
+/// dispatcher. None: a JetStream forward without a NATS connection, which
+/// configuration validation refuses.
 pub fn for_forward(
     bot: &str,
     flavor: Flavor,
     fwd: &ForwardSettings,
-    client: &reqwest::Client,
-) -> Arc<dyn Sink> {
-    Arc::new(http::Target::new(
-        bot,
-        flavor,
-        fwd,
-        client.clone(),
-        ReplyBudget::default(),
-    ))
+    wires: &Wires,
+) -> Option<Arc<dyn Sink>> {
+    Some(match &fwd.to {
+        Destination::Http(url) => Arc::new(http::Target::new(
+            bot,
+            flavor,
+            url,
+            fwd,
+            wires.http.clone(),
+            ReplyBudget::default(),
+        )),
+        Destination::JetStream(subject) => Arc::new(jetstream::Publisher::new(
+            bot,
+            subject.clone(),
+            fwd,
+            wires.nats?.clone(),
+        )),
+    })
 }
 
 /// One attempt at handing a job over.
@@ -49,9 +69,13 @@ pub trait Sink: Send + Sync {
 /// What became of one attempt.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The backend answered 2xx: the job is done. The body may hold a Bot
-    /// API call to make on its behalf.
-    Delivered { status: u16, reply: ReplyBody },
+    /// The backend answered 2xx (`status`), or the stream acknowledged
+    /// (None): the job is done. An HTTP body may hold a Bot API call to
+    /// make on its behalf.
+    Delivered {
+        status: Option<u16>,
+        reply: ReplyBody,
+    },
     /// 410 Gone: the backend says this update will never be accepted; it
     /// goes to dead letters at once instead of blocking its chat.
     Gone,
@@ -61,4 +85,8 @@ pub enum Outcome {
         error: String,
         retry_after: Option<Duration>,
     },
+    /// Nothing was sent: the way there is down (NATS disconnected). Not an
+    /// attempt: it does not count toward `max_attempts` (the age limit
+    /// still applies); look again in `retry_in`.
+    NotSent { error: String, retry_in: Duration },
 }

@@ -1,0 +1,172 @@
+//! The JetStream sink: one publish per attempt, done when the stream
+//! acknowledged it (stored, with its replicas), never on the client's
+//! promise to send.
+//!
+//! `Nats-Msg-Id` is the update's `webhook-id`, so a publish repeated after
+//! a crash (stored here, published, killed before the queue forgot it)
+//! falls in the stream's duplicate window and is dropped by JetStream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::HeaderMap;
+use tokio::time::timeout;
+use tracing::debug;
+
+use super::{Outcome, Sink};
+use crate::config::ForwardSettings;
+use crate::deliver::reply::ReplyBody;
+use crate::nats::connection::Nats;
+use crate::nats::subject::{SubjectTemplate, Values};
+use crate::platform::update::Lane;
+use crate::signing::{signature_header, SigningKey};
+use crate::store::Job;
+
+/// While NATS is away, how often a lane looks again. Nothing goes on the
+/// wire, so it costs nothing, and the first lane to find NATS back wakes
+/// every other (the dispatcher releases all lanes on a success).
+const RECHECK: Duration = Duration::from_secs(1);
+
+pub struct Publisher {
+    nats: Nats,
+    js: jetstream::Context,
+    bot: String,
+    subject: SubjectTemplate,
+    keys: Vec<SigningKey>,
+    timeout: Duration,
+}
+
+impl Publisher {
+    pub fn new(bot: &str, subject: SubjectTemplate, fwd: &ForwardSettings, nats: Nats) -> Self {
+        // The forward's timeout bounds the whole publish; the context's own
+        // (for the ack) is the same so its error names the right cause.
+        let js = ContextBuilder::new()
+            .timeout(fwd.timeout)
+            .build(nats.client().clone());
+        Publisher {
+            nats,
+            js,
+            bot: bot.to_string(),
+            subject,
+            keys: fwd.signing_keys.clone(),
+            timeout: fwd.timeout,
+        }
+    }
+
+    async fn publish(&self, webhook_id: &str, job: &Job, attempt: u32) -> Outcome {
+        if !self.nats.connected() {
+            return Outcome::NotSent {
+                error: "NATS is not connected".into(),
+                retry_in: RECHECK,
+            };
+        }
+        let chat = match &job.lane {
+            Lane::Chat(id) | Lane::User(id) => Some(id.as_str()),
+            Lane::Alone => None,
+        };
+        let subject = self.subject.render(&Values {
+            bot: &self.bot,
+            kind: &job.kind,
+            chat,
+            update_id: job.update_id,
+        });
+        let headers = self.headers(webhook_id, job, attempt);
+        let message = PublishMessage::build()
+            .payload(job.payload.clone())
+            .headers(headers)
+            .message_id(webhook_id);
+        let publish = async {
+            let ack = self.js.send_publish(subject.clone(), message).await?;
+            ack.await
+        };
+        match timeout(self.timeout, publish).await {
+            Ok(Ok(ack)) => {
+                if ack.duplicate {
+                    debug!(update_id = ?job.update_id, stream = %ack.stream, "JetStream already held it (same Nats-Msg-Id within the stream's duplicate window)");
+                }
+                Outcome::Delivered {
+                    status: None,
+                    reply: ReplyBody::None,
+                }
+            }
+            Ok(Err(e)) => Outcome::Failed {
+                error: self.explain(&subject, &e),
+                retry_after: None,
+            },
+            Err(_) => Outcome::Failed {
+                error: format!(
+                    "JetStream did not acknowledge {subject} within {}s",
+                    self.timeout.as_secs_f64()
+                ),
+                retry_after: None,
+            },
+        }
+    }
+
+    fn headers(&self, webhook_id: &str, job: &Job, attempt: u32) -> HeaderMap {
+        let timestamp = (crate::clock::now_ms() / 1000) as i64;
+        let received_at = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(job.received_ms),
+        );
+        let mut h = HeaderMap::new();
+        h.insert("Content-Type", "application/json");
+        h.insert("webhook-id", webhook_id);
+        h.insert("webhook-timestamp", timestamp.to_string().as_str());
+        if !self.keys.is_empty() {
+            h.insert(
+                "webhook-signature",
+                signature_header(&self.keys, webhook_id, timestamp, &job.payload).as_str(),
+            );
+        }
+        h.insert("X-Pollhook-Bot", self.bot.as_str());
+        h.insert("X-Pollhook-Kind", header_safe(&job.kind));
+        if let Lane::Chat(id) = &job.lane {
+            h.insert("X-Pollhook-Chat", header_safe(id));
+        }
+        if let Some(id) = job.update_id {
+            h.insert("X-Pollhook-Update-Id", id.to_string().as_str());
+        }
+        h.insert("X-Pollhook-Attempt", attempt.to_string().as_str());
+        h.insert("X-Pollhook-Received-At", received_at.to_string().as_str());
+        h
+    }
+
+    /// A publish error in words that say what to do.
+    fn explain(&self, subject: &str, e: &jetstream::context::PublishError) -> String {
+        match e.kind() {
+            PublishErrorKind::StreamNotFound => format!(
+                "no stream listens on {subject}: create one that captures {pattern}, e.g. `nats stream add TG --subjects '{pattern}' --storage file --dupe-window 2m`",
+                pattern = self.subject.pattern(&self.bot)
+            ),
+            PublishErrorKind::TimedOut => format!(
+                "JetStream did not acknowledge {subject} in time (is the stream's leader or quorum available?)"
+            ),
+            PublishErrorKind::BrokenPipe => {
+                format!("the NATS connection broke while publishing {subject}")
+            }
+            _ => format!("JetStream refused {subject}: {}", crate::http::error_chain(e)),
+        }
+    }
+}
+
+/// Values that come from the platform go into a header only as visible
+/// ASCII: a CR or LF would end the header block on the wire.
+fn header_safe(value: &str) -> &str {
+    if !value.is_empty() && value.chars().all(|c| c.is_ascii_graphic()) {
+        value
+    } else {
+        "_"
+    }
+}
+
+impl Sink for Publisher {
+    fn send<'a>(
+        &'a self,
+        webhook_id: &'a str,
+        job: &'a Job,
+        attempt: u32,
+    ) -> futures_util::future::BoxFuture<'a, Outcome> {
+        Box::pin(self.publish(webhook_id, job, attempt))
+    }
+}
