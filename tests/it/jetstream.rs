@@ -171,12 +171,22 @@ fn shapes() -> Vec<(String, &'static str, &'static str, Option<&'static str>)> {
             "_",
             None,
         ),
-        // Characters that would split or wildcard a subject.
+        // Characters that would split or wildcard a subject; the header
+        // keeps the id as it is.
         (
-            r#"{"update_id":6,"message":{"message_id":6,"date":1,"chat":{"id":"we.ird*id>x y","type":"private"},"text":"s"}}"#.into(),
+            r#"{"update_id":6,"message":{"message_id":6,"date":1,"chat":{"id":"we.ird*id>x","type":"private"},"text":"s"}}"#.into(),
             "message",
-            "we_ird_id_x_y",
-            Some("we.ird*id>x y"),
+            "we_ird_id_x",
+            Some("we.ird*id>x"),
+        ),
+        // A space would end the subject on the wire; one `_` per character,
+        // not per byte. A header value is visible ASCII or `_` as a whole
+        // (a CR or LF would end the header block).
+        (
+            r#"{"update_id":7,"message":{"message_id":7,"date":1,"chat":{"id":"a b.чат","type":"private"},"text":"s"}}"#.into(),
+            "message",
+            "a_b____",
+            Some("_"),
         ),
     ]
 }
@@ -262,11 +272,11 @@ async fn every_update_lands_with_its_bytes_headers_signature_and_rendered_subjec
     assert_no_token(&relay.logs());
 }
 
-/// An HTTP forward and a JetStream forward on one bot each get every
-/// update once, under the same webhook-id on both sides.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs nats-server"]
-async fn an_http_and_a_jetstream_forward_on_one_bot_each_get_everything() {
+/// An HTTP forward and a JetStream forward on one bot, as they are
+/// configured side by side: (update id → webhook-id) from the backend and
+/// from the stream, each checked to hold every update once.
+async fn http_and_jetstream_side_by_side() -> (BTreeMap<i64, String>, BTreeMap<i64, String>) {
+    const N: i64 = 30;
     let setup = Setup::new().await;
     let nats = nats_with_stream().await;
     let forwards = format!(
@@ -275,7 +285,6 @@ async fn an_http_and_a_jetstream_forward_on_one_bot_each_get_everything() {
     ) + &js_forward("stream", "tg.{bot}.{chat}", "");
     let config = js_config(&setup, &nats, "", "", &forwards);
     let mut relay = setup.spawn(&config);
-    const N: i64 = 30;
     for id in 1..=N {
         setup
             .api
@@ -284,44 +293,91 @@ async fn an_http_and_a_jetstream_forward_on_one_bot_each_get_everything() {
     let posted = setup.backend.wait_accepted(N as usize, LONG).await;
     let published = nats.read_all(STREAM, N as u64, LONG).await;
     relay.stop().await;
+    assert_no_token(&relay.logs());
 
-    let http: BTreeMap<i64, &str> = posted
-        .iter()
-        .map(|r| (update_id(r), r.header("webhook-id").unwrap()))
-        .collect();
-    let js: BTreeMap<i64, &str> = published
-        .iter()
-        .map(|m| (m.update_id(), m.header("webhook-id").unwrap()))
-        .collect();
-    let all: Vec<i64> = (1..=N).collect();
     assert_eq!(
         (posted.len(), published.len()),
         (N as usize, N as usize),
         "each side gets each update once"
     );
-    assert_eq!(http.keys().copied().collect::<Vec<_>>(), all);
-    assert_eq!(js.keys().copied().collect::<Vec<_>>(), all);
-    let differ: Vec<(i64, &str, &str)> = all
+    let http: BTreeMap<i64, String> = posted
         .iter()
-        .filter(|id| http[id] != js[id])
-        .map(|id| (*id, http[id], js[id]))
-        .take(5)
+        .map(|r| (update_id(r), r.header("webhook-id").unwrap().to_string()))
+        .collect();
+    let js: BTreeMap<i64, String> = published
+        .iter()
+        .map(|m| (m.update_id(), m.header("webhook-id").unwrap().to_string()))
+        .collect();
+    let all: Vec<i64> = (1..=N).collect();
+    assert_eq!(http.keys().copied().collect::<Vec<_>>(), all, "HTTP");
+    assert_eq!(js.keys().copied().collect::<Vec<_>>(), all, "JetStream");
+    (http, js)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn an_http_and_a_jetstream_forward_on_one_bot_each_get_everything() {
+    http_and_jetstream_side_by_side().await;
+}
+
+/// One update is one webhook-id whichever way it leaves: a consumer of the
+/// stream and an HTTP backend can tell they saw the same update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn an_http_and_a_jetstream_forward_see_one_update_under_one_webhook_id() {
+    let (http, js) = http_and_jetstream_side_by_side().await;
+    let differ: Vec<(i64, &str, &str)> = http
+        .iter()
+        .filter(|(id, w)| js[*id] != **w)
+        .map(|(id, w)| (*id, w.as_str(), js[id].as_str()))
+        .take(3)
         .collect();
     assert!(
         differ.is_empty(),
         "the two forwards got different webhook-ids for one update (update, HTTP, JetStream): {differ:?}"
     );
-    assert_no_token(&relay.logs());
+}
+
+/// Two JetStream forwards whose subjects one stream captures: each stores
+/// every update, neither's copy dropped by JetStream as a repeat of the
+/// other's (their Nats-Msg-Ids must differ however webhook-ids are made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn two_jetstream_forwards_into_one_stream_each_store_everything() {
+    const N: i64 = 10;
+    let setup = Setup::new().await;
+    let nats = NatsServer::start().await;
+    nats.create_stream("BOTH", &["a.>", "b.>"]).await;
+    let forwards =
+        js_forward("a", "a.{bot}.{chat}", "") + &js_forward("b", "b.{bot}.{update_id}", "");
+    let config = js_config(&setup, &nats, "", "", &forwards);
+    let mut relay = setup.spawn(&config);
+    for id in 1..=N {
+        setup.api.push_message(TOKEN, id, id % 2, "x");
+    }
+    let msgs = nats
+        .read_all("BOTH", 2 * N as u64, Duration::from_secs(20))
+        .await;
+    relay.stop().await;
+    for prefix in ["a.", "b."] {
+        let mut ids: Vec<i64> = msgs
+            .iter()
+            .filter(|m| m.subject.starts_with(prefix))
+            .map(StreamMsg::update_id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "forward {prefix}");
+    }
 }
 
 /// SIGKILL 5× at random moments during 5,000 updates: every update is in the
 /// stream; a duplicate is never one JetStream could have dropped (same
-/// Nats-Msg-Id); per-subject order holds.
+/// Nats-Msg-Id, which is the webhook-id); per-subject order holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server"]
 async fn sigkill_during_5000_updates_loses_nothing_and_jetstream_drops_every_repeated_id() {
     const UPDATES: i64 = 5_000;
-    const KILLS: usize = 5;
+    const KILLS: i64 = 5;
     let started = Instant::now();
     let setup = Setup::new().await;
     let nats = nats_with_stream().await;
@@ -336,12 +392,13 @@ async fn sigkill_during_5000_updates_loses_nothing_and_jetstream_drops_every_rep
     let env = [("RUST_LOG", "info")];
     let mut relay = Relay::spawn(&config, &env);
 
-    // 100 updates every 40 ms over 100 chats.
+    // 50 updates every 40 ms over 100 chats: 4 s, time for 5 kills and
+    // restarts while updates still flow.
     let api = setup.api.clone();
     let producer = tokio::spawn(async move {
         let mut id = 1;
         while id <= UPDATES {
-            for _ in 0..100 {
+            for _ in 0..50 {
                 if id > UPDATES {
                     break;
                 }
@@ -352,12 +409,20 @@ async fn sigkill_during_5000_updates_loses_nothing_and_jetstream_drops_every_rep
         }
     });
 
+    // Kill k comes once the API has handed out a random number of updates
+    // in the k-th fifth of the run (before the last 400): a random moment,
+    // and always one with updates still to publish.
     let mut at_kills = Vec::new();
     for round in 1..=KILLS {
-        let pause = rand::rng().random_range(100..450);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let span = (UPDATES - 400) / KILLS;
+        let due = rand::rng().random_range((round - 1) * span + 1..=round * span);
+        wait_until(&format!("update {due} to be polled"), LONG, || {
+            setup.api.confirmed(TOKEN).unwrap_or(0) >= due
+        })
+        .await;
         let polls = setup.api.get_updates_calls(TOKEN).len();
         relay.sigkill();
+        let killed_at = started.elapsed();
         // Confirmed to the API means stored: published or still queued.
         let confirmed = setup.api.confirmed(TOKEN).unwrap_or(0);
         let published = nats.stream_len(STREAM).await;
@@ -376,15 +441,20 @@ async fn sigkill_during_5000_updates_loses_nothing_and_jetstream_drops_every_rep
             missing.is_empty(),
             "after kill {round}: the API had confirmed up to {confirmed}, but these were neither in the stream nor queued: {missing:?}"
         );
-        at_kills.push((
-            started.elapsed().as_millis(),
-            confirmed,
+        assert!(
+            in_stream.len() < UPDATES as usize,
+            "kill {round} came after everything was published: it tested nothing"
+        );
+        at_kills.push(format!(
+            "{:.2}s: {confirmed} polled, {} in the stream, {} queued",
+            killed_at.as_secs_f64(),
             in_stream.len(),
-            queued.len(),
+            queued.len()
         ));
         relay = Relay::spawn(&config, &env);
+        // Any new poll is the restarted relay's.
         wait_until("the restarted relay's first poll", LONG, || {
-            setup.api.get_updates_calls(TOKEN).len() > polls + 1
+            setup.api.get_updates_calls(TOKEN).len() > polls
         })
         .await;
     }
@@ -402,37 +472,41 @@ async fn sigkill_during_5000_updates_loses_nothing_and_jetstream_drops_every_rep
         .filter(|id| !ids.contains(id))
         .take(10)
         .collect();
-    // A duplicate is a second message of an update; it shares the first's
-    // Nats-Msg-Id only if JetStream failed to drop it (within its 2-minute
-    // window, which this whole run fits in).
-    let mut first_ids: HashMap<i64, HashSet<&str>> = HashMap::new();
-    let (mut duplicates, mut same_msg_id) = (0, 0);
+    // A duplicate is a second message of an update. It may come from the
+    // platform (stored, killed before the offset was confirmed, polled
+    // again: a new job, a new webhook-id); one with a Nats-Msg-Id or a
+    // webhook-id seen before is a re-publish of one job, which JetStream
+    // must have dropped (its 2-minute window spans this whole run).
+    let mut earlier: HashMap<i64, Vec<(&str, &str)>> = HashMap::new();
+    let (mut duplicates, mut same_msg_id, mut same_webhook_id) = (0, 0, 0);
     for m in &msgs {
         let msg_id = m
             .header_exact("Nats-Msg-Id")
             .unwrap_or_else(|| panic!("no Nats-Msg-Id on {:?}", m.headers));
-        let earlier = first_ids.entry(m.update_id()).or_default();
-        if !earlier.is_empty() {
+        let webhook_id = m.header("webhook-id").unwrap_or_default();
+        let before = earlier.entry(m.update_id()).or_default();
+        if !before.is_empty() {
             duplicates += 1;
-            if earlier.contains(msg_id) {
-                same_msg_id += 1;
-            }
+            same_msg_id += before.iter().any(|(n, _)| *n == msg_id) as usize;
+            same_webhook_id += before.iter().any(|(_, w)| *w == webhook_id) as usize;
         }
-        earlier.insert(msg_id);
+        before.push((msg_id, webhook_id));
     }
     let repeats = assert_per_subject_order(&msgs);
     eprintln!(
-        "jetstream crash test: {UPDATES} updates, {KILLS} SIGKILLs at (ms, confirmed, in stream, queued) {at_kills:?}; \
-         {} messages in the stream, {duplicates} duplicates (same update_id twice), {same_msg_id} of them with a Nats-Msg-Id seen before, \
-         {repeats} re-deliveries on their subject, {} lost; all published and stopped after {:.1} s",
+        "jetstream crash test: {UPDATES} updates, {KILLS} SIGKILLs at [{}]; {} messages in the stream, \
+         {duplicates} duplicates (same update_id twice), {same_msg_id} of them with a Nats-Msg-Id seen before, \
+         {same_webhook_id} with a webhook-id seen before, {} lost; all published and stopped after {:.1} s",
+        at_kills.join("; "),
         msgs.len(),
         UPDATES as usize - ids.len(),
         done.as_secs_f64()
     );
     assert!(lost.is_empty(), "not in the stream: {lost:?}…");
     assert_eq!(
-        same_msg_id, 0,
-        "JetStream kept {same_msg_id} re-publishes with a Nats-Msg-Id it had stored: the header is not what it de-duplicates on"
+        (same_msg_id, same_webhook_id),
+        (0, 0),
+        "JetStream kept re-publishes of one job: it does not de-duplicate them"
     );
     assert_eq!(duplicates, repeats);
     assert_no_token(&relay.logs());
@@ -521,6 +595,41 @@ async fn a_20_second_nats_outage_queues_locally_and_loses_nothing() {
     assert_eq!(msgs.len(), total as usize, "duplicates in the stream");
     assert_per_subject_order(&msgs);
     assert_no_token(&relay.logs());
+}
+
+/// The relay starts while NATS is down (it connects in the background):
+/// updates are polled and queued, /readyz says NATS; once the server is up
+/// they are published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn the_relay_starts_while_nats_is_down_and_publishes_once_it_is_up() {
+    let setup = Setup::new().await;
+    let mut nats = nats_with_stream().await;
+    nats.stop().await;
+    let port = free_port();
+    let config = js_config(
+        &setup,
+        &nats,
+        &admin_table(port, ""),
+        "",
+        &js_forward("stream", "tg.{bot}.{chat}", ""),
+    );
+    let mut relay = setup.spawn(&config);
+    for id in 1..=5 {
+        setup.api.push_message(TOKEN, id, id, "x");
+    }
+    setup.api.wait_confirmed(TOKEN, 5, LONG).await;
+    let status = wait_depth(port, "stream", 5).await;
+    assert_eq!(status["nats"]["connected"], false, "{status}");
+    let body = wait_code(port, "/readyz", 503).await;
+    assert!(body.to_ascii_lowercase().contains("nats"), "{body}");
+
+    nats.restart().await;
+    let msgs = nats.read_all(STREAM, 5, LONG).await;
+    wait_depth(port, "stream", 0).await;
+    wait_code(port, "/readyz", 200).await;
+    relay.stop().await;
+    assert_eq!(msgs.len(), 5);
 }
 
 /// A subject no stream captures: the update stays queued and the log names
