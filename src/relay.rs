@@ -44,9 +44,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     // Connected in the background: while NATS is away the poller goes on
     // storing, and JetStream forwards wait with their queues.
+    let publishes = settings.bots.iter().any(|b| {
+        b.forwards
+            .iter()
+            .any(|f| matches!(f.to, crate::config::Destination::JetStream(_)))
+    });
     let nats = match &settings.nats {
-        Some(n) => Some(Nats::connect(n, FirstConnect::InBackground).await?),
-        None => None,
+        Some(n) if publishes => Some(Nats::connect(n, FirstConnect::InBackground).await?),
+        _ => None,
     };
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
@@ -138,9 +143,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tasks.spawn(watch_store(store.clone(), broken.clone(), shutdown.clone()));
     tasks.close();
     tasks.wait().await;
-    if let Some(n) = &nats {
-        n.flush().await;
-    }
     if broken.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!(
             "stopped because the state database kept failing (see above); \

@@ -195,16 +195,18 @@ fn check_url(
             "missing; every forward needs a url",
         )
     })?;
+    // Errors show the URL, never a password in it.
+    let shown = exposure::mask_userinfo(&text);
     let url = Url::parse(&text).map_err(|e| {
         ctx.err(
             format!("{prefix}.url"),
-            format!("{text:?} is not a URL: {e}"),
+            format!("{shown:?} is not a URL: {e}"),
         )
     })?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(ctx.err(
             format!("{prefix}.url"),
-            format!("{text:?}: scheme {:?} is not http or https", url.scheme()),
+            format!("{shown:?}: scheme {:?} is not http or https", url.scheme()),
         ));
     }
     if url.scheme() == "http" && !exposure::is_loopback_host(&url) {

@@ -91,6 +91,8 @@ fn is_loopback(url: &Url) -> bool {
 /// if none), or a bare `host:port`.
 fn server_url(ctx: &Ctx, i: usize, text: &str) -> Result<Url, ConfigError> {
     let key = format!("nats.servers[{i}]");
+    // Errors show the address, never a password someone put in it.
+    let text = &super::exposure::mask_userinfo(text);
     let full = if text.contains("://") {
         text.to_string()
     } else {
@@ -185,15 +187,29 @@ fn auth(ctx: &Ctx, raw: &RawNats) -> Result<NatsAuth, ConfigError> {
             &raw.nkey_credential,
         ),
     )?;
+    // Checked now: a bad seed or credentials file would otherwise fail at
+    // every reconnect, for ever, after check-config said all was well.
     if let Some(seed) = &nkey {
-        // A user seed is "SU" and 56 more base32 characters; anything else
-        // would only fail later, over and over, at every reconnect.
         let s = seed.expose_secret();
-        let base32 = |c: char| c.is_ascii_uppercase() || ('2'..='7').contains(&c);
-        if !(s.len() == 58 && s.starts_with("SU") && s.chars().all(base32)) {
+        if !s.starts_with("SU") || nkeys::KeyPair::from_seed(s).is_err() {
             return Err(ctx.err(
                 "nats.nkey",
-                "not a user nkey seed (58 characters starting with \"SU\", from `nk -gen user`)",
+                "not a user nkey seed (58 characters starting with \"SU\", from `nk -gen user`; checksum included)",
+            ));
+        }
+    }
+    // Secrets are read trimmed, but a .creds file's last line must end in
+    // a newline for async-nats to find its seed block.
+    let credentials =
+        credentials.map(|c| secrecy::SecretString::from(format!("{}\n", c.expose_secret())));
+    if let Some(c) = &credentials {
+        if let Err(e) = async_nats::ConnectOptions::with_credentials(c.expose_secret()) {
+            return Err(ctx.err(
+                "nats.credentials",
+                format!(
+                    "not a NATS credentials file: it needs a \"BEGIN NATS USER JWT\" block and a \"BEGIN USER NKEY SEED\" block with a valid seed ({})",
+                    e.kind()
+                ),
             ));
         }
     }

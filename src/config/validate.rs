@@ -66,6 +66,16 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
         }
         bots.push(bot);
     }
+    let publishes = bots.iter().any(|b| {
+        b.forwards
+            .iter()
+            .any(|f| matches!(f.to, Destination::JetStream(_)))
+    });
+    if nats.is_some() && !publishes {
+        ctx.warn(
+            "nats: no forward has a nats_subject, so pollhook does not connect to NATS".into(),
+        );
+    }
     Ok(Settings {
         source_name: ctx.source_name.to_string(),
         state_dir,

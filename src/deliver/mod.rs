@@ -84,6 +84,8 @@ struct InFlight {
     done_since: Option<std::time::Instant>,
     /// Some attempt failed since the last success (the backend may be down).
     failing: bool,
+    /// A success releases every lane waiting out a failure (`Sink::shared_fate`).
+    release_on_success: bool,
     /// Lanes kept after their head was delivered, until its webhook reply
     /// is read (`LaneHold`), come back through here.
     lane_back: mpsc::UnboundedSender<String>,
@@ -101,6 +103,7 @@ impl InFlight {
             done: Vec::new(),
             done_since: None,
             failing: false,
+            release_on_success: true,
             lane_back,
             held: 0,
         }
@@ -140,6 +143,7 @@ impl Forwarder {
         let (lane_back, mut lanes_back) = mpsc::unbounded_channel();
         let mut lanes = Lanes::default();
         let mut inflight = InFlight::new(lane_back);
+        inflight.release_on_success = target.shared_fate();
         let mut refill = true;
         info!(to = %self.settings.to.describe(), "delivering");
         loop {
@@ -356,7 +360,9 @@ impl Forwarder {
                     // The backend answers again: lanes waiting out their
                     // backoff need not wait any longer.
                     inflight.failing = false;
-                    lanes.release_all();
+                    if inflight.release_on_success {
+                        lanes.release_all();
+                    }
                 }
                 match reply {
                     ReplyBody::None => lanes.finish(&key, now),
@@ -382,14 +388,16 @@ impl Forwarder {
                     }
                 }
             }
-            Outcome::Gone => {
+            Outcome::Refused(why) => {
                 job.attempts += 1;
-                job.last_error = "HTTP 410 Gone: the backend refuses this update for good".into();
+                job.last_error = why;
                 self.bury(&job);
                 lanes.finish(&key, now);
             }
             Outcome::NotSent { error, retry_in } => {
-                inflight.failing = true;
+                // Every lane parked so looks again within `retry_in`; no
+                // release needed. Shown in `status` as the forward's error.
+                stats::set_last(&self.stats.last_error, now, error.clone());
                 if self
                     .settings
                     .retry

@@ -96,12 +96,6 @@ impl Nats {
             async_nats::connection::State::Connected
         )
     }
-
-    /// Sends what is buffered; a stop calls it so nothing acknowledged
-    /// locally waits in the client.
-    pub async fn flush(&self) {
-        let _ = self.client.flush().await;
-    }
 }
 
 fn log_event(event: Event) {

@@ -36,18 +36,29 @@ pub async fn probe(settings: &Settings) -> Result<Vec<Finding>, String> {
     let Some(nats) = settings.nats.as_ref().filter(|_| !wanted.is_empty()) else {
         return Ok(Vec::new());
     };
-    let conn = Nats::connect(nats, FirstConnect::OrFail)
-        .await
-        .map_err(|e| e.to_string())?;
-    let js = async_nats::jetstream::new(conn.client().clone());
-    let streams: Vec<(String, Vec<String>)> = js
-        .streams()
-        .map_ok(|info| (info.config.name, info.config.subjects))
-        .try_collect()
-        .await
-        .map_err(|e| {
-            format!("cannot list JetStream streams (is JetStream enabled on the server?): {e}")
-        })?;
+    // async-nats bounds only the TCP connect: a listener that accepts and
+    // never speaks NATS would hold the probe for ever.
+    let limit = nats.connect_timeout * 2 + std::time::Duration::from_secs(5);
+    let ask = async {
+        let conn = Nats::connect(nats, FirstConnect::OrFail)
+            .await
+            .map_err(|e| e.to_string())?;
+        let js = async_nats::jetstream::new(conn.client().clone());
+        js.streams()
+            .map_ok(|info| (info.config.name, info.config.subjects))
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| {
+                format!("cannot list JetStream streams (is JetStream enabled on the server?): {e}")
+            })
+    };
+    let streams: Vec<(String, Vec<String>)> =
+        tokio::time::timeout(limit, ask).await.map_err(|_| {
+            format!(
+                "no answer within {}s (is it a NATS server?)",
+                limit.as_secs()
+            )
+        })??;
     Ok(wanted
         .into_iter()
         .map(|(bot, forward, pattern)| {

@@ -177,15 +177,20 @@ fn pieces(text: &str, token: &str) -> Result<Vec<Piece>, String> {
     Ok(out)
 }
 
+/// The longest value put in a subject or header. Chat ids are a few dozen
+/// characters at most; a hostile one must not make a subject longer than
+/// the server's control line (4 KiB), which closes the connection.
+pub const MAX_VALUE: usize = 128;
+
 /// Appends a value as subject-safe text: what comes from the platform
 /// (chat ids are text on some) must not add tokens or wildcards, so
-/// anything but letters, digits, `_` and `-` becomes `_`.
+/// anything but letters, digits, `_` and `-` becomes `_`; nor be long.
 fn push_safe(out: &mut String, value: &str) {
     if value.is_empty() {
         out.push('_');
         return;
     }
-    out.extend(value.chars().map(|c| {
+    out.extend(value.chars().take(MAX_VALUE).map(|c| {
         if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
             c
         } else {
@@ -261,6 +266,8 @@ mod tests {
         let t = SubjectTemplate::parse("tg.{chat}").unwrap();
         assert_eq!(t.render(&values(Some("a.b>*c d"))), "tg.a_b__c_d");
         assert_eq!(t.render(&values(Some(""))), "tg._");
+        let long = "9".repeat(10_000);
+        assert_eq!(t.render(&values(Some(&long))).len(), 3 + MAX_VALUE);
     }
 
     #[test]

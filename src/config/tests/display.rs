@@ -97,12 +97,14 @@ fn a_token_shows_only_its_bot_id() {
 
 #[test]
 fn check_config_masks_nats_secrets_of_every_kind() {
-    let seed = format!("SU{}", "A".repeat(56));
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
     let auths = [
         "token = \"natsSECRET\"".to_string(),
         "user = \"relay\"\npassword = \"pwSECRET\"".to_string(),
         format!("nkey = \"{seed}\""),
-        "credentials = \"-----BEGIN NATS USER JWT-----\\njwtSECRET\"".to_string(),
+        format!(
+            "credentials = \"\"\"\n-----BEGIN NATS USER JWT-----\neyJSECRET\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\"\"\""
+        ),
     ];
     for auth in auths {
         let toml = format!(

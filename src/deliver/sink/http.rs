@@ -124,7 +124,9 @@ impl Target {
         // Read (and drop) the rest so the connection can be reused.
         let _ = timeout_at(deadline, read_capped(response, DISCARD)).await;
         if status.as_u16() == 410 {
-            return Outcome::Gone;
+            return Outcome::Refused(
+                "HTTP 410 Gone: the backend refuses this update for good".into(),
+            );
         }
         let error = if status.is_redirection() {
             format!(

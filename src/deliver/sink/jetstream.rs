@@ -12,7 +12,7 @@ use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
 use tokio::time::timeout;
-use tracing::debug;
+use tracing::info;
 
 use super::{Outcome, Sink};
 use crate::config::ForwardSettings;
@@ -27,6 +27,9 @@ use crate::store::Job;
 /// wire, so it costs nothing, and the first lane to find NATS back wakes
 /// every other (the dispatcher releases all lanes on a success).
 const RECHECK: Duration = Duration::from_secs(1);
+/// Room left for the headers when comparing an update with the server's
+/// `max_payload` (they count against it; ours are well under this).
+const HEADER_ROOM: usize = 2048;
 
 pub struct Publisher {
     nats: Nats,
@@ -41,8 +44,11 @@ impl Publisher {
     pub fn new(bot: &str, subject: SubjectTemplate, fwd: &ForwardSettings, nats: Nats) -> Self {
         // The forward's timeout bounds the whole publish; the context's own
         // (for the ack) is the same so its error names the right cause.
+        // Room for every lane's ack plus acks abandoned on a timeout, which
+        // the context holds a while longer: never a wait for a permit.
         let js = ContextBuilder::new()
             .timeout(fwd.timeout)
+            .max_ack_inflight(fwd.max_in_flight * 2 + 16)
             .build(nats.client().clone());
         Publisher {
             nats,
@@ -71,6 +77,15 @@ impl Publisher {
             chat,
             update_id: job.update_id,
         });
+        // Too large, the server would not refuse the message but close the
+        // connection every JetStream forward shares, over and over.
+        let max = self.nats.client().server_info().max_payload;
+        if max > 0 && job.payload.len() + HEADER_ROOM > max {
+            return Outcome::Refused(format!(
+                "the update is {} bytes, more than this NATS server's max_payload ({max} bytes) allows with headers; raise max_payload in the server's configuration, then replay it from dead letters",
+                job.payload.len()
+            ));
+        }
         let headers = self.headers(webhook_id, job, attempt);
         let message = PublishMessage::build()
             .payload(job.payload.clone())
@@ -83,13 +98,20 @@ impl Publisher {
         match timeout(self.timeout, publish).await {
             Ok(Ok(ack)) => {
                 if ack.duplicate {
-                    debug!(update_id = ?job.update_id, stream = %ack.stream, "JetStream already held it (same Nats-Msg-Id within the stream's duplicate window)");
+                    // Expected after a crash between the ack and forgetting
+                    // the job; anything else (a copied state directory
+                    // reusing ids) should be seen.
+                    info!(update_id = ?job.update_id, stream = %ack.stream, webhook_id, "JetStream already held this update (same Nats-Msg-Id within the stream's duplicate window): not stored twice");
                 }
                 Outcome::Delivered {
                     status: None,
                     reply: ReplyBody::None,
                 }
             }
+            Ok(Err(e)) if too_large(&e) => Outcome::Refused(format!(
+                "the stream refuses {subject}: the update ({} bytes) is larger than its max_msg_size; raise it, then replay it from dead letters",
+                job.payload.len()
+            )),
             Ok(Err(e)) => Outcome::Failed {
                 error: self.explain(&subject, &e),
                 retry_after: None,
@@ -150,10 +172,20 @@ impl Publisher {
     }
 }
 
+/// Whether the stream refused the message for its size.
+fn too_large(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
+}
+
 /// Values that come from the platform go into a header only as visible
-/// ASCII: a CR or LF would end the header block on the wire.
+/// ASCII (a CR or LF would end the header block on the wire) and short.
 fn header_safe(value: &str) -> &str {
-    if !value.is_empty() && value.chars().all(|c| c.is_ascii_graphic()) {
+    if !value.is_empty()
+        && value.len() <= crate::nats::subject::MAX_VALUE
+        && value.chars().all(|c| c.is_ascii_graphic())
+    {
         value
     } else {
         "_"
@@ -161,6 +193,10 @@ fn header_safe(value: &str) -> &str {
 }
 
 impl Sink for Publisher {
+    fn shared_fate(&self) -> bool {
+        false
+    }
+
     fn send<'a>(
         &'a self,
         webhook_id: &'a str,

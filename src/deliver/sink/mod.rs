@@ -55,6 +55,14 @@ pub fn for_forward(
 
 /// One attempt at handing a job over.
 pub trait Sink: Send + Sync {
+    /// Whether the destination succeeds or fails as a whole, so that one
+    /// success means every lane waiting out a failure may go again: true
+    /// for one HTTP backend (down, then up); false for JetStream, where a
+    /// failure is often one subject's (no stream captures this kind).
+    fn shared_fate(&self) -> bool {
+        true
+    }
+
     /// Delivers `job` as attempt number `attempt` (1 for the first) under
     /// its stable `webhook_id`, and says what became of it. Never panics
     /// on what the other side answers.
@@ -76,9 +84,10 @@ pub enum Outcome {
         status: Option<u16>,
         reply: ReplyBody,
     },
-    /// 410 Gone: the backend says this update will never be accepted; it
-    /// goes to dead letters at once instead of blocking its chat.
-    Gone,
+    /// This update will never be accepted (HTTP 410 Gone, larger than the
+    /// NATS server takes): it goes to dead letters at once, with why,
+    /// instead of blocking its chat.
+    Refused(String),
     /// Anything else; try again later (after `retry_after` if the backend
     /// said so on a 429 or 503).
     Failed {
