@@ -128,3 +128,12 @@ async fn nats_rig_sanity() {
     let refused = async_nats::connect(nats.url()).await;
     assert!(refused.is_err(), "connected without the token");
 }
+
+/// A daemon that is nowhere fails its test with the way to install it.
+#[test]
+#[should_panic(
+    expected = "this test needs no-such-daemon-4f2a, which is not on PATH: apt-get install it"
+)]
+fn a_missing_daemon_names_the_install() {
+    crate::rig::tools::locate("no-such-daemon-4f2a", "apt-get install it");
+}
