@@ -11,6 +11,7 @@ mod hostile_admin;
 mod hostile_platform;
 mod hostile_replies;
 mod interop;
+mod jetstream;
 mod lifecycle;
 mod operations;
 mod platforms;

@@ -81,3 +81,59 @@ async fn rig_sanity() {
         .await;
     assert!(refused.is_err(), "port still open after shutdown");
 }
+
+/// The NATS rig: a stream keeps what was published through a graceful stop,
+/// a SIGKILL and restarts on the same port; headers and bytes read back as
+/// sent; a second publish with the same `Nats-Msg-Id` is dropped (the
+/// de-duplication the JetStream tests count on); credentials are enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn nats_rig_sanity() {
+    use crate::rig::{NatsAuth, NatsServer};
+
+    let mut nats = NatsServer::start_with(NatsAuth::Token("rig-token".into())).await;
+    nats.create_stream("S", &["s.>"]).await;
+    let publish = async |nats: &NatsServer, id: &str, body: &'static str| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        headers.insert("X-Case", "Kept");
+        nats.jetstream()
+            .await
+            .publish_with_headers("s.a", headers, body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack")
+    };
+    assert!(!publish(&nats, "1", "{\"update_id\":1}").await.duplicate);
+    assert!(publish(&nats, "1", "{\"update_id\":1}").await.duplicate);
+    nats.stop().await;
+    assert!(!nats.is_running());
+    nats.restart().await;
+    assert!(!publish(&nats, "2", "{\"update_id\":2}").await.duplicate);
+    nats.kill().await;
+    nats.restart().await;
+    // Still de-duplicated after a restart: the window survives in the store.
+    assert!(publish(&nats, "2", "{\"update_id\":2}").await.duplicate);
+
+    let msgs = nats.read_all("S", 2, Duration::from_secs(10)).await;
+    let ids: Vec<(u64, i64)> = msgs.iter().map(|m| (m.seq, m.update_id())).collect();
+    assert_eq!(ids, [(1, 1), (2, 2)]);
+    assert_eq!(msgs[0].subject, "s.a");
+    assert_eq!(msgs[0].header_exact("X-Case"), Some("Kept"));
+    assert_eq!(msgs[0].header("x-case"), Some("Kept"));
+    assert_eq!(&msgs[1].payload[..], b"{\"update_id\":2}");
+
+    // Without the token the server refuses.
+    let refused = async_nats::connect(nats.url()).await;
+    assert!(refused.is_err(), "connected without the token");
+}
+
+/// A daemon that is nowhere fails its test with the way to install it.
+#[test]
+#[should_panic(
+    expected = "this test needs no-such-daemon-4f2a, which is not on PATH: apt-get install it"
+)]
+fn a_missing_daemon_names_the_install() {
+    crate::rig::tools::locate("no-such-daemon-4f2a", "apt-get install it");
+}

@@ -1,7 +1,7 @@
 //! Integration-test rig: a fake Telegram Bot API, a recording webhook
-//! backend, the real `pollhook` binary as a child process, a systemd
-//! notification socket, and the helpers tests share. A test module imports
-//! it whole: `use crate::rig::*;`.
+//! backend, a real nats-server with JetStream, the real `pollhook` binary
+//! as a child process, a systemd notification socket, and the helpers tests
+//! share. A test module imports it whole: `use crate::rig::*;`.
 
 // Not every test uses every helper.
 #![allow(dead_code, unused_imports)]
@@ -10,6 +10,7 @@ pub mod admin;
 pub mod backend;
 pub mod check;
 pub mod fake_api;
+pub mod nats;
 pub mod notify;
 pub mod proc;
 pub mod serve;
@@ -22,9 +23,10 @@ pub use admin::{get, status_json, wait_bot_state, wait_code, wait_status};
 pub use backend::{Backend, Received, Reply, Span};
 pub use check::{assert_no_token, chat_id, distinct_ids, log_line, per_chat, retry_in, update_id};
 pub use fake_api::{Call, FakeApi, Fault, Flavor};
+pub use nats::{per_subject, NatsAuth, NatsServer, StreamMsg};
 pub use notify::NotifySocket;
 pub use proc::{pollhook, pollhook_async, relay_lines, tail, write_config, ProcLimits, Relay};
 pub use serve::free_port;
 pub use setup::{admin_table, edit_config, flavor_name, Setup, SECRET, SECRET_TOKEN, TOKEN};
-pub use state_dir::{stored_update_ids, wait_for_sled_to_let_go};
+pub use state_dir::{stored_update_ids, stored_update_ids_of, wait_for_sled_to_let_go};
 pub use wait::{eventually, wait_until, LONG};

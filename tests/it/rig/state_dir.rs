@@ -26,9 +26,14 @@ pub async fn wait_for_sled_to_let_go(state_dir: &Path) {
 /// while no relay runs; the store is closed again (and its lock released)
 /// before this returns.
 pub async fn stored_update_ids(state_dir: &Path) -> HashSet<i64> {
+    stored_update_ids_of(state_dir, "app").await
+}
+
+/// `stored_update_ids` for bot "main"'s forward `forward`.
+pub async fn stored_update_ids_of(state_dir: &Path, forward: &str) -> HashSet<i64> {
     let ids = {
         let store = Store::open(state_dir, 1 << 20).expect("the relay's store opens");
-        let fwd = store.forward_id("main", "app").unwrap();
+        let fwd = store.forward_id("main", forward).unwrap();
         store
             .pending(fwd, None, usize::MAX)
             .unwrap()
