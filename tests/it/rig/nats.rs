@@ -37,6 +37,8 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     /// "Server is ready" lines in the log before the current start.
     starts: usize,
+    /// A configuration file's text (`-c`), for limits no flag sets.
+    conf: Option<String>,
 }
 
 const READY: &str = "Server is ready";
@@ -48,12 +50,23 @@ impl NatsServer {
     }
 
     pub async fn start_with(auth: NatsAuth) -> NatsServer {
+        Self::start_full(auth, None).await
+    }
+
+    /// A server without authentication, with `conf` as its configuration
+    /// file (e.g. `max_payload: 4096`).
+    pub async fn start_configured(conf: &str) -> NatsServer {
+        Self::start_full(NatsAuth::None, Some(conf.to_string())).await
+    }
+
+    async fn start_full(auth: NatsAuth, conf: Option<String>) -> NatsServer {
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             auth,
             dir: tempfile::tempdir().expect("rig: a directory for nats-server"),
             starts: 0,
+            conf,
         };
         server.spawn().await;
         server
@@ -230,6 +243,11 @@ impl NatsServer {
         let stderr = log.try_clone().expect("rig: clone log handle");
         let store = self.dir.path().join("store");
         let mut cmd = Command::new(binary);
+        if let Some(conf) = &self.conf {
+            let path = self.dir.path().join("server.conf");
+            std::fs::write(&path, conf).expect("rig: write server.conf");
+            cmd.arg("-c").arg(path);
+        }
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(&store)
