@@ -347,7 +347,14 @@ impl Forwarder {
         let now = now_ms();
         match outcome {
             Outcome::Delivered { status, reply } => {
-                debug!(update_id = ?job.update_id, status = ?status, attempt = job.attempts + 1, "delivered");
+                match status {
+                    Some(status) => {
+                        debug!(update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered")
+                    }
+                    None => {
+                        debug!(update_id = ?job.update_id, attempt = job.attempts + 1, "delivered (acknowledged)")
+                    }
+                }
                 stats::add(&self.stats.delivered, 1);
                 self.stats
                     .latency
