@@ -119,6 +119,51 @@ async fn an_r3_stream_acks_with_a_server_killed_and_the_restarted_server_has_eve
     );
 }
 
+#[tokio::test]
+#[ignore = "needs nats-server"]
+async fn a_paused_server_catches_up_once_resumed_and_stops_while_paused() {
+    let mut cluster = NatsCluster::start(3).await;
+    let js = cluster.jetstream().await;
+    create_r3_stream(&js).await;
+    publish_all(&js, 0..50).await;
+    let leader = cluster
+        .stream_leader(&js, STREAM)
+        .await
+        .expect("the R3 stream has a leader");
+    // A follower of the stream, and not the server the client is on (a
+    // client on a paused server waits for its ping to time out).
+    let on = cluster.serving(&js.client());
+    let follower = (0..cluster.len())
+        .find(|&i| i != leader && Some(i) != on)
+        .expect("three servers have one that neither leads nor serves the client");
+
+    cluster.pause(follower);
+    // The leader and the other follower are a quorum: acked at once.
+    publish_all(&js, 50..100).await;
+    cluster.resume(follower);
+    let resumed = Instant::now();
+    cluster.wait_current(follower).await;
+    eprintln!(
+        "{} current again {:?} after SIGCONT",
+        cluster.name(follower),
+        resumed.elapsed()
+    );
+    cluster.move_stream_leader(&js, STREAM, follower).await;
+    assert_eq!(
+        stored_ids(&js, 100).await,
+        (0..100).collect::<Vec<_>>(),
+        "the resumed server's copy"
+    );
+
+    // A paused server still stops (SIGTERM waits for a SIGCONT) and comes back.
+    cluster.pause(follower);
+    let stopping = Instant::now();
+    cluster.stop(follower).await;
+    eprintln!("a paused server stopped in {:?}", stopping.elapsed());
+    cluster.restart(follower).await;
+    publish_all(&js, 100..110).await;
+}
+
 /// The lease bucket's shape (issue 16): one value per key, gone after
 /// `max_age` without a write.
 const MAX_AGE: Duration = Duration::from_secs(2);

@@ -219,7 +219,11 @@ impl NatsServer {
 
     /// Starts the process and returns at once; `wait_ready` waits for it.
     pub(super) fn launch(&mut self) {
-        assert!(self.child.is_none(), "rig: nats-server is already running");
+        if let Some(mut old) = self.child.take() {
+            // Exited by itself (a crash): reaped here and started again.
+            let exited = old.try_wait().expect("rig: try_wait nats-server");
+            assert!(exited.is_some(), "rig: nats-server is already running");
+        }
         let binary = tools::locate("nats-server", "apt-get install nats-server");
         let log_path = self.log_path();
         let log = OpenOptions::new()

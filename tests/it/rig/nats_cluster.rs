@@ -133,9 +133,16 @@ impl NatsCluster {
         self.members[i].server.pause();
     }
 
-    /// SIGCONT server `i`.
+    /// SIGCONT server `i`; `wait_current` waits until it caught up.
     pub fn resume(&mut self, i: usize) {
         self.members[i].server.resume();
+    }
+
+    /// Waits until server `i` (running, e.g. resumed) is routed to every
+    /// other running server, current with the cluster, and answers
+    /// JetStream.
+    pub async fn wait_current(&mut self, i: usize) {
+        self.wait_back(&[i]).await;
     }
 
     /// Starts server `i` again (stopping it first if it runs) on the same
@@ -171,10 +178,14 @@ impl NatsCluster {
     }
 
     /// A client that knows every server and reconnects quickly (tests wait
-    /// for it after outages; the library's default backs off to 4 s).
+    /// for it after outages; the library's default backs off to 4 s). It
+    /// pings every second, so that a paused server it is connected to is
+    /// given up within seconds: with the default (60 s, two unanswered) a
+    /// client stays on a hung server for minutes, its publishes unanswered.
     pub async fn client(&self) -> async_nats::Client {
         async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
+            .ping_interval(Duration::from_secs(1))
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((attempts as u64 * 25).min(250))
             })
@@ -185,6 +196,12 @@ impl NatsCluster {
 
     pub async fn jetstream(&self) -> jetstream::Context {
         jetstream::new(self.client().await)
+    }
+
+    /// The member `client` is connected to now.
+    pub fn serving(&self, client: &async_nats::Client) -> Option<usize> {
+        let name = client.server_info().server_name;
+        self.members.iter().position(|m| m.name == name)
     }
 
     /// The member that leads `stream` now, if it has a leader.
