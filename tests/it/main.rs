@@ -13,6 +13,7 @@ mod hostile_replies;
 mod interop;
 mod jetstream;
 mod lifecycle;
+mod nats_cluster;
 mod operations;
 mod platforms;
 mod replies;

@@ -1,7 +1,8 @@
 //! Integration-test rig: a fake Telegram Bot API, a recording webhook
-//! backend, a real nats-server with JetStream, the real `pollhook` binary
-//! as a child process, a systemd notification socket, and the helpers tests
-//! share. A test module imports it whole: `use crate::rig::*;`.
+//! backend, a real nats-server with JetStream (alone, or a cluster of
+//! them), the real `pollhook` binary as a child process, a systemd
+//! notification socket, and the helpers tests share. A test module imports
+//! it whole: `use crate::rig::*;`.
 
 // Not every test uses every helper.
 #![allow(dead_code, unused_imports)]
@@ -11,6 +12,7 @@ pub mod backend;
 pub mod check;
 pub mod fake_api;
 pub mod nats;
+pub mod nats_cluster;
 pub mod notify;
 pub mod proc;
 pub mod serve;
@@ -23,7 +25,8 @@ pub use admin::{get, status_json, wait_bot_state, wait_code, wait_status};
 pub use backend::{Backend, Received, Reply, Span};
 pub use check::{assert_no_token, chat_id, distinct_ids, log_line, per_chat, retry_in, update_id};
 pub use fake_api::{Call, FakeApi, Fault, Flavor};
-pub use nats::{per_subject, NatsAuth, NatsServer, StreamMsg};
+pub use nats::{create_key_value, per_subject, read_stream, NatsAuth, NatsServer, StreamMsg};
+pub use nats_cluster::NatsCluster;
 pub use notify::NotifySocket;
 pub use proc::{pollhook, pollhook_async, relay_lines, tail, write_config, ProcLimits, Relay};
 pub use serve::free_port;

@@ -1,15 +1,17 @@
 //! A real `nats-server` with JetStream on 127.0.0.1, for the JetStream
-//! forward's tests: its own free port and store directory, stopped, killed
-//! and restarted on the same port and store like a production server; and
-//! a test consumer that reads back what the relay published.
+//! forward's tests: its own free port and store directory, stopped, killed,
+//! paused and restarted on the same port and store like a production server;
+//! and a test consumer that reads back what the relay published. A member
+//! of a `NatsCluster` is one of these, launched without waiting (see
+//! `nats_cluster.rs`).
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -39,9 +41,14 @@ pub struct NatsServer {
     starts: usize,
     /// A configuration file's text (`-c`), for limits no flag sets.
     conf: Option<String>,
+    /// SIGSTOPped and not yet SIGCONTinued.
+    paused: bool,
 }
 
 const READY: &str = "Server is ready";
+
+/// How long a readiness probe waits for `$JS.API.INFO`'s answer.
+const INFO_PATIENCE: Duration = Duration::from_millis(500);
 
 impl NatsServer {
     /// A server without authentication.
@@ -60,16 +67,24 @@ impl NatsServer {
     }
 
     async fn start_full(auth: NatsAuth, conf: Option<String>) -> NatsServer {
-        let mut server = NatsServer {
+        let mut server = Self::unstarted(free_port(), auth, conf);
+        server.spawn().await;
+        server
+    }
+
+    /// A server on `port` with its own store directory, not started yet:
+    /// a cluster member, which `launch`es with its peers before any of them
+    /// can answer (JetStream waits for a quorum).
+    pub(super) fn unstarted(port: u16, auth: NatsAuth, conf: Option<String>) -> NatsServer {
+        NatsServer {
             child: None,
-            port: free_port(),
+            port,
             auth,
             dir: tempfile::tempdir().expect("rig: a directory for nats-server"),
             starts: 0,
             conf,
-        };
-        server.spawn().await;
-        server
+            paused: false,
+        }
     }
 
     /// `nats://127.0.0.1:PORT` (no credentials in it).
@@ -81,6 +96,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The JetStream store directory (`-sd`), kept across restarts.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("nats-server.log")
     }
@@ -90,6 +110,7 @@ impl NatsServer {
         String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
     }
 
+    /// Running (paused counts: the process is there).
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(child) => child
@@ -103,6 +124,23 @@ impl NatsServer {
     /// SIGTERM (nats-server's graceful shutdown) and wait for the exit.
     pub async fn stop(&mut self) {
         self.signal_and_reap(libc::SIGTERM).await;
+    }
+
+    /// SIGSTOP: the process stays, with its sockets open, and answers
+    /// nothing (a hung machine, as its peers and clients see it).
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.paused = false;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// SIGKILL and reap.
@@ -171,68 +209,21 @@ impl NatsServer {
     /// message it holds (maybe more than `n`), in stream order, with an
     /// ordered consumer; panics after `within`.
     pub async fn read_all(&self, name: &str, n: u64, within: Duration) -> Vec<StreamMsg> {
-        let js = self.jetstream().await;
-        let count = eventually(
-            &format!("stream {name} to hold {n} messages"),
-            within,
-            async || match stream_len(&js, name).await {
-                Ok(len) if len >= n => Ok(len),
-                Ok(len) => Err(format!("{len} messages")),
-                Err(e) => Err(e),
-            },
-        )
-        .await;
-        let stream = js
-            .get_stream(name)
-            .await
-            .unwrap_or_else(|e| panic!("rig: stream {name}: {e}"));
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig::default())
-            .await
-            .unwrap_or_else(|e| panic!("rig: an ordered consumer on {name}: {e}"));
-        let mut messages = consumer
-            .messages()
-            .await
-            .unwrap_or_else(|e| panic!("rig: reading {name}: {e}"));
-        let mut out = Vec::with_capacity(count as usize);
-        while (out.len() as u64) < count {
-            let next = tokio::time::timeout(within, messages.next())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "rig: read {} of the {count} messages of {name} in {within:?}",
-                        out.len()
-                    )
-                });
-            let msg = match next {
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) => panic!("rig: reading {name}: {e}"),
-                None => panic!("rig: the consumer of {name} ended after {}", out.len()),
-            };
-            let seq = msg
-                .info()
-                .unwrap_or_else(|e| panic!("rig: a message of {name} without its info: {e}"))
-                .stream_sequence;
-            out.push(StreamMsg {
-                subject: msg.subject.to_string(),
-                headers: msg
-                    .headers
-                    .iter()
-                    .flat_map(|h| h.iter())
-                    .flat_map(|(name, values)| {
-                        values
-                            .iter()
-                            .map(move |v| (name.to_string(), v.as_str().to_string()))
-                    })
-                    .collect(),
-                payload: msg.payload.clone(),
-                seq,
-            });
-        }
-        out
+        read_stream(&self.jetstream().await, name, n, within).await
     }
 
     async fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready().await;
+    }
+
+    /// Starts the process and returns at once; `wait_ready` waits for it.
+    pub(super) fn launch(&mut self) {
+        if let Some(mut old) = self.child.take() {
+            // Exited by itself (a crash): reaped here and started again.
+            let exited = old.try_wait().expect("rig: try_wait nats-server");
+            assert!(exited.is_some(), "rig: nats-server is already running");
+        }
         let binary = tools::locate("nats-server", "apt-get install nats-server");
         let log_path = self.log_path();
         let log = OpenOptions::new()
@@ -241,7 +232,7 @@ impl NatsServer {
             .open(&log_path)
             .unwrap_or_else(|e| panic!("rig: open {}: {e}", log_path.display()));
         let stderr = log.try_clone().expect("rig: clone log handle");
-        let store = self.dir.path().join("store");
+        let store = self.store_dir();
         let mut cmd = Command::new(binary);
         if let Some(conf) = &self.conf {
             let path = self.dir.path().join("server.conf");
@@ -251,7 +242,8 @@ impl NatsServer {
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(&store)
-            // No monitoring port, no cluster: nothing else to collide with.
+            // No monitoring port, no cluster (unless `conf` asks for them,
+            // with ports the caller chose): nothing else to collide with.
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr);
@@ -269,12 +261,14 @@ impl NatsServer {
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("rig: cannot start nats-server: {e}")),
         );
-        self.wait_ready(&store).await;
     }
 
-    /// Ready: this start logged "Server is ready" and JetStream answers.
-    async fn wait_ready(&mut self, store: &Path) {
+    /// Ready: this start logged "Server is ready" and JetStream answers
+    /// through this server (in a cluster: the meta group has a leader this
+    /// server can reach).
+    pub(super) async fn wait_ready(&mut self) {
         let starts = self.starts;
+        let store = self.store_dir();
         eventually(
             &format!(
                 "nats-server on port {} (store {store:?}) to be ready",
@@ -294,11 +288,17 @@ impl NatsServer {
                 // Account info, raw: async-nats 0.46 cannot parse 2.9's
                 // answer into its `Account`, and the question is only
                 // whether JetStream answers without an error.
+                // Asked again soon if unanswered: a cluster member without
+                // a meta leader yet stays silent, and the client's own
+                // request timeout (10 s) would stall the start that long.
                 let client = self.try_client().await?;
-                let answer = client
-                    .request("$JS.API.INFO", Bytes::new())
-                    .await
-                    .map_err(|e| format!("JetStream: {e}"))?;
+                let answer = tokio::time::timeout(
+                    INFO_PATIENCE,
+                    client.request("$JS.API.INFO", Bytes::new()),
+                )
+                .await
+                .map_err(|_| format!("JetStream: no answer in {INFO_PATIENCE:?}"))?
+                .map_err(|e| format!("JetStream: {e}"))?;
                 let info: serde_json::Value = serde_json::from_slice(&answer.payload)
                     .map_err(|e| format!("JetStream account info: {e}"))?;
                 match info.get("error") {
@@ -310,8 +310,9 @@ impl NatsServer {
         .await
     }
 
-    async fn signal_and_reap(&mut self, signal: i32) {
-        let Some(mut child) = self.child.take() else {
+    /// Sends `signal` to the process if it is running (unreaped).
+    fn signal(&mut self, signal: i32) {
+        let Some(child) = &mut self.child else {
             return;
         };
         if child
@@ -324,6 +325,17 @@ impl NatsServer {
                 libc::kill(child.id() as libc::pid_t, signal);
             }
         }
+    }
+
+    async fn signal_and_reap(&mut self, signal: i32) {
+        self.signal(signal);
+        if self.paused {
+            // A stopped process handles SIGTERM only once continued.
+            self.resume();
+        }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         eventually("nats-server to exit", LONG, async || {
             child.try_wait().expect("rig: try_wait nats-server")
         })
@@ -338,6 +350,113 @@ impl Drop for NatsServer {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits until `stream` holds at least `n` messages, then reads every
+/// message it holds (maybe more than `n`), in stream order, with an
+/// ordered consumer of `js` (any server of a cluster); panics after
+/// `within`.
+pub async fn read_stream(
+    js: &jetstream::Context,
+    name: &str,
+    n: u64,
+    within: Duration,
+) -> Vec<StreamMsg> {
+    let count = eventually(
+        &format!("stream {name} to hold {n} messages"),
+        within,
+        async || match stream_len(js, name).await {
+            Ok(len) if len >= n => Ok(len),
+            Ok(len) => Err(format!("{len} messages")),
+            Err(e) => Err(e),
+        },
+    )
+    .await;
+    let stream = js
+        .get_stream(name)
+        .await
+        .unwrap_or_else(|e| panic!("rig: stream {name}: {e}"));
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("rig: an ordered consumer on {name}: {e}"));
+    let mut messages = consumer
+        .messages()
+        .await
+        .unwrap_or_else(|e| panic!("rig: reading {name}: {e}"));
+    let mut out = Vec::with_capacity(count as usize);
+    while (out.len() as u64) < count {
+        let next = tokio::time::timeout(within, messages.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "rig: read {} of the {count} messages of {name} in {within:?}",
+                    out.len()
+                )
+            });
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => panic!("rig: reading {name}: {e}"),
+            None => panic!("rig: the consumer of {name} ended after {}", out.len()),
+        };
+        let seq = msg
+            .info()
+            .unwrap_or_else(|e| panic!("rig: a message of {name} without its info: {e}"))
+            .stream_sequence;
+        out.push(StreamMsg {
+            subject: msg.subject.to_string(),
+            headers: msg
+                .headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .flat_map(|(name, values)| {
+                    values
+                        .iter()
+                        .map(move |v| (name.to_string(), v.as_str().to_string()))
+                })
+                .collect(),
+            payload: msg.payload.clone(),
+            seq,
+        });
+    }
+    out
+}
+
+/// Creates a key-value bucket on nats-server 2.9: async-nats 0.46's
+/// `create_key_value` first parses the account info, which 2.9's answer
+/// does not fit ("data did not match any variant"), so this creates the
+/// bucket's stream as that function would (no mirror or sources) and opens
+/// it as a bucket.
+pub async fn create_key_value(js: &jetstream::Context, config: kv::Config) -> kv::Store {
+    assert!(
+        config.mirror.is_none() && config.sources.is_none(),
+        "rig: create_key_value makes plain buckets only"
+    );
+    let bucket = config.bucket.clone();
+    js.create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(config.description),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: config.history.max(1),
+        max_bytes: config.max_bytes,
+        max_age: config.max_age,
+        max_message_size: config.max_value_size,
+        storage: config.storage,
+        republish: config.republish,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: config.num_replicas.max(1),
+        discard: stream::DiscardPolicy::New,
+        placement: config.placement,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("rig: cannot create the stream of bucket {bucket}: {e}"));
+    js.get_key_value(&bucket)
+        .await
+        .unwrap_or_else(|e| panic!("rig: cannot open bucket {bucket}: {e}"))
 }
 
 async fn stream_len(js: &jetstream::Context, name: &str) -> Result<u64, String> {
