@@ -1,0 +1,236 @@
+//! Which bots this node leads: take the free ones it is preferred for,
+//! keep them by renewing their leases, and stop each the moment its lease
+//! cannot be trusted any more.
+//!
+//! One loop per node. Every tick it renews what it holds (every third of
+//! the lease), says it is alive, and looks at the bucket: a free bot is
+//! taken by the live node it is dealt to (`lease::preferred`), or by anyone once
+//! it has stayed free for half a lease (its preferred node may be stuck).
+//! Leading a bot means running what `start` returns until the lease is
+//! lost, runs out, or the node stops; the bot's work checks its `Fence`
+//! before every act, so a node that wakes from a pause finds it closed
+//! before the loop has even run.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::lease::{preferred, Held, LeaseError, Leases};
+
+/// Whether this node may still act for a bot: shared by the elector, which
+/// moves it forward on every renewal, and the bot's work, which checks it.
+#[derive(Clone, Debug)]
+pub struct Fence(Arc<Mutex<Instant>>);
+
+impl Fence {
+    fn new(until: Instant) -> Fence {
+        Fence(Arc::new(Mutex::new(until)))
+    }
+
+    fn extend(&self, until: Instant) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
+    fn close(&self) {
+        self.extend(Instant::now() - Duration::from_millis(1));
+    }
+
+    /// True while the lease is certainly this node's.
+    pub fn valid(&self) -> bool {
+        Instant::now() < *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The work of leading one bot, as started by the caller: it runs until
+/// `stop` is cancelled (or the fence closes) and then returns.
+pub type BotWork = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Starts leading `bot`: given the fence and a token that says stop.
+pub type Start = Arc<dyn Fn(&str, Fence, CancellationToken) -> BotWork + Send + Sync>;
+
+struct Leading {
+    held: Held,
+    fence: Fence,
+    stop: CancellationToken,
+    work: tokio::task::JoinHandle<()>,
+    renewed: Instant,
+}
+
+/// Runs the node's elections for `bots` until `shutdown`; then stops the
+/// bots it leads and gives their leases back.
+pub async fn run(leases: Leases, bots: Vec<String>, start: Start, shutdown: CancellationToken) {
+    let lease = leases.lease();
+    let tick = (lease / 10).max(Duration::from_millis(100));
+    let renew_every = lease / 3;
+    let mut leading: HashMap<String, Leading> = HashMap::new();
+    let mut free_since: HashMap<String, Instant> = HashMap::new();
+    let mut beat = Instant::now() - renew_every;
+    // Let the other nodes starting now say they are alive before the
+    // first choice, so bots spread instead of going to the first one up.
+    let mut settle = Some(Instant::now() + tick * 3);
+    loop {
+        let now = Instant::now();
+        if now.duration_since(beat) >= renew_every {
+            match leases.heartbeat().await {
+                Ok(()) => beat = now,
+                Err(e) => warn!("cluster: cannot say this node is alive: {e}"),
+            }
+        }
+        renew_all(&leases, &mut leading, renew_every).await;
+        reap(&mut leading).await;
+        if settle.is_some_and(|t| now >= t) {
+            settle = None;
+        }
+        if settle.is_none() {
+            take_free(&leases, &bots, &start, &mut leading, &mut free_since).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+    // Gone from the live nodes first, so the others choose among
+    // themselves for the bots given back next.
+    let _ = leases.leave().await;
+    for (bot, l) in leading.drain() {
+        l.stop.cancel();
+        let _ = l.work.await;
+        l.fence.close();
+        match leases.release(&l.held).await {
+            Ok(()) => info!(bot, "cluster: gave the lease back"),
+            Err(e) => warn!(
+                bot,
+                "cluster: cannot give the lease back ({e}); it runs out by itself"
+            ),
+        }
+    }
+}
+
+/// Renews each lease due, and stops leading any that is lost or can no
+/// longer be trusted.
+async fn renew_all(leases: &Leases, leading: &mut HashMap<String, Leading>, every: Duration) {
+    // All at once: each call is bounded, and one slow answer must not make
+    // the others late.
+    let due: Vec<(String, Held)> = leading
+        .iter()
+        .filter(|(_, l)| l.renewed.elapsed() >= every)
+        .map(|(b, l)| (b.clone(), l.held.clone()))
+        .collect();
+    let results =
+        futures_util::future::join_all(due.into_iter().map(|(bot, mut held)| async move {
+            let sent = Instant::now();
+            let r = leases.renew(&mut held).await;
+            (bot, held, sent, r)
+        }))
+        .await;
+    let mut gone = Vec::new();
+    for (bot, held, sent, result) in results {
+        let Some(l) = leading.get_mut(&bot) else {
+            continue;
+        };
+        match result {
+            Ok(()) => {
+                l.held = held;
+                l.renewed = sent;
+                l.fence.extend(l.held.valid_until());
+            }
+            Err(LeaseError::Lost(_)) => {
+                warn!(bot = %bot, "cluster: another node holds the lease now; stepping down");
+                gone.push(bot);
+            }
+            Err(e) => warn!(bot = %bot, "cluster: cannot renew the lease: {e}"),
+        }
+    }
+    for (bot, l) in leading.iter() {
+        if !l.fence.valid() && !gone.contains(bot) {
+            warn!(bot = %bot, "cluster: the lease could not be renewed in time; stepping down before it can pass to another node");
+            gone.push(bot.clone());
+        }
+    }
+    for bot in gone {
+        if let Some(l) = leading.remove(&bot) {
+            l.fence.close();
+            l.stop.cancel();
+            // Not awaited here: the fence already stops every act, and the
+            // loop must keep renewing the other bots meanwhile.
+            tokio::spawn(async move {
+                let _ = l.work.await;
+            });
+        }
+    }
+}
+
+/// Forgets bots whose work ended by itself (it failed): their leases are
+/// given back so another node can try.
+async fn reap(leading: &mut HashMap<String, Leading>) {
+    let ended: Vec<String> = leading
+        .iter()
+        .filter(|(_, l)| l.work.is_finished())
+        .map(|(b, _)| b.clone())
+        .collect();
+    for bot in ended {
+        if let Some(l) = leading.remove(&bot) {
+            l.fence.close();
+            warn!(
+                bot,
+                "cluster: leading this bot stopped by itself; its lease runs out for another node"
+            );
+        }
+    }
+}
+
+async fn take_free(
+    leases: &Leases,
+    bots: &[String],
+    start: &Start,
+    leading: &mut HashMap<String, Leading>,
+    free_since: &mut HashMap<String, Instant>,
+) {
+    let view = match leases.view().await {
+        Ok(v) => v,
+        Err(e) => {
+            warn!("cluster: cannot read the leases: {e}");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let patience = leases.lease() / 2;
+    for bot in bots {
+        if leading.contains_key(bot) || view.holders.contains_key(bot) {
+            free_since.remove(bot);
+            continue;
+        }
+        let since = *free_since.entry(bot.clone()).or_insert(now);
+        let mine = preferred(bot, bots, &view.nodes) == Some(leases.node());
+        if !mine && now.duration_since(since) < patience {
+            continue;
+        }
+        match leases.try_take(bot).await {
+            Ok(Some(held)) => {
+                info!(bot = %bot, revision = held.revision, "cluster: leading this bot");
+                free_since.remove(bot);
+                let fence = Fence::new(held.valid_until());
+                let stop = CancellationToken::new();
+                let work = tokio::spawn(start(bot, fence.clone(), stop.clone()));
+                leading.insert(
+                    bot.clone(),
+                    Leading {
+                        held,
+                        fence,
+                        stop,
+                        work,
+                        renewed: Instant::now(),
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(e) => warn!(bot = %bot, "cluster: cannot take the lease: {e}"),
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Leadership of a bot: a lease held as a key in a JetStream key-value
+//! bucket, never a consensus of our own.
+//!
+//! The bucket keeps one revision per key (`history: 1`) and drops any key
+//! not written for `lease` (`max_age`, which nats-server 2.9 has per bucket;
+//! per-key TTLs came later). A node takes a bot with `create` (refused
+//! while someone holds it), keeps it by rewriting it with `update` against
+//! the revision it holds, and gives it back with a delete against that
+//! revision. The revision is the fencing token: a write made on an old
+//! revision is refused by JetStream, so a node that was paused or cut off
+//! cannot undo its successor's work.
+//!
+//! A holder also fences itself in time: the key's age counts from when the
+//! server stored the last renewal, which is after the node sent it, so
+//! `valid_until` (send time + two thirds of the lease) passes before the
+//! key can expire and another node take it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use tokio::time::Instant;
+
+/// Keys of bots and of nodes' heartbeats in the bucket.
+const BOT: &str = "bot.";
+const NODE: &str = "node.";
+
+/// Why a lease operation failed; the caller decides what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another node holds it now (our revision is stale): stop at once.
+    #[error("the lease of {0} passed to another node")]
+    Lost(String),
+    /// JetStream did not answer or refused for another reason: try again;
+    /// the holder stops on its own once `valid_until` passes.
+    #[error("lease store: {0}")]
+    Store(String),
+}
+
+/// A bot's lease, held by this node.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub bot: String,
+    /// The key's revision this node wrote last: the fencing token.
+    pub revision: u64,
+    valid_until: Instant,
+}
+
+impl Held {
+    /// Whether this node may still act as the bot's leader: poll, confirm,
+    /// deliver. False a safe margin before the lease could pass on.
+    pub fn valid(&self) -> bool {
+        Instant::now() < self.valid_until
+    }
+
+    pub fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+}
+
+/// What the bucket says now: live nodes and who holds which bot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    pub nodes: Vec<String>,
+    pub holders: HashMap<String, String>,
+}
+
+pub struct Leases {
+    kv: kv::Store,
+    node: String,
+    lease: Duration,
+}
+
+impl Leases {
+    /// Opens the bucket, creating it (`replicas` copies) if it is missing.
+    pub async fn open(
+        js: &jetstream::Context,
+        bucket: &str,
+        node: &str,
+        lease: Duration,
+        replicas: usize,
+    ) -> Result<Leases, LeaseError> {
+        let kv = match js.get_key_value(bucket).await {
+            Ok(kv) => kv,
+            Err(_) => create_bucket(js, bucket, lease, replicas).await?,
+        };
+        Ok(Leases {
+            kv,
+            node: node.to_string(),
+            lease,
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Runs one call to the bucket for at most a quarter of the lease: a
+    /// server that stops answering must not hold the elections (and the
+    /// other bots' renewals) past the point where a lease could lapse.
+    async fn bounded<T, E: std::fmt::Display>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, LeaseError> {
+        tokio::time::timeout(self.lease / 4, call)
+            .await
+            .map_err(|_| LeaseError::Store(format!("no answer within {:?}", self.lease / 4)))
+    }
+
+    /// How long after a renewal was sent its holder may act.
+    fn grace(&self) -> Duration {
+        self.lease * 2 / 3
+    }
+
+    /// Takes the bot if nobody holds it. None: someone does.
+    pub async fn try_take(&self, bot: &str) -> Result<Option<Held>, LeaseError> {
+        let sent = Instant::now();
+        match self
+            .bounded(
+                self.kv
+                    .create(format!("{BOT}{bot}"), Bytes::from(self.node.clone())),
+            )
+            .await?
+        {
+            Ok(revision) => Ok(Some(Held {
+                bot: bot.to_string(),
+                revision,
+                valid_until: sent + self.grace(),
+            })),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(LeaseError::Store(e.to_string())),
+        }
+    }
+
+    /// Keeps the bot for another lease, on the revision held.
+    pub async fn renew(&self, held: &mut Held) -> Result<(), LeaseError> {
+        let sent = Instant::now();
+        match self
+            .bounded(self.kv.update(
+                format!("{BOT}{}", held.bot),
+                Bytes::from(self.node.clone()),
+                held.revision,
+            ))
+            .await?
+        {
+            Ok(revision) => {
+                held.revision = revision;
+                held.valid_until = sent + self.grace();
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(LeaseError::Lost(held.bot.clone()))
+            }
+            Err(e) => Err(LeaseError::Store(e.to_string())),
+        }
+    }
+
+    /// Gives the bot back at once (a graceful stop), so another node need
+    /// not wait for the lease to run out. Only the revision held is
+    /// deleted: a successor's lease is never touched.
+    pub async fn release(&self, held: &Held) -> Result<(), LeaseError> {
+        self.bounded(
+            self.kv
+                .delete_expect_revision(format!("{BOT}{}", held.bot), Some(held.revision)),
+        )
+        .await?
+        .map_err(|e| LeaseError::Store(e.to_string()))
+    }
+
+    /// Says this node is alive (its key lives for one lease).
+    pub async fn heartbeat(&self) -> Result<(), LeaseError> {
+        self.bounded(self.kv.put(format!("{NODE}{}", self.node), Bytes::new()))
+            .await?
+            .map(|_| ())
+            .map_err(|e| LeaseError::Store(e.to_string()))
+    }
+
+    /// Forgets this node's heartbeat (a graceful stop).
+    pub async fn leave(&self) -> Result<(), LeaseError> {
+        self.bounded(self.kv.delete(format!("{NODE}{}", self.node)))
+            .await?
+            .map_err(|e| LeaseError::Store(e.to_string()))
+    }
+
+    /// Live nodes and current holders.
+    pub async fn view(&self) -> Result<View, LeaseError> {
+        tokio::time::timeout(self.lease / 4, self.read_view())
+            .await
+            .map_err(|_| LeaseError::Store(format!("no answer within {:?}", self.lease / 4)))?
+    }
+
+    async fn read_view(&self) -> Result<View, LeaseError> {
+        let store = |e: &dyn std::fmt::Display| LeaseError::Store(e.to_string());
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| store(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| store(&e))?;
+        let mut view = View::default();
+        for key in keys {
+            if let Some(node) = key.strip_prefix(NODE) {
+                view.nodes.push(node.to_string());
+            } else if let Some(bot) = key.strip_prefix(BOT) {
+                if let Some(entry) = self.kv.entry(key.clone()).await.map_err(|e| store(&e))? {
+                    if entry.operation == kv::Operation::Put {
+                        let node = String::from_utf8_lossy(&entry.value).into_owned();
+                        view.holders.insert(bot.to_string(), node);
+                    }
+                }
+            }
+        }
+        view.nodes.sort();
+        Ok(view)
+    }
+}
+
+/// Creates the bucket's stream as a key-value bucket of history 1 whose
+/// keys live for `lease`. By hand: async-nats 0.46's `create_key_value`
+/// first reads account information in a shape nats-server 2.9 does not
+/// send, and fails.
+async fn create_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    lease: Duration,
+    replicas: usize,
+) -> Result<kv::Store, LeaseError> {
+    let made = js
+        .create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("pollhook: which node leads which bot".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: lease,
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: replicas.max(1),
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = made {
+        // Another node may have made it a moment ago.
+        if js.get_key_value(bucket).await.is_err() {
+            return Err(LeaseError::Store(format!(
+                "cannot create bucket {bucket}: {e}"
+            )));
+        }
+    }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| LeaseError::Store(format!("cannot open bucket {bucket}: {e}")))
+}
+
+/// The live node that should take a free bot: the bots (every node has the
+/// same list) dealt out in name order over the live nodes in name order,
+/// so a free set spreads evenly (each node at most one more than another)
+/// and every node agrees without asking. Held bots never move for it: it
+/// only decides who takes a bot that is free.
+pub fn preferred<'a>(bot: &str, bots: &[String], nodes: &'a [String]) -> Option<&'a str> {
+    if nodes.is_empty() {
+        return None;
+    }
+    let mut sorted: Vec<&String> = bots.iter().collect();
+    sorted.sort();
+    let rank = sorted.iter().position(|b| *b == bot).unwrap_or(0);
+    let mut live: Vec<&String> = nodes.iter().collect();
+    live.sort();
+    Some(live[rank % live.len()].as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_bots_are_dealt_out_evenly_and_every_node_agrees() {
+        let nodes: Vec<String> = ["node-c", "node-a", "node-b"].map(String::from).to_vec();
+        for n in [1usize, 2, 30, 50] {
+            let bots: Vec<String> = (0..n).map(|i| format!("bot{i}")).collect();
+            let mut count: HashMap<&str, usize> = HashMap::new();
+            for b in &bots {
+                *count
+                    .entry(preferred(b, &bots, &nodes).unwrap())
+                    .or_default() += 1;
+            }
+            let (min, max) = (
+                count.values().min().copied().unwrap_or(0),
+                count.values().max().copied().unwrap_or(0),
+            );
+            assert!(
+                max - min <= 1 && max <= n.div_ceil(3),
+                "{n} bots: {count:?}"
+            );
+            // The order the lists come in does not matter.
+            let mut shuffled = nodes.clone();
+            shuffled.reverse();
+            let mut bots_rev = bots.clone();
+            bots_rev.reverse();
+            for b in &bots {
+                assert_eq!(
+                    preferred(b, &bots, &nodes),
+                    preferred(b, &bots_rev, &shuffled)
+                );
+            }
+        }
+        assert_eq!(preferred("x", &["x".to_string()], &[]), None);
+    }
+}
