@@ -14,38 +14,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::fence::Fence;
 use super::lease::{preferred, Held, LeaseError, Leases};
-
-/// Whether this node may still act for a bot: shared by the elector, which
-/// moves it forward on every renewal, and the bot's work, which checks it.
-#[derive(Clone, Debug)]
-pub struct Fence(Arc<Mutex<Instant>>);
-
-impl Fence {
-    fn new(until: Instant) -> Fence {
-        Fence(Arc::new(Mutex::new(until)))
-    }
-
-    fn extend(&self, until: Instant) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = until;
-    }
-
-    fn close(&self) {
-        self.extend(Instant::now() - Duration::from_millis(1));
-    }
-
-    /// True while the lease is certainly this node's.
-    pub fn valid(&self) -> bool {
-        Instant::now() < *self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// The work of leading one bot, as started by the caller: it runs until
 /// `stop` is cancelled (or the fence closes) and then returns.
@@ -63,8 +40,15 @@ struct Leading {
 }
 
 /// Runs the node's elections for `bots` until `shutdown`; then stops the
-/// bots it leads and gives their leases back.
-pub async fn run(leases: Leases, bots: Vec<String>, start: Start, shutdown: CancellationToken) {
+/// bots it leads and gives their leases back. `leading` shows, for
+/// `/status`, which bots this node leads now.
+pub async fn run(
+    leases: Leases,
+    bots: Vec<String>,
+    start: Start,
+    leading_now: Arc<std::sync::Mutex<Vec<String>>>,
+    shutdown: CancellationToken,
+) {
     let lease = leases.lease();
     let tick = (lease / 10).max(Duration::from_millis(100));
     let renew_every = lease / 3;
@@ -90,6 +74,11 @@ pub async fn run(leases: Leases, bots: Vec<String>, start: Start, shutdown: Canc
         if settle.is_none() {
             take_free(&leases, &bots, &start, &mut leading, &mut free_since).await;
         }
+        {
+            let mut now: Vec<String> = leading.keys().cloned().collect();
+            now.sort();
+            *leading_now.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(tick) => {}
@@ -98,6 +87,10 @@ pub async fn run(leases: Leases, bots: Vec<String>, start: Start, shutdown: Canc
     // Gone from the live nodes first, so the others choose among
     // themselves for the bots given back next.
     let _ = leases.leave().await;
+    leading_now
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     for (bot, l) in leading.drain() {
         l.stop.cancel();
         let _ = l.work.await;

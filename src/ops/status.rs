@@ -33,6 +33,21 @@ pub struct Observed {
     pub forwards: Vec<ForwardHandle>,
     /// The NATS connection, when `[nats]` is configured.
     pub nats: Option<Nats>,
+    /// This node's part in a cluster.
+    pub cluster: Option<ClusterView>,
+}
+
+/// What a cluster node shows: its name and the bots it leads now.
+pub struct ClusterView {
+    pub node: String,
+    pub leading: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// `/status`'s `cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStatus {
+    pub node: String,
+    pub leading: Vec<String>,
 }
 
 impl Observed {
@@ -40,6 +55,10 @@ impl Observed {
         let mut snap = snapshot(&self.store, &self.bots, &self.forwards);
         snap.nats = self.nats.as_ref().map(|n| NatsStatus {
             connected: n.connected(),
+        });
+        snap.cluster = self.cluster.as_ref().map(|c| ClusterStatus {
+            node: c.node.clone(),
+            leading: c.leading.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         });
         snap
     }
@@ -59,6 +78,9 @@ pub struct Snapshot {
     /// Absent without `[nats]` (and from older daemons).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsStatus>,
+    /// Absent outside a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -137,6 +159,7 @@ pub fn snapshot(store: &Store, bots: &[BotHandle], forwards: &[ForwardHandle]) -
         forwards,
         store_bytes: store.size_on_disk().unwrap_or(0),
         nats: None,
+        cluster: None,
     }
 }
 
