@@ -109,10 +109,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let mut leading = None;
     match (&settings.cluster, &nats) {
         (Some(cluster), Some(conn)) => {
-            let now = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = crate::cluster::elect::Shared::default();
             leading = Some(crate::ops::status::ClusterView {
                 node: cluster.node.clone(),
-                leading: now.clone(),
+                seen: seen.clone(),
             });
             let forwards = plans
                 .iter()
@@ -140,7 +140,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 conn.clone(),
                 forwards,
                 work,
-                now,
+                seen,
                 shutdown.clone(),
             ));
         }

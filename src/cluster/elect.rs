@@ -39,14 +39,32 @@ struct Leading {
     renewed: Instant,
 }
 
+/// What a node sees of the cluster, for `/status` and `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// The bots this node leads now.
+    pub leading: Vec<String>,
+    /// Every bot's holder, as the bucket said at the last look.
+    pub holders: HashMap<String, String>,
+    /// Live nodes.
+    pub nodes: Vec<String>,
+    /// Jobs waiting and dead letters per (bot, forward id), from the
+    /// stream; the offsets from their bucket.
+    pub depth: HashMap<(String, u32), u64>,
+    pub dead: HashMap<(String, u32), u64>,
+    pub offsets: HashMap<String, i64>,
+}
+
+pub type Shared = Arc<std::sync::Mutex<Seen>>;
+
 /// Runs the node's elections for `bots` until `shutdown`; then stops the
-/// bots it leads and gives their leases back. `leading` shows, for
-/// `/status`, which bots this node leads now.
+/// bots it leads and gives their leases back. `seen` shows, for `/status`,
+/// which bots this node leads now and who leads the others.
 pub async fn run(
     leases: Leases,
     bots: Vec<String>,
     start: Start,
-    leading_now: Arc<std::sync::Mutex<Vec<String>>>,
+    seen: Shared,
     shutdown: CancellationToken,
 ) {
     let lease = leases.lease();
@@ -71,13 +89,20 @@ pub async fn run(
         if settle.is_some_and(|t| now >= t) {
             settle = None;
         }
-        if settle.is_none() {
-            take_free(&leases, &bots, &start, &mut leading, &mut free_since).await;
-        }
+        let view = if settle.is_none() {
+            take_free(&leases, &bots, &start, &mut leading, &mut free_since).await
+        } else {
+            None
+        };
         {
             let mut now: Vec<String> = leading.keys().cloned().collect();
             now.sort();
-            *leading_now.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.leading = now;
+            if let Some(v) = view {
+                seen.holders = v.holders;
+                seen.nodes = v.nodes;
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -87,10 +112,7 @@ pub async fn run(
     // Gone from the live nodes first, so the others choose among
     // themselves for the bots given back next.
     let _ = leases.leave().await;
-    leading_now
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    seen.lock().unwrap_or_else(|e| e.into_inner()).leading.clear();
     for (bot, l) in leading.drain() {
         l.stop.cancel();
         let _ = l.work.await;
@@ -184,12 +206,12 @@ async fn take_free(
     start: &Start,
     leading: &mut HashMap<String, Leading>,
     free_since: &mut HashMap<String, Instant>,
-) {
+) -> Option<super::lease::View> {
     let view = match leases.view().await {
         Ok(v) => v,
         Err(e) => {
             warn!("cluster: cannot read the leases: {e}");
-            return;
+            return None;
         }
     };
     let now = Instant::now();
@@ -226,4 +248,5 @@ async fn take_free(
             Err(e) => warn!(bot = %bot, "cluster: cannot take the lease: {e}"),
         }
     }
+    Some(view)
 }

@@ -5,14 +5,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use super::elect::{self, BotWork, Start};
+use futures_util::StreamExt;
+
+use super::elect::{self, BotWork, Shared, Start};
 use super::fence::Fence;
 use super::lease::Leases;
 use super::queue::{self, JsQueue};
@@ -32,7 +34,7 @@ pub async fn run(
     nats: Nats,
     forwards: HashMap<String, Vec<u32>>,
     work: Work,
-    leading: Arc<Mutex<Vec<String>>>,
+    seen: Shared,
     shutdown: CancellationToken,
 ) {
     let js = jetstream::new(nats.client().clone());
@@ -58,6 +60,7 @@ pub async fn run(
     bots.sort();
     let node = cfg.node.clone();
     let forwards = Arc::new(forwards);
+    tokio::spawn(watch_queue(js.clone(), bots.clone(), seen.clone(), shutdown.clone()));
     let start: Start = Arc::new(move |bot: &str, fence: Fence, stop: CancellationToken| {
         let (js, node, work, forwards) = (js.clone(), node.clone(), work.clone(), forwards.clone());
         let bot = bot.to_string();
@@ -75,7 +78,70 @@ pub async fn run(
             work(&bot, Arc::new(queue), fence, stop).await
         })
     });
-    elect::run(leases, bots, start, leading, shutdown).await
+    elect::run(leases, bots, start, seen, shutdown).await
+}
+
+/// Keeps what every node shows of every bot fresh: jobs waiting and dead
+/// letters per forward (the stream's per-subject counts) and the confirmed
+/// offsets, whoever leads.
+async fn watch_queue(
+    js: jetstream::Context,
+    bots: Vec<String>,
+    seen: Shared,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if let Ok(fresh) = read_counts(&js, &bots).await {
+            let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+            (s.depth, s.dead, s.offsets) = fresh;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+type Counts = (
+    HashMap<(String, u32), u64>,
+    HashMap<(String, u32), u64>,
+    HashMap<String, i64>,
+);
+
+async fn read_counts(js: &jetstream::Context, bots: &[String]) -> Result<Counts, String> {
+    let stream = js
+        .get_stream(queue::STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut subjects = stream
+        .info_with_subjects("pollhook.>")
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut depth, mut dead) = (HashMap::new(), HashMap::new());
+    while let Some(item) = subjects.next().await {
+        let (subject, count) = item.map_err(|e| e.to_string())?;
+        let mut parts = subject.rsplitn(2, '.');
+        let (Some(fwd), Some(rest)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(fwd) = fwd.parse::<u32>() else { continue };
+        if let Some(bot) = rest.strip_prefix("pollhook.q.") {
+            depth.insert((bot.to_string(), fwd), count as u64);
+        } else if let Some(bot) = rest.strip_prefix("pollhook.dead.") {
+            dead.insert((bot.to_string(), fwd), count as u64);
+        }
+    }
+    let mut offsets = HashMap::new();
+    if let Ok(kv) = js.get_key_value(queue::OFFSETS).await {
+        for bot in bots {
+            if let Ok(Some(v)) = kv.get(format!("offset.{bot}")).await {
+                if let Some(o) = queue::parse_offset(&v) {
+                    offsets.insert(bot.clone(), o);
+                }
+            }
+        }
+    }
+    Ok((depth, dead, offsets))
 }
 
 async fn retry<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut f: F) -> Option<T>

@@ -465,7 +465,7 @@ fn offset_value(offset: Option<i64>, node: &str) -> Bytes {
     )
 }
 
-fn parse_offset(value: &[u8]) -> Option<i64> {
+pub fn parse_offset(value: &[u8]) -> Option<i64> {
     serde_json::from_slice::<serde_json::Value>(value)
         .ok()?
         .get("offset")?

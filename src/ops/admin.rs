@@ -167,7 +167,7 @@ async fn metrics(State(admin): State<Shared>) -> Response {
 /// Ready: every bot polled successfully within twice its poll timeout and
 /// the store takes writes. Open, like /healthz: it says nothing secret.
 async fn readyz(State(admin): State<Shared>) -> Response {
-    let mut problems = status::unready(&admin.relay.bots);
+    let mut problems = status::unready(&admin.relay.polling());
     if let Some((_, e)) = admin.relay.store.failing() {
         problems.push(format!("the store is failing: {e}"));
     } else if !admin.relay.store.writable() {

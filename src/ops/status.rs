@@ -37,29 +37,75 @@ pub struct Observed {
     pub cluster: Option<ClusterView>,
 }
 
-/// What a cluster node shows: its name and the bots it leads now.
+/// What a cluster node shows: its name, the bots it leads now, who leads
+/// the others, and the replicated queue's counts.
 pub struct ClusterView {
     pub node: String,
-    pub leading: Arc<std::sync::Mutex<Vec<String>>>,
+    pub seen: crate::cluster::elect::Shared,
 }
 
 /// `/status`'s `cluster`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterStatus {
     pub node: String,
+    /// The bots this node leads.
     pub leading: Vec<String>,
+    /// Every led bot's node.
+    pub leaders: std::collections::BTreeMap<String, String>,
+    /// Live nodes.
+    pub nodes: Vec<String>,
 }
 
 impl Observed {
+    /// The bots this node polls: all of them, or in a cluster those it
+    /// leads (the others are another node's to poll).
+    pub fn polling(&self) -> Vec<&BotHandle> {
+        match &self.cluster {
+            None => self.bots.iter().collect(),
+            Some(c) => {
+                let seen = c.seen.lock().unwrap_or_else(|e| e.into_inner());
+                self.bots
+                    .iter()
+                    .filter(|b| seen.leading.contains(&b.name))
+                    .collect()
+            }
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = snapshot(&self.store, &self.bots, &self.forwards);
         snap.nats = self.nats.as_ref().map(|n| NatsStatus {
             connected: n.connected(),
         });
-        snap.cluster = self.cluster.as_ref().map(|c| ClusterStatus {
-            node: c.node.clone(),
-            leading: c.leading.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        });
+        if let Some(c) = &self.cluster {
+            let seen = c.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // The queue lives in JetStream, not in this node's database:
+            // every node shows what the stream and the buckets hold.
+            for f in &mut snap.forwards {
+                let Some(id) = self.forwards.iter().find(|h| h.bot == f.bot && h.name == f.forward).map(|h| h.id) else {
+                    continue;
+                };
+                let key = (f.bot.clone(), id);
+                f.queue_depth = seen.depth.get(&key).copied().unwrap_or(0);
+                f.dead_letters = seen.dead.get(&key).copied().unwrap_or(0);
+                f.oldest_pending_age_seconds = None;
+            }
+            for b in &mut snap.bots {
+                b.offset = seen.offsets.get(&b.bot).copied();
+                if !seen.leading.contains(&b.bot) {
+                    b.state = match seen.holders.get(&b.bot) {
+                        Some(n) => format!("standby (led by {n})"),
+                        None => "standby (no leader yet)".into(),
+                    };
+                }
+            }
+            snap.cluster = Some(ClusterStatus {
+                node: c.node.clone(),
+                leading: seen.leading.clone(),
+                leaders: seen.holders.clone().into_iter().collect(),
+                nodes: seen.nodes.clone(),
+            });
+        }
         snap
     }
 }
@@ -165,7 +211,7 @@ pub fn snapshot(store: &Store, bots: &[BotHandle], forwards: &[ForwardHandle]) -
 
 /// Ready: every bot polled successfully within twice its poll timeout.
 /// Returns the bots that are not, with why.
-pub fn unready(bots: &[BotHandle]) -> Vec<String> {
+pub fn unready(bots: &[&BotHandle]) -> Vec<String> {
     let now = now_ms();
     bots.iter()
         .filter_map(|b| {
