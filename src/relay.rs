@@ -113,13 +113,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             leading = Some(crate::ops::status::ClusterView {
                 node: cluster.node.clone(),
                 seen: seen.clone(),
+                js: async_nats::jetstream::new(conn.client().clone()),
             });
             let forwards = plans
                 .iter()
                 .map(|p| {
                     (
                         p.name().to_string(),
-                        p.forwards.iter().map(|f| f.id).collect(),
+                        p.forwards.iter().map(|f| (f.id, f.wake.clone())).collect(),
                     )
                 })
                 .collect();

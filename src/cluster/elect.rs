@@ -112,7 +112,10 @@ pub async fn run(
     // Gone from the live nodes first, so the others choose among
     // themselves for the bots given back next.
     let _ = leases.leave().await;
-    seen.lock().unwrap_or_else(|e| e.into_inner()).leading.clear();
+    seen.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .leading
+        .clear();
     for (bot, l) in leading.drain() {
         l.stop.cancel();
         let _ = l.work.await;

@@ -28,11 +28,14 @@ pub const LEASES: &str = "pollhook_leases";
 pub type Work =
     Arc<dyn Fn(&str, Arc<dyn Queue>, Fence, CancellationToken) -> BotWork + Send + Sync>;
 
-/// Runs until `shutdown`. `forwards` gives each bot's forward ids.
+/// Each forward of a bot: its id and what wakes its dispatcher.
+pub type Forwards = HashMap<String, Vec<(u32, Arc<tokio::sync::Notify>)>>;
+
+/// Runs until `shutdown`. `forwards` gives each bot's forwards.
 pub async fn run(
     cfg: ClusterSettings,
     nats: Nats,
-    forwards: HashMap<String, Vec<u32>>,
+    forwards: Forwards,
     work: Work,
     seen: Shared,
     shutdown: CancellationToken,
@@ -60,7 +63,12 @@ pub async fn run(
     bots.sort();
     let node = cfg.node.clone();
     let forwards = Arc::new(forwards);
-    tokio::spawn(watch_queue(js.clone(), bots.clone(), seen.clone(), shutdown.clone()));
+    tokio::spawn(watch_queue(
+        js.clone(),
+        bots.clone(),
+        seen.clone(),
+        shutdown.clone(),
+    ));
     let start: Start = Arc::new(move |bot: &str, fence: Fence, stop: CancellationToken| {
         let (js, node, work, forwards) = (js.clone(), node.clone(), work.clone(), forwards.clone());
         let bot = bot.to_string();
@@ -124,7 +132,9 @@ async fn read_counts(js: &jetstream::Context, bots: &[String]) -> Result<Counts,
         let (Some(fwd), Some(rest)) = (parts.next(), parts.next()) else {
             continue;
         };
-        let Ok(fwd) = fwd.parse::<u32>() else { continue };
+        let Ok(fwd) = fwd.parse::<u32>() else {
+            continue;
+        };
         if let Some(bot) = rest.strip_prefix("pollhook.q.") {
             depth.insert((bot.to_string(), fwd), count as u64);
         } else if let Some(bot) = rest.strip_prefix("pollhook.dead.") {

@@ -19,7 +19,10 @@
 //! predecessor's late offset write is refused by JetStream.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
@@ -89,8 +92,18 @@ pub struct JsQueue {
     fence: Fence,
     /// The offset and the bucket revision it was last written at.
     offset: Mutex<(Option<i64>, u64)>,
-    jobs: Mutex<HashMap<u32, BTreeMap<u64, Job>>>,
+    jobs: Jobs,
     id_prefix: String,
+    /// Stops the replay follower with the queue.
+    done: CancellationToken,
+}
+
+type Jobs = Arc<Mutex<HashMap<u32, BTreeMap<u64, Job>>>>;
+
+impl Drop for JsQueue {
+    fn drop(&mut self) {
+        self.done.cancel();
+    }
 }
 
 impl JsQueue {
@@ -99,7 +112,7 @@ impl JsQueue {
     pub async fn take_over(
         js: &jetstream::Context,
         bot: &str,
-        forwards: &[u32],
+        forwards: &[(u32, Arc<Notify>)],
         fence: Fence,
         node: &str,
     ) -> Result<JsQueue, StoreError> {
@@ -107,12 +120,13 @@ impl JsQueue {
             .get_stream(STREAM)
             .await
             .map_err(|e| remote("the queue stream", e))?;
-        let created = stream
+        let info = stream
             .info()
             .await
-            .map_err(|e| remote("the queue stream", e))?
-            .created
-            .unix_timestamp_nanos();
+            .map_err(|e| remote("the queue stream", e))?;
+        let created = info.created.unix_timestamp_nanos();
+        // Replays (from any node's `dlq replay`) after this are followed.
+        let follow_from = info.state.last_sequence + 1;
         let offsets = js
             .get_key_value(OFFSETS)
             .await
@@ -139,9 +153,21 @@ impl JsQueue {
                 .await
                 .map_err(|e| remote("fencing the offset", e))?
         };
-        let mut jobs: HashMap<u32, BTreeMap<u64, Job>> =
-            forwards.iter().map(|f| (*f, BTreeMap::new())).collect();
+        let mut jobs: HashMap<u32, BTreeMap<u64, Job>> = forwards
+            .iter()
+            .map(|(f, _)| (*f, BTreeMap::new()))
+            .collect();
         let read = read_pending(&stream, bot, &mut jobs).await?;
+        let jobs: Jobs = Arc::new(Mutex::new(jobs));
+        let done = CancellationToken::new();
+        tokio::spawn(follow_replays(
+            stream.clone(),
+            bot.to_string(),
+            follow_from,
+            jobs.clone(),
+            forwards.iter().cloned().collect(),
+            done.clone(),
+        ));
         info!(
             bot,
             offset = ?offset,
@@ -155,8 +181,9 @@ impl JsQueue {
             bot: bot.to_string(),
             fence,
             offset: Mutex::new((offset, revision)),
-            jobs: Mutex::new(jobs),
-            id_prefix: format!("{:08x}", (created as u64 as u32) ^ ((created >> 32) as u32)),
+            jobs,
+            id_prefix: id_prefix(created),
+            done,
         })
     }
 
@@ -342,6 +369,8 @@ impl Queue for JsQueue {
         h.insert("Pollhook-Kind", job.kind.as_str());
         h.insert("Pollhook-Lane", job.lane.encode().as_str());
         h.insert("Pollhook-Seq", job.seq.to_string().as_str());
+        h.insert("Pollhook-Id-Seq", job.id_seq.to_string().as_str());
+        h.insert("Pollhook-Received", job.received_ms.to_string().as_str());
         h.insert("Pollhook-Dead-At", now_ms.to_string().as_str());
         h.insert("Pollhook-Attempts", job.attempts.to_string().as_str());
         let error: String = job.last_error.chars().filter(|c| !c.is_control()).collect();
@@ -369,7 +398,76 @@ impl Queue for JsQueue {
     }
 
     fn webhook_id(&self, job: &Job) -> String {
-        format!("msg_c{}{:016x}", self.id_prefix, job.id_seq)
+        webhook_id(&self.id_prefix, job.id_seq)
+    }
+}
+
+/// Follows the bot's queue subjects from `from` for replayed dead letters
+/// (put there by any node's `dlq replay`), adds them to the queue and wakes
+/// their dispatcher. What this leader appends itself is already known.
+async fn follow_replays(
+    stream: stream::Stream,
+    bot: String,
+    mut from: u64,
+    jobs: Jobs,
+    wakes: HashMap<u32, Arc<Notify>>,
+    done: CancellationToken,
+) {
+    let prefix = format!("pollhook.q.{bot}.");
+    loop {
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{prefix}>"),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await;
+        let mut messages = match consumer {
+            Ok(c) => match c.messages().await {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+            Err(e) => {
+                warn!(bot, "cluster: cannot follow replays: {e}; trying again");
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = done.cancelled() => return,
+                next = messages.next() => next,
+            };
+            let Some(Ok(msg)) = next else { break };
+            let Ok(info) = msg.info() else { continue };
+            let seq = info.stream_sequence;
+            from = seq + 1;
+            let replay = msg
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get("Pollhook-Replay").is_some());
+            let Some(fwd) = msg
+                .subject
+                .strip_prefix(prefix.as_str())
+                .and_then(|f| f.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !replay {
+                continue;
+            }
+            let job = job_from(seq, msg.headers.as_ref(), msg.payload.clone());
+            if let Some(q) = jobs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&fwd) {
+                q.entry(seq).or_insert(job);
+            }
+            if let Some(w) = wakes.get(&fwd) {
+                w.notify_one();
+            }
+        }
     }
 }
 
@@ -421,36 +519,55 @@ async fn read_pending(
             // A forward no longer configured: its jobs stay where they are.
             continue;
         };
-        let header = |name: &str| {
-            msg.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-        };
         queue.insert(
             seq,
-            Job {
-                seq,
-                id_seq: seq,
-                attempts: 0,
-                next_at_ms: 0,
-                received_ms: header("Pollhook-Received")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-                dead_at_ms: 0,
-                replayed_ms: 0,
-                update_id: header("Pollhook-Update-Id").and_then(|v| v.parse().ok()),
-                kind: header("Pollhook-Kind").unwrap_or_else(|| "unknown".into()),
-                lane: header("Pollhook-Lane")
-                    .map(|l| Lane::decode(&l))
-                    .unwrap_or(Lane::Alone),
-                last_error: String::new(),
-                payload: msg.payload.clone(),
-            },
+            job_from(seq, msg.headers.as_ref(), msg.payload.clone()),
         );
         read += 1;
     }
     Ok(read)
+}
+
+/// What a cluster's webhook-ids start with: from the queue stream's
+/// creation time, the same on every node and for the stream's life.
+pub fn id_prefix(created_nanos: i128) -> String {
+    format!(
+        "{:08x}",
+        (created_nanos as u64 as u32) ^ ((created_nanos >> 32) as u32)
+    )
+}
+
+/// A job's webhook-id in a cluster: stable across failovers and replays.
+pub fn webhook_id(prefix: &str, id_seq: u64) -> String {
+    format!("msg_c{prefix}{id_seq:016x}")
+}
+
+/// A job as its queue message holds it. A replayed dead letter keeps the
+/// sequence its webhook-id was made from, and counts its age from the
+/// replay.
+fn job_from(seq: u64, headers: Option<&async_nats::HeaderMap>, payload: Bytes) -> Job {
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok());
+    Job {
+        seq,
+        id_seq: number("Pollhook-Id-Seq").unwrap_or(seq),
+        attempts: 0,
+        next_at_ms: 0,
+        received_ms: number("Pollhook-Received").unwrap_or(0),
+        dead_at_ms: 0,
+        replayed_ms: number("Pollhook-Replay").unwrap_or(0),
+        update_id: header("Pollhook-Update-Id").and_then(|v| v.parse().ok()),
+        kind: header("Pollhook-Kind").unwrap_or_else(|| "unknown".into()),
+        lane: header("Pollhook-Lane")
+            .map(|l| Lane::decode(&l))
+            .unwrap_or(Lane::Alone),
+        last_error: String::new(),
+        payload,
+    }
 }
 
 fn offset_key(bot: &str) -> String {

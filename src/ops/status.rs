@@ -42,6 +42,8 @@ pub struct Observed {
 pub struct ClusterView {
     pub node: String,
     pub seen: crate::cluster::elect::Shared,
+    /// Where the shared queue and its dead letters are.
+    pub js: async_nats::jetstream::Context,
 }
 
 /// `/status`'s `cluster`.
@@ -82,7 +84,12 @@ impl Observed {
             // The queue lives in JetStream, not in this node's database:
             // every node shows what the stream and the buckets hold.
             for f in &mut snap.forwards {
-                let Some(id) = self.forwards.iter().find(|h| h.bot == f.bot && h.name == f.forward).map(|h| h.id) else {
+                let Some(id) = self
+                    .forwards
+                    .iter()
+                    .find(|h| h.bot == f.bot && h.name == f.forward)
+                    .map(|h| h.id)
+                else {
                     continue;
                 };
                 let key = (f.bot.clone(), id);
