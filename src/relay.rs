@@ -55,6 +55,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
         _ => None,
     };
+    if settings.cluster.is_some() {
+        refuse_a_local_backlog(&store)?;
+    }
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
     let mut bot_stats = Vec::new();
@@ -202,6 +205,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .map_err(|_| anyhow::anyhow!("the final flush did not finish within shutdown_timeout"))??;
     info!("stopped; everything stored is on disk");
     Ok(())
+}
+
+/// A node that joins a cluster must not strand what its own database
+/// still holds from single-node mode: a cluster delivers from JetStream.
+fn refuse_a_local_backlog(store: &Store) -> anyhow::Result<()> {
+    let waiting: Vec<String> = store
+        .forwards()?
+        .into_iter()
+        .filter_map(|f| {
+            let n = store.depth(f.id);
+            (n > 0).then(|| format!("{}/{}: {n}", f.bot, f.name))
+        })
+        .collect();
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "[cluster] is set, but this node's own queue still holds updates from single-node mode ({}); \
+         a cluster delivers only from JetStream, so these would never be sent. Run once more without \
+         [cluster] until `pollhook status` shows every queue at 0, then add [cluster] (docs/cluster.md, \"Upgrade\")",
+        waiting.join(", ")
+    )
 }
 
 /// Stops the relay when the store can only recover by being reopened
