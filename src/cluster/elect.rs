@@ -116,8 +116,13 @@ pub async fn run(
         .unwrap_or_else(|e| e.into_inner())
         .leading
         .clear();
-    for (bot, l) in leading.drain() {
+    // Every bot stops at once (each drains its deliveries within the stop
+    // timeout), then each lease is given back.
+    let stopping: Vec<(String, Leading)> = leading.drain().collect();
+    for (_, l) in &stopping {
         l.stop.cancel();
+    }
+    for (bot, l) in stopping {
         let _ = l.work.await;
         l.fence.close();
         match leases.release(&l.held).await {
