@@ -77,6 +77,18 @@ fn render_table(s: &Snapshot) -> String {
         s.store_bytes as f64 / 1048576.0,
         summary(s)
     );
+    if let Some(c) = &s.cluster {
+        let _ = writeln!(
+            out,
+            "cluster: this node {:?}, live nodes: {}",
+            c.node,
+            c.nodes.join(", ")
+        );
+        for b in &s.bots {
+            let leader = c.leaders.get(&b.bot).map_or("(none yet)", String::as_str);
+            let _ = writeln!(out, "  {:<14} led by {leader}", b.bot);
+        }
+    }
     if let Some(n) = &s.nats {
         let state = if n.connected {
             "connected"
