@@ -194,14 +194,23 @@ impl JsQueue {
     /// Deletes delivered jobs' messages in the background: a delete lost
     /// to a crash only means a duplicate delivery after a failover.
     fn forget(&self, seqs: Vec<u64>) {
-        let stream = self.stream.clone();
+        let client = self.js.client();
         tokio::spawn(async move {
-            for seq in seqs {
-                if let Err(e) = stream.delete_message(seq).await {
-                    warn!(
-                        seq,
-                        "cluster: cannot delete a delivered job from the queue: {e}"
-                    );
+            // Without `no_erase` the server overwrites each deleted message
+            // and syncs it on every replica: most of a cluster's CPU went
+            // there (BENCHMARKS.md). A delivered update needs no shredding
+            // beyond what any delete does.
+            let subject = format!("$JS.API.STREAM.MSG.DELETE.{STREAM}");
+            for chunk in seqs.chunks(64) {
+                let asks = chunk.iter().map(|seq| {
+                    let body = format!(r#"{{"seq":{seq},"no_erase":true}}"#);
+                    let (client, subject) = (client.clone(), subject.clone());
+                    async move { (*seq, client.request(subject, body.into()).await) }
+                });
+                for (seq, answer) in futures_util::future::join_all(asks).await {
+                    if let Err(e) = answer {
+                        warn!(seq, "cluster: cannot delete a delivered job from the queue: {e}");
+                    }
                 }
             }
         });
