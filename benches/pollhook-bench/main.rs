@@ -7,7 +7,9 @@
 //! the very same servers.
 
 mod baseline;
+mod cluster;
 mod nats;
+mod nats_cluster;
 mod proc;
 mod servers;
 
@@ -83,6 +85,22 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// pollhook as a cluster node on a 3-server JetStream cluster vs a
+    /// single sled node, interleaved; then leader takeovers of 3 nodes
+    /// (needs nats-server).
+    Cluster {
+        #[arg(long, default_value_t = 30_000)]
+        updates: i64,
+        /// Rounds of each, alternating sled, 3 replicas, 1 replica.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Leader SIGKILLs in the takeover part (0: skip it).
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
+        /// Leave the 1-replica rounds out.
+        #[arg(long)]
+        no_replicas1: bool,
+    },
     /// Every scenario (smaller sizes with --quick).
     All {
         #[arg(long)]
@@ -119,6 +137,15 @@ fn main() {
             Scenario::Jetstream { updates, rounds } => {
                 println!("{}", jetstream(updates, rounds).await)
             }
+            Scenario::Cluster {
+                updates,
+                rounds,
+                kills,
+                no_replicas1,
+            } => println!(
+                "{}",
+                cluster::cluster(updates, rounds, kills, !no_replicas1).await
+            ),
             Scenario::All { quick } => all(quick).await,
             Scenario::Baseline {
                 api,
@@ -710,5 +737,15 @@ async fn all(quick: bool) {
     println!(
         "{}",
         jetstream(if quick { 20_000 } else { 100_000 }, 3).await
+    );
+    println!(
+        "{}",
+        cluster::cluster(
+            if quick { 10_000 } else { 30_000 },
+            3,
+            if quick { 2 } else { 5 },
+            true
+        )
+        .await
     );
 }

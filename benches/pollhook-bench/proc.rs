@@ -12,6 +12,20 @@ pub struct Config {
     /// Publish to JetStream on this NATS server instead of POSTing to the
     /// backend (`nats_subject = "tg.{bot}.{kind}.{chat}"`).
     pub jetstream: Option<SocketAddr>,
+    /// Run as a node of a cluster (`[cluster]` and `[nats]`), its queue
+    /// in JetStream; the forward still POSTs to the backend.
+    pub cluster: Option<ClusterNode>,
+}
+
+/// A cluster node's part of the configuration.
+pub struct ClusterNode {
+    /// The NATS servers' URLs (`nats://127.0.0.1:PORT`).
+    pub servers: Vec<String>,
+    pub node: String,
+    pub replicas: usize,
+    pub lease: &'static str,
+    /// The admin API's port, for `/status`.
+    pub admin_port: Option<u16>,
 }
 
 impl Default for Config {
@@ -21,6 +35,7 @@ impl Default for Config {
             max_in_flight: 16,
             retry_max_delay: "60s",
             jetstream: None,
+            cluster: None,
         }
     }
 }
@@ -36,6 +51,23 @@ impl Child {
     pub fn pollhook(api: SocketAddr, backend: SocketAddr, cfg: &Config) -> Child {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = String::from("state_dir = \"state\"\nshutdown_timeout = \"5s\"\n");
+        if let Some(c) = &cfg.cluster {
+            assert!(
+                cfg.jetstream.is_none(),
+                "one [nats] table: a cluster node or a JetStream forward"
+            );
+            if let Some(port) = c.admin_port {
+                toml.push_str(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
+            }
+            let servers: Vec<String> = c.servers.iter().map(|s| format!("\"{s}\"")).collect();
+            toml.push_str(&format!(
+                "[nats]\nservers = [{}]\n[cluster]\nnode = \"{}\"\nreplicas = {}\nlease = \"{}\"\n",
+                servers.join(", "),
+                c.node,
+                c.replicas,
+                c.lease
+            ));
+        }
         let target = match cfg.jetstream {
             Some(nats) => {
                 toml.push_str(&format!("[nats]\nservers = [\"nats://{nats}\"]\n"));
@@ -88,10 +120,21 @@ impl Child {
         let _ = self.child.wait();
     }
 
+    /// SIGKILL (a crash: no lease handed over), waiting for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Starts pollhook again on the same configuration and state.
     pub fn restart(mut self, _api: SocketAddr, _backend: SocketAddr, _cfg: &Config) -> Child {
-        self.child = spawn_pollhook(&self.config);
+        self.respawn();
         self
+    }
+
+    /// Starts pollhook again in place (after `stop` or `kill`).
+    pub fn respawn(&mut self) {
+        self.child = spawn_pollhook(&self.config);
     }
 
     fn proc_file(&self, name: &str) -> String {

@@ -78,6 +78,9 @@ pub struct Api {
     state: Arc<Mutex<ApiState>>,
     changed: Arc<Notify>,
     pub calls: Arc<AtomicU64>,
+    /// `getUpdates` calls: a relay polls once it is ready (in a cluster,
+    /// once a node leads the bot).
+    pub polls: Arc<AtomicU64>,
 }
 
 impl Api {
@@ -86,6 +89,7 @@ impl Api {
             state: Default::default(),
             changed: Default::default(),
             calls: Default::default(),
+            polls: Default::default(),
         }
     }
 
@@ -134,7 +138,10 @@ impl Api {
         let params: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         match method.as_str() {
             "getMe" => json(200, Bytes::from_static(br#"{"ok":true,"result":{"id":1,"is_bot":true,"first_name":"bench","username":"bench_bot"}}"#)),
-            "getUpdates" => self.get_updates(&params).await,
+            "getUpdates" => {
+                self.polls.fetch_add(1, Ordering::Relaxed);
+                self.get_updates(&params).await
+            }
             _ => json(200, Bytes::from_static(br#"{"ok":true,"result":true}"#)),
         }
     }
@@ -176,7 +183,7 @@ impl Api {
     }
 }
 
-/// The backend: counts distinct updates, remembers when each arrived.
+/// The backend: counts distinct updates, remembers when each first arrived.
 #[derive(Clone)]
 pub struct Backend {
     pub received: Arc<AtomicU64>,
@@ -214,6 +221,27 @@ impl Backend {
         self.seen.lock().unwrap().get(&id).copied()
     }
 
+    /// The earliest first arrival of any update with an id above `id`.
+    pub fn first_arrival_above(&self, id: i64) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(i, _)| **i > id)
+            .map(|(_, at)| *at)
+            .min()
+    }
+
+    /// Every distinct update's id and first arrival.
+    pub fn arrivals(&self) -> Vec<(i64, Instant)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(i, at)| (*i, *at))
+            .collect()
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let body = req
             .into_body()
@@ -235,8 +263,11 @@ impl Backend {
             .and_then(|t| t.split(|c: char| !c.is_ascii_digit() && c != '-').next())
             .and_then(|n| n.parse::<i64>().ok());
         if let Some(id) = id {
+            // The first arrival counts: a duplicate (after a failover)
+            // must not move an update's delivery time.
             let mut seen = self.seen.lock().unwrap();
-            if seen.insert(id, Instant::now()).is_none() {
+            if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(id) {
+                e.insert(Instant::now());
                 self.distinct.fetch_add(1, Ordering::Relaxed);
             }
         }
