@@ -281,8 +281,15 @@ impl Poller {
                 Ok(()) => break,
                 Err(e) => {
                     attempt += 1;
-                    let wait = Duration::from_secs(1 << attempt.min(5));
-                    error!("cannot store a batch of {} updates: {e}; polling is paused (nothing is confirmed, the platform keeps the updates); retrying in {}s", incoming.len(), wait.as_secs());
+                    // A replicated queue comes back within seconds (a new
+                    // stream leader); a local disk needs longer.
+                    let wait = match e {
+                        crate::store::StoreError::Remote(_) => {
+                            Duration::from_millis(250 << attempt.min(3))
+                        }
+                        _ => Duration::from_secs(1 << attempt.min(5)),
+                    };
+                    error!("cannot store a batch of {} updates: {e}; polling is paused (nothing is confirmed, the platform keeps the updates); retrying in {:.1}s", incoming.len(), wait.as_secs_f64());
                     self.stats.set_state("store failing");
                     self.stats.busy_for(now_ms(), wait + SLACK);
                     tokio::select! {

@@ -42,8 +42,11 @@ struct Leading {
 /// What a node sees of the cluster, for `/status` and `/readyz`.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
-    /// The bots this node leads now.
+    /// The bots this node leads now (see `leading_now`).
     pub leading: Vec<String>,
+    /// Their fences: a node that wakes from a pause is fenced before its
+    /// loop has run, and must not claim a bot meanwhile.
+    pub fences: HashMap<String, Fence>,
     /// Every bot's holder, as the bucket said at the last look.
     pub holders: HashMap<String, String>,
     /// Live nodes.
@@ -53,6 +56,17 @@ pub struct Seen {
     pub depth: HashMap<(String, u32), u64>,
     pub dead: HashMap<(String, u32), u64>,
     pub offsets: HashMap<String, i64>,
+}
+
+impl Seen {
+    /// The bots this node may act for at this instant.
+    pub fn leading_now(&self) -> Vec<String> {
+        self.leading
+            .iter()
+            .filter(|b| self.fences.get(*b).is_some_and(Fence::valid))
+            .cloned()
+            .collect()
+    }
 }
 
 pub type Shared = Arc<std::sync::Mutex<Seen>>;
@@ -67,8 +81,10 @@ pub async fn run(
     seen: Shared,
     shutdown: CancellationToken,
 ) {
+    let leases = Arc::new(leases);
     let lease = leases.lease();
     let tick = (lease / 10).max(Duration::from_millis(100));
+    let mut first_seen: HashMap<String, Instant> = HashMap::new();
     let renew_every = lease / 3;
     let mut leading: HashMap<String, Leading> = HashMap::new();
     let mut free_since: HashMap<String, Instant> = HashMap::new();
@@ -94,11 +110,22 @@ pub async fn run(
         } else {
             None
         };
+        if let Some(v) = &view {
+            first_seen.retain(|n, _| v.nodes.contains(n));
+            for n in &v.nodes {
+                first_seen.entry(n.clone()).or_insert(now);
+            }
+            hand_over_extra(&leases, &bots, v, &first_seen, &mut leading);
+        }
         {
             let mut now: Vec<String> = leading.keys().cloned().collect();
             now.sort();
             let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
             seen.leading = now;
+            seen.fences = leading
+                .iter()
+                .map(|(b, l)| (b.clone(), l.fence.clone()))
+                .collect();
             if let Some(v) = view {
                 seen.holders = v.holders;
                 seen.nodes = v.nodes;
@@ -186,6 +213,53 @@ async fn renew_all(leases: &Leases, leading: &mut HashMap<String, Leading>, ever
                 let _ = l.work.await;
             });
         }
+    }
+}
+
+/// Gives back bots beyond this node's fair share whose dealt node has
+/// been alive a while, so nodes that joined late (or came back) get their
+/// share: without it the first node up would keep every bot it took. One
+/// handover per bot: a short pause, like a graceful stop's.
+fn hand_over_extra(
+    leases: &Arc<Leases>,
+    bots: &[String],
+    view: &super::lease::View,
+    first_seen: &HashMap<String, Instant>,
+    leading: &mut HashMap<String, Leading>,
+) {
+    if view.nodes.is_empty() {
+        return;
+    }
+    let fair = bots.len().div_ceil(view.nodes.len());
+    let settled = leases.lease() * 2;
+    let mut extra = leading.len().saturating_sub(fair);
+    let mut mine: Vec<String> = leading.keys().cloned().collect();
+    mine.sort();
+    for bot in mine {
+        if extra == 0 {
+            break;
+        }
+        let Some(to) = preferred(&bot, bots, &view.nodes) else {
+            continue;
+        };
+        let steady = first_seen.get(to).is_some_and(|t| t.elapsed() >= settled);
+        if to == leases.node() || !steady {
+            continue;
+        }
+        let Some(l) = leading.remove(&bot) else {
+            continue;
+        };
+        extra -= 1;
+        info!(bot = %bot, to, "cluster: handing this bot over to the node it is dealt to");
+        l.fence.close();
+        l.stop.cancel();
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            let _ = l.work.await;
+            if let Err(e) = leases.release(&l.held).await {
+                warn!(bot = %l.held.bot, "cluster: cannot give the lease back ({e}); it runs out by itself");
+            }
+        });
     }
 }
 

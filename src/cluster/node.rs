@@ -74,16 +74,30 @@ pub async fn run(
         let bot = bot.to_string();
         Box::pin(async move {
             let ids = forwards.get(&bot).cloned().unwrap_or_default();
-            let queue = match JsQueue::take_over(&js, &bot, &ids, fence.clone(), &node).await {
-                Ok(q) => q,
-                Err(e) => {
-                    // The elector sees the work end and lets the lease
-                    // run out, for this node or another to try again.
-                    error!(bot, "cluster: cannot take the bot's queue over: {e}");
-                    return;
+            // JetStream may still be settling (after an outage, a new
+            // stream leader): try again while the lease is ours.
+            let queue = loop {
+                match JsQueue::take_over(&js, &bot, &ids, fence.clone(), &node).await {
+                    Ok(q) => break Arc::new(q),
+                    Err(e) if fence.valid() && !stop.is_cancelled() => {
+                        warn!(
+                            bot,
+                            "cluster: cannot take the bot's queue over yet: {e}; trying again"
+                        );
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        // The elector sees the work end and lets the lease
+                        // run out, for this node or another to try again.
+                        error!(bot, "cluster: cannot take the bot's queue over: {e}");
+                        return;
+                    }
                 }
             };
-            work(&bot, Arc::new(queue), fence, stop).await
+            work(&bot, queue.clone(), fence, stop).await;
+            // Delivered jobs' deletes still on their way would otherwise
+            // be delivered again by the next leader.
+            queue.settle(Duration::from_secs(2)).await;
         })
     });
     elect::run(leases, bots, start, seen, shutdown).await

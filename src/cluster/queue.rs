@@ -96,6 +96,8 @@ pub struct JsQueue {
     id_prefix: String,
     /// Stops the replay follower with the queue.
     done: CancellationToken,
+    /// Deletes of delivered jobs on their way.
+    deleting: tokio_util::task::TaskTracker,
 }
 
 type Jobs = Arc<Mutex<HashMap<u32, BTreeMap<u64, Job>>>>;
@@ -184,6 +186,7 @@ impl JsQueue {
             jobs,
             id_prefix: id_prefix(created),
             done,
+            deleting: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -195,7 +198,7 @@ impl JsQueue {
     /// to a crash only means a duplicate delivery after a failover.
     fn forget(&self, seqs: Vec<u64>) {
         let client = self.js.client();
-        tokio::spawn(async move {
+        self.deleting.spawn(async move {
             // Without `no_erase` the server overwrites each deleted message
             // and syncs it on every replica: most of a cluster's CPU went
             // there (BENCHMARKS.md). A delivered update needs no shredding
@@ -209,11 +212,21 @@ impl JsQueue {
                 });
                 for (seq, answer) in futures_util::future::join_all(asks).await {
                     if let Err(e) = answer {
-                        warn!(seq, "cluster: cannot delete a delivered job from the queue: {e}");
+                        warn!(
+                            seq,
+                            "cluster: cannot delete a delivered job from the queue: {e}"
+                        );
                     }
                 }
             }
         });
+    }
+
+    /// Waits (up to `within`) for the deletes of delivered jobs: the next
+    /// leader then finds only what is left to deliver.
+    pub async fn settle(&self, within: std::time::Duration) {
+        self.deleting.close();
+        let _ = tokio::time::timeout(within, self.deleting.wait()).await;
     }
 
     async fn store(

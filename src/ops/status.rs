@@ -68,7 +68,7 @@ impl Observed {
                 let seen = c.seen.lock().unwrap_or_else(|e| e.into_inner());
                 self.bots
                     .iter()
-                    .filter(|b| seen.leading.contains(&b.name))
+                    .filter(|b| seen.leading_now().contains(&b.name))
                     .collect()
             }
         }
@@ -80,7 +80,8 @@ impl Observed {
             connected: n.connected(),
         });
         if let Some(c) = &self.cluster {
-            let seen = c.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut seen = c.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            seen.leading = seen.leading_now();
             // The queue lives in JetStream, not in this node's database:
             // every node shows what the stream and the buckets hold.
             for f in &mut snap.forwards {
