@@ -50,72 +50,116 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .any(|f| matches!(f.to, crate::config::Destination::JetStream(_)))
     });
     let nats = match &settings.nats {
-        Some(n) if publishes => Some(Nats::connect(n, FirstConnect::InBackground).await?),
+        Some(n) if publishes || settings.cluster.is_some() => {
+            Some(Nats::connect(n, FirstConnect::InBackground).await?)
+        }
         _ => None,
     };
+    if settings.cluster.is_some() {
+        refuse_a_local_backlog(&store)?;
+    }
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
     let mut bot_stats = Vec::new();
     let mut clients = crate::http::Clients::new();
     let client = clients.direct();
+    let clustered = settings.cluster.is_some();
+    let mut plans = Vec::with_capacity(settings.bots.len());
     for bot in settings.bots {
         let via = clients
             .for_bot(bot.proxy.as_ref())
             .map_err(|e| anyhow::anyhow!("bot {}: proxy: {e}", bot.name))?;
         let api = Arc::new(BotApi::new(&bot.api_url, bot.token.clone(), via));
-        let mut routes = Vec::with_capacity(bot.forwards.len());
+        let mut forwards = Vec::with_capacity(bot.forwards.len());
         for fwd in &bot.forwards {
-            let fwd_id = store.forward_id(&bot.name, &fwd.name)?;
-            let wake = Arc::new(Notify::new());
-            let stats = Arc::new(ForwardStats::default());
-            routes.push(Route {
-                fwd_id,
-                filter: fwd.filter.clone(),
-                wake: wake.clone(),
-            });
+            // In a cluster every node must name a forward alike: by its
+            // name, not by the order this node's database first saw it.
+            let fwd_id = if clustered {
+                crate::cluster::queue::forward_id(&fwd.name)
+            } else {
+                store.forward_id(&bot.name, &fwd.name)?
+            };
+            let plan = ForwardPlan {
+                id: fwd_id,
+                settings: fwd.clone(),
+                wake: Arc::new(Notify::new()),
+                stats: Arc::new(ForwardStats::default()),
+            };
             handles.push(ForwardHandle {
                 bot: bot.name.clone(),
                 name: fwd.name.clone(),
                 id: fwd_id,
-                wake: wake.clone(),
-                stats: stats.clone(),
+                wake: plan.wake.clone(),
+                stats: plan.stats.clone(),
             });
-            let forwarder = Forwarder {
-                bot: bot.name.clone(),
-                fwd_id,
-                settings: fwd.clone(),
-                flavor: bot.flavor,
-                queue: queue.clone(),
-                api: api.clone(),
-                client: client.clone(),
-                nats: nats.clone(),
-                wake,
-                stats,
-                drain_timeout: settings.shutdown_timeout,
-            };
-            let span = info_span!("forward", bot = %bot.name, forward = %fwd.name);
-            tasks.spawn(forwarder.run(shutdown.clone()).instrument(span));
+            forwards.push(plan);
         }
         let stats = Arc::new(BotStats::new(bot.poll_timeout));
         bot_stats.push(BotHandle {
             name: bot.name.clone(),
             stats: stats.clone(),
         });
-        let span = info_span!("poller", bot = %bot.name);
-        let poller = Poller {
+        plans.push(Arc::new(BotPlan {
             bot,
             api,
-            queue: queue.clone(),
-            routes,
+            client: client.clone(),
+            nats: nats.clone(),
+            forwards,
             stats,
-        };
-        tasks.spawn(poller.run(shutdown.clone()).instrument(span));
+            drain_timeout: settings.shutdown_timeout,
+        }));
+    }
+    let mut leading = None;
+    match (&settings.cluster, &nats) {
+        (Some(cluster), Some(conn)) => {
+            let seen = crate::cluster::elect::Shared::default();
+            leading = Some(crate::ops::status::ClusterView {
+                node: cluster.node.clone(),
+                seen: seen.clone(),
+                js: async_nats::jetstream::new(conn.client().clone()),
+            });
+            let forwards = plans
+                .iter()
+                .map(|p| {
+                    (
+                        p.name().to_string(),
+                        p.forwards.iter().map(|f| (f.id, f.wake.clone())).collect(),
+                    )
+                })
+                .collect();
+            let by_name: std::collections::HashMap<String, Arc<BotPlan>> = plans
+                .into_iter()
+                .map(|p| (p.name().to_string(), p))
+                .collect();
+            let work: crate::cluster::node::Work = Arc::new(move |bot, queue, fence, stop| {
+                let plan = by_name.get(bot).cloned();
+                Box::pin(async move {
+                    if let Some(plan) = plan {
+                        plan.run(queue, Some(fence), stop).await
+                    }
+                })
+            });
+            tasks.spawn(crate::cluster::node::run(
+                cluster.clone(),
+                conn.clone(),
+                forwards,
+                work,
+                seen,
+                shutdown.clone(),
+            ));
+        }
+        _ => {
+            for plan in plans {
+                tasks.spawn(plan.run(queue.clone(), None, shutdown.clone()));
+            }
+        }
     }
     let observed = Arc::new(Observed {
         store: store.clone(),
         bots: bot_stats,
         forwards: handles,
         nats: nats.clone(),
+        cluster: leading,
     });
     tasks.spawn(crate::ops::notify::run(observed.clone(), shutdown.clone()));
     if let Some(addr) = settings.admin_listen {
@@ -163,6 +207,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
+/// A node that joins a cluster must not strand what its own database
+/// still holds from single-node mode: a cluster delivers from JetStream.
+fn refuse_a_local_backlog(store: &Store) -> anyhow::Result<()> {
+    let waiting: Vec<String> = store
+        .forwards()?
+        .into_iter()
+        .filter_map(|f| {
+            let n = store.depth(f.id);
+            (n > 0).then(|| format!("{}/{}: {n}", f.bot, f.name))
+        })
+        .collect();
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "[cluster] is set, but this node's own queue still holds updates from single-node mode ({}); \
+         a cluster delivers only from JetStream, so these would never be sent. Run once more without \
+         [cluster] until `pollhook status` shows every queue at 0, then add [cluster] (docs/cluster.md, \"Upgrade\")",
+        waiting.join(", ")
+    )
+}
+
 /// Stops the relay when the store can only recover by being reopened
 /// (store/health.rs): sled keeps an I/O error for good, so retrying in
 /// this process would fail forever even after the disk has room again.
@@ -187,5 +253,78 @@ async fn watch_store(
             shutdown.cancel();
             return;
         }
+    }
+}
+
+/// One forward of a bot, ready to be started over whichever queue.
+pub struct ForwardPlan {
+    pub id: u32,
+    pub settings: crate::config::ForwardSettings,
+    pub wake: Arc<Notify>,
+    pub stats: Arc<ForwardStats>,
+}
+
+/// Everything one bot runs (its poller and a dispatcher per forward),
+/// ready to be started over a queue: the sled store on a single node, the
+/// replicated queue on the node that leads the bot in a cluster.
+pub struct BotPlan {
+    pub bot: crate::config::BotSettings,
+    pub api: Arc<BotApi>,
+    pub client: reqwest::Client,
+    pub nats: Option<Nats>,
+    pub forwards: Vec<ForwardPlan>,
+    pub stats: Arc<BotStats>,
+    pub drain_timeout: std::time::Duration,
+}
+
+impl BotPlan {
+    pub fn name(&self) -> &str {
+        &self.bot.name
+    }
+
+    /// Runs the bot until `stop`; `fence`, in a cluster, closes every act
+    /// the moment this node may no longer lead it.
+    pub async fn run(
+        self: Arc<Self>,
+        queue: Arc<dyn Queue>,
+        fence: Option<crate::cluster::fence::Fence>,
+        stop: CancellationToken,
+    ) {
+        let tasks = TaskTracker::new();
+        let mut routes = Vec::with_capacity(self.forwards.len());
+        for f in &self.forwards {
+            routes.push(Route {
+                fwd_id: f.id,
+                filter: f.settings.filter.clone(),
+                wake: f.wake.clone(),
+            });
+            let forwarder = Forwarder {
+                bot: self.bot.name.clone(),
+                fwd_id: f.id,
+                settings: f.settings.clone(),
+                flavor: self.bot.flavor,
+                queue: queue.clone(),
+                api: self.api.clone(),
+                client: self.client.clone(),
+                nats: self.nats.clone(),
+                fence: fence.clone(),
+                wake: f.wake.clone(),
+                stats: f.stats.clone(),
+                drain_timeout: self.drain_timeout,
+            };
+            let span = info_span!("forward", bot = %self.bot.name, forward = %f.settings.name);
+            tasks.spawn(forwarder.run(stop.clone()).instrument(span));
+        }
+        let poller = Poller {
+            bot: self.bot.clone(),
+            api: self.api.clone(),
+            queue,
+            routes,
+            stats: self.stats.clone(),
+        };
+        let span = info_span!("poller", bot = %self.bot.name);
+        tasks.spawn(poller.run(stop.clone()).instrument(span));
+        tasks.close();
+        tasks.wait().await;
     }
 }

@@ -14,38 +14,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::fence::Fence;
 use super::lease::{preferred, Held, LeaseError, Leases};
-
-/// Whether this node may still act for a bot: shared by the elector, which
-/// moves it forward on every renewal, and the bot's work, which checks it.
-#[derive(Clone, Debug)]
-pub struct Fence(Arc<Mutex<Instant>>);
-
-impl Fence {
-    fn new(until: Instant) -> Fence {
-        Fence(Arc::new(Mutex::new(until)))
-    }
-
-    fn extend(&self, until: Instant) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = until;
-    }
-
-    fn close(&self) {
-        self.extend(Instant::now() - Duration::from_millis(1));
-    }
-
-    /// True while the lease is certainly this node's.
-    pub fn valid(&self) -> bool {
-        Instant::now() < *self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// The work of leading one bot, as started by the caller: it runs until
 /// `stop` is cancelled (or the fence closes) and then returns.
@@ -62,9 +39,34 @@ struct Leading {
     renewed: Instant,
 }
 
+/// What a node sees of the cluster, for `/status` and `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// The bots this node leads now.
+    pub leading: Vec<String>,
+    /// Every bot's holder, as the bucket said at the last look.
+    pub holders: HashMap<String, String>,
+    /// Live nodes.
+    pub nodes: Vec<String>,
+    /// Jobs waiting and dead letters per (bot, forward id), from the
+    /// stream; the offsets from their bucket.
+    pub depth: HashMap<(String, u32), u64>,
+    pub dead: HashMap<(String, u32), u64>,
+    pub offsets: HashMap<String, i64>,
+}
+
+pub type Shared = Arc<std::sync::Mutex<Seen>>;
+
 /// Runs the node's elections for `bots` until `shutdown`; then stops the
-/// bots it leads and gives their leases back.
-pub async fn run(leases: Leases, bots: Vec<String>, start: Start, shutdown: CancellationToken) {
+/// bots it leads and gives their leases back. `seen` shows, for `/status`,
+/// which bots this node leads now and who leads the others.
+pub async fn run(
+    leases: Leases,
+    bots: Vec<String>,
+    start: Start,
+    seen: Shared,
+    shutdown: CancellationToken,
+) {
     let lease = leases.lease();
     let tick = (lease / 10).max(Duration::from_millis(100));
     let renew_every = lease / 3;
@@ -87,8 +89,20 @@ pub async fn run(leases: Leases, bots: Vec<String>, start: Start, shutdown: Canc
         if settle.is_some_and(|t| now >= t) {
             settle = None;
         }
-        if settle.is_none() {
-            take_free(&leases, &bots, &start, &mut leading, &mut free_since).await;
+        let view = if settle.is_none() {
+            take_free(&leases, &bots, &start, &mut leading, &mut free_since).await
+        } else {
+            None
+        };
+        {
+            let mut now: Vec<String> = leading.keys().cloned().collect();
+            now.sort();
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.leading = now;
+            if let Some(v) = view {
+                seen.holders = v.holders;
+                seen.nodes = v.nodes;
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -98,8 +112,17 @@ pub async fn run(leases: Leases, bots: Vec<String>, start: Start, shutdown: Canc
     // Gone from the live nodes first, so the others choose among
     // themselves for the bots given back next.
     let _ = leases.leave().await;
-    for (bot, l) in leading.drain() {
+    seen.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .leading
+        .clear();
+    // Every bot stops at once (each drains its deliveries within the stop
+    // timeout), then each lease is given back.
+    let stopping: Vec<(String, Leading)> = leading.drain().collect();
+    for (_, l) in &stopping {
         l.stop.cancel();
+    }
+    for (bot, l) in stopping {
         let _ = l.work.await;
         l.fence.close();
         match leases.release(&l.held).await {
@@ -191,12 +214,12 @@ async fn take_free(
     start: &Start,
     leading: &mut HashMap<String, Leading>,
     free_since: &mut HashMap<String, Instant>,
-) {
+) -> Option<super::lease::View> {
     let view = match leases.view().await {
         Ok(v) => v,
         Err(e) => {
             warn!("cluster: cannot read the leases: {e}");
-            return;
+            return None;
         }
     };
     let now = Instant::now();
@@ -233,4 +256,5 @@ async fn take_free(
             Err(e) => warn!(bot = %bot, "cluster: cannot take the lease: {e}"),
         }
     }
+    Some(view)
 }

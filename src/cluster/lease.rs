@@ -218,7 +218,10 @@ impl Leases {
                 }
             }
         }
+        // The key listing may name a key twice (it was rewritten while
+        // being listed); a node counted twice would get twice the bots.
         view.nodes.sort();
+        view.nodes.dedup();
         Ok(view)
     }
 }

@@ -1,8 +1,12 @@
-//! Several nodes on NATS JetStream (issue 16, in progress): who leads which
-//! bot. `lease` holds one bot's lease in a key-value bucket, its revision
-//! the fencing token; `elect` runs a node's elections and starts and stops
-//! the work of the bots it leads. Not wired into `run` yet: the replicated
-//! queue that a leader polls into and delivers from comes next.
+//! Several nodes on NATS JetStream: who leads which bot, and the queue a
+//! leader polls into and delivers from. `lease` holds one bot's lease in a
+//! key-value bucket, its revision the fencing token; `fence` is the time
+//! the holder may act until; `elect` runs a node's elections and starts and
+//! stops the work of the bots it leads; `queue` is the replicated queue
+//! behind the `Queue` seam.
 
 pub mod elect;
+pub mod fence;
 pub mod lease;
+pub mod node;
+pub mod queue;

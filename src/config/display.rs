@@ -55,6 +55,15 @@ impl fmt::Display for Settings {
                 humantime::format_duration(n.connect_timeout)
             )?;
         }
+        if let Some(c) = &self.cluster {
+            writeln!(
+                f,
+                "cluster: node {:?}, {} replica(s), lease {}",
+                c.node,
+                c.replicas,
+                humantime::format_duration(c.lease)
+            )?;
+        }
         for b in &self.bots {
             writeln!(
                 f,

@@ -12,6 +12,7 @@
 //! pass their own; `display` is what `check-config` prints.
 
 mod bot;
+mod cluster;
 mod ctx;
 mod display;
 mod env;
@@ -83,6 +84,19 @@ pub struct Settings {
     pub admin_allowed_hosts: Vec<String>,
     /// The process's NATS connection, for JetStream forwards.
     pub nats: Option<NatsSettings>,
+    /// Set: this node is one of several sharing the bots through NATS.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]`, validated.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Unique per node.
+    pub node: String,
+    /// JetStream replicas of the queue and the buckets.
+    pub replicas: usize,
+    /// How long a silent leader keeps its bots.
+    pub lease: Duration,
 }
 
 /// `[nats]`, validated.

@@ -14,8 +14,18 @@ pub(super) struct RawConfig {
     pub shutdown_timeout: Option<String>,
     pub cache_mb: Option<u64>,
     pub nats: Option<RawNats>,
+    pub cluster: Option<RawCluster>,
     #[serde(default)]
     pub bot: Vec<RawBot>,
+}
+
+/// `[cluster]`: this node's part in a cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub node: Option<String>,
+    pub replicas: Option<usize>,
+    pub lease: Option<String>,
 }
 
 /// `[nats]`: the process's one NATS connection.

@@ -43,6 +43,10 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
         .nats
         .map(|n| super::nats::validate_nats(&ctx, n))
         .transpose()?;
+    let cluster = raw
+        .cluster
+        .map(|c| super::cluster::validate_cluster(&ctx, c, nats.is_some()))
+        .transpose()?;
     let mut bots: Vec<BotSettings> = Vec::with_capacity(raw.bot.len());
     for (i, rb) in raw.bot.into_iter().enumerate() {
         let bot = validate_bot(&ctx, i, rb)?;
@@ -71,7 +75,7 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
             .iter()
             .any(|f| matches!(f.to, Destination::JetStream(_)))
     });
-    if nats.is_some() && !publishes {
+    if nats.is_some() && !publishes && cluster.is_none() {
         ctx.warn(
             "nats: no forward has a nats_subject, so pollhook does not connect to NATS".into(),
         );
@@ -89,6 +93,7 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
         admin_idle_timeout: guards.idle_timeout,
         admin_allowed_hosts: guards.allowed_hosts,
         nats,
+        cluster,
     })
 }
 

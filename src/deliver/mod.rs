@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::now_ms;
+use crate::cluster::fence::Fence;
 use crate::config::ForwardSettings;
 use crate::nats::connection::Nats;
 use crate::platform::api::BotApi;
@@ -60,6 +61,9 @@ pub struct Forwarder {
     pub client: reqwest::Client,
     /// The process's NATS connection, for a JetStream forward.
     pub nats: Option<Nats>,
+    /// In a cluster: closed when this node may no longer lead the bot; no
+    /// attempt is made after that.
+    pub fence: Option<Fence>,
     /// Poked by the poller after it stored jobs for this forward, and by the
     /// admin API after a replay.
     pub wake: Arc<Notify>,
@@ -129,6 +133,7 @@ impl Forwarder {
         let wires = sink::Wires {
             http: &self.client,
             nats: self.nats.as_ref(),
+            fence: self.fence.as_ref(),
         };
         let Some(target) = sink::for_forward(&self.bot, self.flavor, &self.settings, &wires) else {
             error!("a JetStream forward without a [nats] connection; nothing is delivered");

@@ -60,6 +60,10 @@ impl Nats {
             .name("pollhook")
             .connection_timeout(s.connect_timeout)
             .max_reconnects(None)
+            // A server that hangs (SIGSTOP, a dead VM) keeps its TCP
+            // connection open; the default 60 s between pings would hold
+            // JetStream forwards and a cluster's leases that long.
+            .ping_interval(std::time::Duration::from_secs(5))
             .event_callback(|event| async move { log_event(event) });
         if let Some(ca) = &s.tls_ca {
             opts = opts.add_root_certificates(ca.clone());

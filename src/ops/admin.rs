@@ -22,6 +22,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::ops::cluster_dlq;
 use crate::ops::deadletters::{self, Selection};
 use crate::ops::serve::{Limits, LocalAddr};
 use crate::ops::status::{self, Observed};
@@ -167,7 +168,7 @@ async fn metrics(State(admin): State<Shared>) -> Response {
 /// Ready: every bot polled successfully within twice its poll timeout and
 /// the store takes writes. Open, like /healthz: it says nothing secret.
 async fn readyz(State(admin): State<Shared>) -> Response {
-    let mut problems = status::unready(&admin.relay.bots);
+    let mut problems = status::unready(&admin.relay.polling());
     if let Some((_, e)) = admin.relay.store.failing() {
         problems.push(format!("the store is failing: {e}"));
     } else if !admin.relay.store.writable() {
@@ -197,14 +198,23 @@ struct ListQuery {
 }
 
 async fn dlq_list(State(admin): State<Shared>, Query(q): Query<ListQuery>) -> Response {
-    match deadletters::list(&admin.relay.store, q.bot.as_deref(), q.forward.as_deref()) {
+    let (bot, forward) = (q.bot.as_deref(), q.forward.as_deref());
+    let listed = match &admin.relay.cluster {
+        Some(c) => cluster_dlq::list(&c.js, &admin.relay.forwards, bot, forward).await,
+        None => deadletters::list(&admin.relay.store, bot, forward),
+    };
+    match listed {
         Ok(list) => Json(list).into_response(),
         Err(e) => store_error(e),
     }
 }
 
 async fn dlq_show(State(admin): State<Shared>, Path(id): Path<u64>) -> Response {
-    match deadletters::show(&admin.relay.store, id) {
+    let shown = match &admin.relay.cluster {
+        Some(c) => cluster_dlq::show(&c.js, &admin.relay.forwards, id).await,
+        None => deadletters::show(&admin.relay.store, id),
+    };
+    match shown {
         Ok(Some(d)) => Json(d).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, format!("no dead letter {id}\n")).into_response(),
         Err(e) => store_error(e),
@@ -212,7 +222,11 @@ async fn dlq_show(State(admin): State<Shared>, Path(id): Path<u64>) -> Response 
 }
 
 async fn dlq_replay(State(admin): State<Shared>, Json(sel): Json<Selection>) -> Response {
-    match deadletters::replay(&admin.relay.store, &sel).await {
+    let replayed = match &admin.relay.cluster {
+        Some(c) => cluster_dlq::replay(&c.js, &admin.relay.forwards, &sel).await,
+        None => deadletters::replay(&admin.relay.store, &sel).await,
+    };
+    match replayed {
         Ok(outcome) => {
             // Wake the dispatchers so replayed jobs go out now.
             for f in admin
@@ -234,7 +248,11 @@ async fn dlq_replay(State(admin): State<Shared>, Json(sel): Json<Selection>) -> 
 }
 
 async fn dlq_drop(State(admin): State<Shared>, Json(sel): Json<Selection>) -> Response {
-    match deadletters::drop(&admin.relay.store, &sel).await {
+    let dropped = match &admin.relay.cluster {
+        Some(c) => cluster_dlq::drop(&c.js, &admin.relay.forwards, &sel).await,
+        None => deadletters::drop(&admin.relay.store, &sel).await,
+    };
+    match dropped {
         Ok(outcome) => {
             info!(
                 dropped = outcome.done.len(),

@@ -77,7 +77,9 @@ pub fn render(snap: &Snapshot, bots: &[BotHandle], forwards: &[ForwardHandle]) -
         "gauge",
         "1 if the bot's last getUpdates succeeded.",
     );
-    for b in &snap.bots {
+    // A bot another node of a cluster leads is not this node's to poll:
+    // no series, so no alert fires for it here.
+    for b in snap.bots.iter().filter(|b| !b.state.starts_with("standby")) {
         let _ = writeln!(
             out,
             "pollhook_bot_up{{{}}} {}",
@@ -91,7 +93,12 @@ pub fn render(snap: &Snapshot, bots: &[BotHandle], forwards: &[ForwardHandle]) -
         "gauge",
         "When getUpdates last succeeded (0: never).",
     );
-    for b in bots {
+    let standby = |name: &str| {
+        snap.bots
+            .iter()
+            .any(|b| b.bot == name && b.state.starts_with("standby"))
+    };
+    for b in bots.iter().filter(|b| !standby(&b.name)) {
         let at = stats::get(&b.stats.last_ok_ms) as f64 / 1000.0;
         let _ = writeln!(
             out,
@@ -232,6 +239,22 @@ pub fn render(snap: &Snapshot, bots: &[BotHandle], forwards: &[ForwardHandle]) -
         "Size of the state database on disk.",
     );
     let _ = writeln!(out, "pollhook_store_size_bytes {}", snap.store_bytes);
+    if let Some(c) = &snap.cluster {
+        header(
+            &mut out,
+            "pollhook_cluster_leading",
+            "gauge",
+            "1 for each bot this node of a cluster leads now, 0 for the others.",
+        );
+        for b in &snap.bots {
+            let _ = writeln!(
+                out,
+                "pollhook_cluster_leading{{{}}} {}",
+                bot_l(&b.bot),
+                u8::from(c.leading.contains(&b.bot))
+            );
+        }
+    }
     if let Some(n) = &snap.nats {
         header(
             &mut out,

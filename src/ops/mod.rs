@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod cluster_dlq;
 pub mod deadletters;
 pub mod logging;
 pub mod metrics;

@@ -33,14 +33,86 @@ pub struct Observed {
     pub forwards: Vec<ForwardHandle>,
     /// The NATS connection, when `[nats]` is configured.
     pub nats: Option<Nats>,
+    /// This node's part in a cluster.
+    pub cluster: Option<ClusterView>,
+}
+
+/// What a cluster node shows: its name, the bots it leads now, who leads
+/// the others, and the replicated queue's counts.
+pub struct ClusterView {
+    pub node: String,
+    pub seen: crate::cluster::elect::Shared,
+    /// Where the shared queue and its dead letters are.
+    pub js: async_nats::jetstream::Context,
+}
+
+/// `/status`'s `cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStatus {
+    pub node: String,
+    /// The bots this node leads.
+    pub leading: Vec<String>,
+    /// Every led bot's node.
+    pub leaders: std::collections::BTreeMap<String, String>,
+    /// Live nodes.
+    pub nodes: Vec<String>,
 }
 
 impl Observed {
+    /// The bots this node polls: all of them, or in a cluster those it
+    /// leads (the others are another node's to poll).
+    pub fn polling(&self) -> Vec<&BotHandle> {
+        match &self.cluster {
+            None => self.bots.iter().collect(),
+            Some(c) => {
+                let seen = c.seen.lock().unwrap_or_else(|e| e.into_inner());
+                self.bots
+                    .iter()
+                    .filter(|b| seen.leading.contains(&b.name))
+                    .collect()
+            }
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = snapshot(&self.store, &self.bots, &self.forwards);
         snap.nats = self.nats.as_ref().map(|n| NatsStatus {
             connected: n.connected(),
         });
+        if let Some(c) = &self.cluster {
+            let seen = c.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // The queue lives in JetStream, not in this node's database:
+            // every node shows what the stream and the buckets hold.
+            for f in &mut snap.forwards {
+                let Some(id) = self
+                    .forwards
+                    .iter()
+                    .find(|h| h.bot == f.bot && h.name == f.forward)
+                    .map(|h| h.id)
+                else {
+                    continue;
+                };
+                let key = (f.bot.clone(), id);
+                f.queue_depth = seen.depth.get(&key).copied().unwrap_or(0);
+                f.dead_letters = seen.dead.get(&key).copied().unwrap_or(0);
+                f.oldest_pending_age_seconds = None;
+            }
+            for b in &mut snap.bots {
+                b.offset = seen.offsets.get(&b.bot).copied();
+                if !seen.leading.contains(&b.bot) {
+                    b.state = match seen.holders.get(&b.bot) {
+                        Some(n) => format!("standby (led by {n})"),
+                        None => "standby (no leader yet)".into(),
+                    };
+                }
+            }
+            snap.cluster = Some(ClusterStatus {
+                node: c.node.clone(),
+                leading: seen.leading.clone(),
+                leaders: seen.holders.clone().into_iter().collect(),
+                nodes: seen.nodes.clone(),
+            });
+        }
         snap
     }
 }
@@ -59,6 +131,9 @@ pub struct Snapshot {
     /// Absent without `[nats]` (and from older daemons).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsStatus>,
+    /// Absent outside a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -137,12 +212,13 @@ pub fn snapshot(store: &Store, bots: &[BotHandle], forwards: &[ForwardHandle]) -
         forwards,
         store_bytes: store.size_on_disk().unwrap_or(0),
         nats: None,
+        cluster: None,
     }
 }
 
 /// Ready: every bot polled successfully within twice its poll timeout.
 /// Returns the bots that are not, with why.
-pub fn unready(bots: &[BotHandle]) -> Vec<String> {
+pub fn unready(bots: &[&BotHandle]) -> Vec<String> {
     let now = now_ms();
     bots.iter()
         .filter_map(|b| {

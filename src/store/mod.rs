@@ -65,6 +65,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the state database's files cannot be synced to disk: {0}")]
     Sync(#[from] std::io::Error),
+    /// The replicated queue (a cluster's JetStream) refused or did not
+    /// answer; nothing was confirmed.
+    #[error("the replicated queue: {0}")]
+    Remote(String),
 }
 
 /// One update waiting for (or given up on by) one forward.

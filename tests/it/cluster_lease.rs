@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pollhook::cluster::elect::{self, Fence, Start};
+use pollhook::cluster::elect::{self, Start};
+use pollhook::cluster::fence::Fence;
 use pollhook::cluster::lease::Leases;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +54,13 @@ async fn node(
         Box::pin(async move { stop.cancelled().await })
     });
     let stop = CancellationToken::new();
-    let task = tokio::spawn(elect::run(leases, bots.to_vec(), start, stop.clone()));
+    let task = tokio::spawn(elect::run(
+        leases,
+        bots.to_vec(),
+        start,
+        Arc::default(),
+        stop.clone(),
+    ));
     Node {
         name: name.to_string(),
         stop,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use super::reply::{ReplyBody, ReplyBudget};
+use crate::cluster::fence::Fence;
 use crate::config::{Destination, ForwardSettings};
 use crate::nats::connection::Nats;
 use crate::platform::flavor::Flavor;
@@ -23,6 +24,8 @@ pub struct Wires<'a> {
     pub http: &'a reqwest::Client,
     /// The process's NATS connection, when `[nats]` is configured.
     pub nats: Option<&'a Nats>,
+    /// In a cluster, whether this node still leads the bot.
+    pub fence: Option<&'a Fence>,
 }
 
 /// The sink a forward delivers to. The one place that picks the kind of
@@ -35,7 +38,7 @@ pub fn for_forward(
     fwd: &ForwardSettings,
     wires: &Wires,
 ) -> Option<Arc<dyn Sink>> {
-    Some(match &fwd.to {
+    let sink: Arc<dyn Sink> = match &fwd.to {
         Destination::Http(url) => Arc::new(http::Target::new(
             bot,
             flavor,
@@ -50,7 +53,45 @@ pub fn for_forward(
             fwd,
             wires.nats?.clone(),
         )),
+    };
+    Some(match wires.fence {
+        Some(fence) => Arc::new(Fenced {
+            inner: sink,
+            fence: fence.clone(),
+        }),
+        None => sink,
     })
+}
+
+/// A sink that sends nothing once this node may no longer lead the bot
+/// (a cluster): a node that wakes from a pause finds it closed before it
+/// could deliver anything as a leader it no longer is.
+struct Fenced {
+    inner: Arc<dyn Sink>,
+    fence: Fence,
+}
+
+impl Sink for Fenced {
+    fn shared_fate(&self) -> bool {
+        self.inner.shared_fate()
+    }
+
+    fn send<'a>(
+        &'a self,
+        webhook_id: &'a str,
+        job: &'a Job,
+        attempt: u32,
+    ) -> BoxFuture<'a, Outcome> {
+        if !self.fence.valid() {
+            return Box::pin(async {
+                Outcome::NotSent {
+                    error: "this node no longer leads the bot".into(),
+                    retry_in: Duration::from_secs(1),
+                }
+            });
+        }
+        self.inner.send(webhook_id, job, attempt)
+    }
 }
 
 /// One attempt at handing a job over.
