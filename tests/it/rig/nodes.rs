@@ -30,6 +30,9 @@ pub const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const TAKEOVER_BOUND: Duration =
     Duration::from_secs(LEASE.as_secs() + POLL_TIMEOUT.as_secs() + 2);
 
+/// Every node's `shutdown_timeout`.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
 const NODE_NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
 /// A bot as every node's config names it.
@@ -58,7 +61,7 @@ pub struct Nodes {
     nodes: Vec<Node>,
     /// Short timeouts: a paused node must not hold a look at the others up.
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Nodes {
@@ -112,18 +115,26 @@ impl Nodes {
                 .timeout(Duration::from_secs(2))
                 .build()
                 .unwrap(),
-            _dir: dir,
+            _dir: keep_if_asked(dir),
         };
+        let spawned = Instant::now();
         for i in 0..cluster.len() {
             cluster.spawn(i);
         }
+        let mut joined = Vec::new();
         for i in 0..cluster.len() {
             cluster.wait_up(i).await;
+            joined.push(format!(
+                "{} {:.2}s",
+                cluster.name(i),
+                spawned.elapsed().as_secs_f64()
+            ));
         }
         eprintln!(
-            "rig: 3 pollhook nodes with {} bot(s) up on a 3-server NATS cluster in {:?}",
+            "rig: 3 pollhook nodes with {} bot(s) on a 3-server NATS cluster, joined after [{}] ({:.2}s in all)",
             cluster.bots.len(),
-            began.elapsed()
+            joined.join(", "),
+            began.elapsed().as_secs_f64()
         );
         cluster
     }
@@ -148,10 +159,13 @@ impl Nodes {
             .position(|n| r.path == format!("/webhook/{}", n.name))
     }
 
-    /// Starts node `i` (not running) and waits until it is up.
-    pub async fn start_node(&mut self, i: usize) {
+    /// Starts node `i` (not running) and waits until it has joined;
+    /// returns how long that took.
+    pub async fn start_node(&mut self, i: usize) -> Duration {
+        let began = Instant::now();
         self.spawn(i);
         self.wait_up(i).await;
+        began.elapsed()
     }
 
     fn spawn(&mut self, i: usize) {
@@ -165,11 +179,12 @@ impl Nodes {
         node.paused = false;
     }
 
-    /// Waits until node `i`'s `/status` answers and names it; panics with
-    /// its log if it exits first.
+    /// Waits until node `i` has joined: its `/status` names it and counts
+    /// it among the live nodes, so its elections run and it may take a bot
+    /// over. Panics with its log if it exits first.
     pub async fn wait_up(&mut self, i: usize) {
         let name = self.nodes[i].name.clone();
-        eventually(&format!("node {name} to be up"), LONG, async || {
+        eventually(&format!("node {name} to join"), LONG, async || {
             if !self.is_running(i) {
                 panic!(
                     "rig: node {name} exited while starting; log tail:\n{}",
@@ -177,10 +192,14 @@ impl Nodes {
                 );
             }
             let status = self.status(i).await?;
-            if status["cluster"]["node"] == name.as_str() {
+            let cluster = &status["cluster"];
+            let live = cluster["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| *n == name.as_str()));
+            if cluster["node"] == name.as_str() && live {
                 Ok(())
             } else {
-                Err(format!("/status without cluster.node = {name:?}: {status}"))
+                Err(format!("not joined as {name:?}: {status}"))
             }
         })
         .await
@@ -352,7 +371,7 @@ fn node_config(
     let servers: Vec<String> = servers.iter().map(|u| format!("\"{u}\"")).collect();
     let mut toml = format!(
         r#"state_dir = "state"
-shutdown_timeout = "5s"
+shutdown_timeout = "{shutdown}s"
 
 [admin]
 listen = "127.0.0.1:{port}"
@@ -367,6 +386,7 @@ lease = "{lease}s"
 "#,
         servers = servers.join(", "),
         lease = LEASE.as_secs(),
+        shutdown = SHUTDOWN_TIMEOUT.as_secs(),
     );
     for bot in bots {
         toml.push_str(&format!(
@@ -394,6 +414,20 @@ retry_max_delay = "500ms"
         ));
     }
     toml
+}
+
+/// With `RIG_KEEP_NODES` set, the nodes' directories (configs, state, logs)
+/// outlive the test, for a look after a failure.
+fn keep_if_asked(dir: tempfile::TempDir) -> Option<tempfile::TempDir> {
+    if std::env::var_os("RIG_KEEP_NODES").is_some() {
+        eprintln!(
+            "rig: the nodes' directories are kept in {}",
+            dir.keep().display()
+        );
+        None
+    } else {
+        Some(dir)
+    }
 }
 
 /// `n` free ports, no two alike.
