@@ -1,7 +1,8 @@
 //! Integration-test rig: a fake Telegram Bot API, a recording webhook
 //! backend, a real nats-server with JetStream (alone, or a cluster of
-//! them), the real `pollhook` binary as a child process, a systemd
-//! notification socket, and the helpers tests share. A test module imports
+//! them), the real `pollhook` binary as a child process (alone, or as the
+//! three nodes of a cluster), a systemd notification socket, and the
+//! helpers tests share. A test module imports
 //! it whole: `use crate::rig::*;`.
 
 // Not every test uses every helper.
@@ -13,6 +14,7 @@ pub mod check;
 pub mod fake_api;
 pub mod nats;
 pub mod nats_cluster;
+pub mod nodes;
 pub mod notify;
 pub mod proc;
 pub mod serve;
@@ -27,6 +29,7 @@ pub use check::{assert_no_token, chat_id, distinct_ids, log_line, per_chat, retr
 pub use fake_api::{Call, FakeApi, Fault, Flavor};
 pub use nats::{create_key_value, per_subject, read_stream, NatsAuth, NatsServer, StreamMsg};
 pub use nats_cluster::NatsCluster;
+pub use nodes::{ClusterBot, Nodes};
 pub use notify::NotifySocket;
 pub use proc::{pollhook, pollhook_async, relay_lines, tail, write_config, ProcLimits, Relay};
 pub use serve::free_port;
