@@ -91,7 +91,7 @@ pub async fn run(
     let mut beat = Instant::now() - renew_every;
     // Let the other nodes starting now say they are alive before the
     // first choice, so bots spread instead of going to the first one up.
-    let mut settle = Some(Instant::now() + tick * 3);
+    let mut settle = Some(Instant::now() + lease / 2);
     loop {
         let now = Instant::now();
         if now.duration_since(beat) >= renew_every {

@@ -41,6 +41,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let js = jetstream::new(nats.client().clone());
+    // Nodes started together would create the same replicated streams at
+    // once, and nats-server 2.9 then answers one of them only after 10 s:
+    // a node-dependent pause makes the first one create them and the
+    // others find them.
+    let pause = u64::from(super::queue::forward_id(&cfg.node) % 16) * 100;
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+    }
     // NATS may be away at start: keep trying, polling nothing meanwhile
     // (nothing unstored is ever confirmed).
     let Some(()) = retry("prepare the replicated queue", &shutdown, || {

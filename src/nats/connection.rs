@@ -106,7 +106,7 @@ fn log_event(event: Event) {
     match event {
         Event::Connected => info!("NATS: connected"),
         Event::Disconnected => {
-            warn!("NATS: disconnected; reconnecting, and updates wait in the local queue meanwhile")
+            warn!("NATS: disconnected; reconnecting (JetStream forwards wait with their queues; in a cluster nothing unstored is confirmed)")
         }
         Event::LameDuckMode => {
             warn!("NATS: the server is shutting down (lame duck mode); moving to another")
