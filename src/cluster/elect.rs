@@ -85,6 +85,7 @@ pub async fn run(
     let lease = leases.lease();
     let tick = (lease / 10).max(Duration::from_millis(100));
     let mut first_seen: HashMap<String, Instant> = HashMap::new();
+    let mut beats: HashMap<String, (u64, Instant)> = HashMap::new();
     let renew_every = lease / 3;
     let mut leading: HashMap<String, Leading> = HashMap::new();
     let mut free_since: HashMap<String, Instant> = HashMap::new();
@@ -97,7 +98,9 @@ pub async fn run(
         if now.duration_since(beat) >= renew_every {
             match leases.heartbeat().await {
                 Ok(()) => beat = now,
-                Err(e) => warn!("cluster: cannot say this node is alive: {e}"),
+                Err(e) => {
+                    warn!(node = %leases.node(), "cluster: cannot say this node is alive: {e}")
+                }
             }
         }
         renew_all(&leases, &mut leading, renew_every).await;
@@ -112,10 +115,28 @@ pub async fn run(
         };
         if let Some(v) = &view {
             first_seen.retain(|n, _| v.nodes.contains(n));
+            beats.retain(|n, _| v.nodes.contains(n));
             for n in &v.nodes {
                 first_seen.entry(n.clone()).or_insert(now);
+                let rev = v.beats.get(n).copied().unwrap_or(0);
+                let b = beats.entry(n.clone()).or_insert((rev, now));
+                if b.0 != rev {
+                    *b = (rev, now);
+                }
             }
-            hand_over_extra(&leases, &bots, v, &first_seen, &mut leading);
+            // Alive: beating for two leases, and its last beat fresh (a
+            // node cut off keeps its key until it expires; its bots must
+            // not be handed back to it meanwhile).
+            let steady: Vec<String> = v
+                .nodes
+                .iter()
+                .filter(|n| {
+                    first_seen.get(*n).is_some_and(|t| t.elapsed() >= lease * 2)
+                        && beats.get(*n).is_some_and(|(_, t)| t.elapsed() < lease / 2)
+                })
+                .cloned()
+                .collect();
+            hand_over_extra(&leases, &bots, v, &steady, &mut leading);
         }
         {
             let mut now: Vec<String> = leading.keys().cloned().collect();
@@ -224,14 +245,18 @@ fn hand_over_extra(
     leases: &Arc<Leases>,
     bots: &[String],
     view: &super::lease::View,
-    first_seen: &HashMap<String, Instant>,
+    steady: &[String],
     leading: &mut HashMap<String, Leading>,
 ) {
     if view.nodes.is_empty() {
         return;
     }
-    let fair = bots.len().div_ceil(view.nodes.len());
-    let settled = leases.lease() * 2;
+    // Shared among the nodes that are certainly up (and this one).
+    let mut up: Vec<&str> = steady.iter().map(String::as_str).collect();
+    if !up.contains(&leases.node()) {
+        up.push(leases.node());
+    }
+    let fair = bots.len().div_ceil(up.len());
     let mut extra = leading.len().saturating_sub(fair);
     let mut mine: Vec<String> = leading.keys().cloned().collect();
     mine.sort();
@@ -242,8 +267,7 @@ fn hand_over_extra(
         let Some(to) = preferred(&bot, bots, &view.nodes) else {
             continue;
         };
-        let steady = first_seen.get(to).is_some_and(|t| t.elapsed() >= settled);
-        if to == leases.node() || !steady {
+        if to == leases.node() || !steady.iter().any(|n| n == to) {
             continue;
         }
         let Some(l) = leading.remove(&bot) else {
@@ -289,10 +313,10 @@ async fn take_free(
     leading: &mut HashMap<String, Leading>,
     free_since: &mut HashMap<String, Instant>,
 ) -> Option<super::lease::View> {
-    let view = match leases.view().await {
+    let view = match leases.view(bots).await {
         Ok(v) => v,
         Err(e) => {
-            warn!("cluster: cannot read the leases: {e}");
+            warn!(node = %leases.node(), "cluster: cannot read the leases: {e}");
             return None;
         }
     };

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::StreamExt;
 use tokio::time::Instant;
 
 /// Keys of bots and of nodes' heartbeats in the bucket.
@@ -65,10 +65,15 @@ impl Held {
 pub struct View {
     pub nodes: Vec<String>,
     pub holders: HashMap<String, String>,
+    /// Each live node's heartbeat revision: it moves while the node beats.
+    pub beats: HashMap<String, u64>,
 }
 
 pub struct Leases {
     kv: kv::Store,
+    /// The bucket's stream and name, for the list of live nodes.
+    stream: jetstream::stream::Stream,
+    bucket: String,
     node: String,
     lease: Duration,
 }
@@ -86,8 +91,14 @@ impl Leases {
             Ok(kv) => kv,
             Err(_) => create_bucket(js, bucket, lease, replicas).await?,
         };
+        let stream = js
+            .get_stream(format!("KV_{bucket}"))
+            .await
+            .map_err(|e| LeaseError::Store(format!("bucket {bucket}: {e}")))?;
         Ok(Leases {
             kv,
+            stream,
+            bucket: bucket.to_string(),
             node: node.to_string(),
             lease,
         })
@@ -188,40 +199,66 @@ impl Leases {
             .map_err(|e| LeaseError::Store(e.to_string()))
     }
 
-    /// Live nodes and current holders.
-    pub async fn view(&self) -> Result<View, LeaseError> {
-        tokio::time::timeout(self.lease / 4, self.read_view())
+    /// A key's revision and value, None when it is missing or deleted.
+    async fn last(&self, key: &str) -> Result<Option<(u64, String)>, LeaseError> {
+        let subject = format!("$KV.{}.{key}", self.bucket);
+        match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => {
+                if m.headers.get("KV-Operation").is_some() {
+                    return Ok(None);
+                }
+                Ok(Some((
+                    m.sequence,
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                )))
+            }
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(LeaseError::Store(e.to_string())),
+        }
+    }
+
+    /// Live nodes and the holders of `bots`.
+    pub async fn view(&self, bots: &[String]) -> Result<View, LeaseError> {
+        tokio::time::timeout(self.lease / 4, self.read_view(bots))
             .await
             .map_err(|_| LeaseError::Store(format!("no answer within {:?}", self.lease / 4)))?
     }
 
-    async fn read_view(&self) -> Result<View, LeaseError> {
+    async fn read_view(&self, bots: &[String]) -> Result<View, LeaseError> {
         let store = |e: &dyn std::fmt::Display| LeaseError::Store(e.to_string());
-        let keys: Vec<String> = self
-            .kv
-            .keys()
-            .await
-            .map_err(|e| store(&e))?
-            .try_collect()
+        // Which nodes beat: the stream's subjects (a request its leader
+        // answers), not a key listing, which makes a consumer each time and
+        // stalls while the cluster's meta leader is unreachable. Expired
+        // keys are gone from it, as from the bucket.
+        let prefix = format!("$KV.{}.{NODE}", self.bucket);
+        let mut subjects = self
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
             .await
             .map_err(|e| store(&e))?;
         let mut view = View::default();
-        for key in keys {
-            if let Some(node) = key.strip_prefix(NODE) {
+        while let Some(item) = subjects.next().await {
+            let (subject, _) = item.map_err(|e| store(&e))?;
+            if let Some(node) = subject.strip_prefix(prefix.as_str()) {
                 view.nodes.push(node.to_string());
-            } else if let Some(bot) = key.strip_prefix(BOT) {
-                if let Some(entry) = self.kv.entry(key.clone()).await.map_err(|e| store(&e))? {
-                    if entry.operation == kv::Operation::Put {
-                        let node = String::from_utf8_lossy(&entry.value).into_owned();
-                        view.holders.insert(bot.to_string(), node);
-                    }
-                }
             }
         }
-        // The key listing may name a key twice (it was rewritten while
-        // being listed); a node counted twice would get twice the bots.
         view.nodes.sort();
         view.nodes.dedup();
+        // Each key read from the stream's leader: a direct get may go to
+        // any replica, and one that hangs (SIGSTOP) never answers.
+        for node in &view.nodes {
+            if let Some((revision, _)) = self.last(&format!("{NODE}{node}")).await? {
+                view.beats.insert(node.clone(), revision);
+            }
+        }
+        for bot in bots {
+            if let Some((_, node)) = self.last(&format!("{BOT}{bot}")).await? {
+                view.holders.insert(bot.clone(), node);
+            }
+        }
         Ok(view)
     }
 }
@@ -246,7 +283,7 @@ async fn create_bucket(
             storage: jetstream::stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            allow_direct: false,
             num_replicas: replicas.max(1),
             discard: jetstream::stream::DiscardPolicy::New,
             ..Default::default()

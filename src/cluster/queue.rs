@@ -46,7 +46,7 @@ pub async fn prepare(js: &jetstream::Context, replicas: usize) -> Result<(), Str
             subjects: vec!["pollhook.q.>".into(), "pollhook.dead.>".into()],
             storage: stream::StorageType::File,
             num_replicas: replicas.max(1),
-            allow_direct: true,
+            allow_direct: false,
             duplicate_window: std::time::Duration::from_secs(120),
             ..Default::default()
         })
@@ -65,7 +65,7 @@ pub async fn prepare(js: &jetstream::Context, replicas: usize) -> Result<(), Str
                 storage: stream::StorageType::File,
                 allow_rollup: true,
                 deny_delete: true,
-                allow_direct: true,
+                allow_direct: false,
                 num_replicas: replicas.max(1),
                 discard: stream::DiscardPolicy::New,
                 ..Default::default()

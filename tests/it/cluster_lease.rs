@@ -169,6 +169,7 @@ async fn one_leader_per_bot_spread_over_nodes_and_a_dead_nodes_bots_move_within_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server"]
 async fn a_node_cut_off_closes_its_fences_before_its_bots_move() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let mut cluster = NatsCluster::start(3).await;
     let bots: Vec<String> = (0..12).map(|i| format!("bot{i}")).collect();
     let fences: Fences = Arc::default();
