@@ -47,6 +47,10 @@ pub struct Poller {
     pub queue: Arc<dyn Queue>,
     pub routes: Vec<Route>,
     pub stats: Arc<BotStats>,
+    /// In a cluster: closed when this node may no longer lead the bot; no
+    /// getUpdates is sent after that (on MPChat the answer would consume
+    /// a batch this node can no longer store).
+    pub fence: Option<crate::cluster::fence::Fence>,
 }
 
 enum Stored {
@@ -86,6 +90,10 @@ impl Poller {
         let mut singles_left: u32 = 0;
         info!(flavor = %self.bot.flavor, offset = ?offset, "polling");
         loop {
+            if self.fence.as_ref().is_some_and(|f| !f.valid()) {
+                info!("this node no longer leads the bot; polling stops");
+                break;
+            }
             let started = Instant::now();
             self.stats
                 .first_poll_started

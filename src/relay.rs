@@ -321,6 +321,7 @@ impl BotPlan {
             queue,
             routes,
             stats: self.stats.clone(),
+            fence,
         };
         let span = info_span!("poller", bot = %self.bot.name);
         tasks.spawn(poller.run(stop.clone()).instrument(span));

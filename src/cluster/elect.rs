@@ -171,7 +171,17 @@ pub async fn run(
         l.stop.cancel();
     }
     for (bot, l) in stopping {
-        let _ = l.work.await;
+        // Bounded: a bot's work drains within the stop timeout, but a
+        // store call stuck on NATS must not hold the whole stop.
+        if tokio::time::timeout(Duration::from_secs(15), l.work)
+            .await
+            .is_err()
+        {
+            warn!(
+                bot,
+                "cluster: the bot's work did not stop in time; leaving it"
+            );
+        }
         l.fence.close();
         match leases.release(&l.held).await {
             Ok(()) => info!(bot, "cluster: gave the lease back"),

@@ -166,7 +166,17 @@ impl Leases {
                 Ok(())
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(LeaseError::Lost(held.bot.clone()))
+                // Our previous renewal may have gone through with its
+                // answer lost: then the key is still ours, at a newer
+                // revision.
+                match self.last(&format!("{BOT}{}", held.bot)).await {
+                    Ok(Some((revision, node))) if node == self.node && revision > held.revision => {
+                        held.revision = revision;
+                        held.valid_until = sent + self.grace();
+                        Ok(())
+                    }
+                    _ => Err(LeaseError::Lost(held.bot.clone())),
+                }
             }
             Err(e) => Err(LeaseError::Store(e.to_string())),
         }

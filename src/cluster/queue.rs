@@ -98,9 +98,56 @@ pub struct JsQueue {
     done: CancellationToken,
     /// Deletes of delivered jobs on their way.
     deleting: tokio_util::task::TaskTracker,
+    /// This leader's term in the offsets bucket: a write of ours whose
+    /// answer was lost is recognised by it.
+    term: u64,
+    node: String,
+    wakes: HashMap<u32, Arc<Notify>>,
 }
 
-type Jobs = Arc<Mutex<HashMap<u32, BTreeMap<u64, Job>>>>;
+/// The jobs waiting, per forward, keyed by the order this leader learned
+/// of them. The dispatcher reads strictly after the highest key it has
+/// seen, so a job found later (a replay, a batch whose acks came late)
+/// must get a later key even if its stream sequence is lower; the stream
+/// sequence stays the job's identity for deletes and its webhook-id.
+#[derive(Default)]
+pub struct Pending {
+    next: u64,
+    by_fwd: HashMap<u32, BTreeMap<u64, Job>>,
+    stream_of: HashMap<u64, u64>,
+    present: std::collections::HashSet<u64>,
+}
+
+impl Pending {
+    /// Adds a job stored at `stream_seq` (once); false if already there.
+    fn add(&mut self, fwd: u32, stream_seq: u64, mut job: Job) -> bool {
+        if !self.present.insert(stream_seq) {
+            return false;
+        }
+        self.next += 1;
+        job.seq = self.next;
+        self.stream_of.insert(self.next, stream_seq);
+        self.by_fwd.entry(fwd).or_default().insert(self.next, job);
+        true
+    }
+
+    /// Takes jobs out; returns their stream sequences.
+    fn remove(&mut self, fwd: u32, keys: &[u64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(q) = self.by_fwd.get_mut(&fwd) {
+                q.remove(key);
+            }
+            if let Some(seq) = self.stream_of.remove(key) {
+                self.present.remove(&seq);
+                out.push(seq);
+            }
+        }
+        out
+    }
+}
+
+type Jobs = Arc<Mutex<Pending>>;
 
 impl Drop for JsQueue {
     fn drop(&mut self) {
@@ -143,7 +190,8 @@ impl JsQueue {
             Some(e) => (None, e.revision),
             None => (None, 0),
         };
-        let value = offset_value(offset, node);
+        let term: u64 = rand::random();
+        let value = offset_value(offset, node, term);
         let revision = if revision == 0 {
             offsets
                 .create(key.clone(), value)
@@ -155,11 +203,9 @@ impl JsQueue {
                 .await
                 .map_err(|e| remote("fencing the offset", e))?
         };
-        let mut jobs: HashMap<u32, BTreeMap<u64, Job>> = forwards
-            .iter()
-            .map(|(f, _)| (*f, BTreeMap::new()))
-            .collect();
-        let read = read_pending(&stream, bot, &mut jobs).await?;
+        let mut jobs = Pending::default();
+        let known: Vec<u32> = forwards.iter().map(|(f, _)| *f).collect();
+        let read = read_pending(&stream, bot, &known, &mut jobs).await?;
         let jobs: Jobs = Arc::new(Mutex::new(jobs));
         let done = CancellationToken::new();
         tokio::spawn(follow_replays(
@@ -187,10 +233,13 @@ impl JsQueue {
             id_prefix: id_prefix(created),
             done,
             deleting: tokio_util::task::TaskTracker::new(),
+            term,
+            node: node.to_string(),
+            wakes: forwards.iter().cloned().collect(),
         })
     }
 
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<u32, BTreeMap<u64, Job>>> {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -211,11 +260,22 @@ impl JsQueue {
                     async move { (*seq, client.request(subject, body.into()).await) }
                 });
                 for (seq, answer) in futures_util::future::join_all(asks).await {
-                    if let Err(e) = answer {
-                        warn!(
-                            seq,
-                            "cluster: cannot delete a delivered job from the queue: {e}"
-                        );
+                    let refused = match &answer {
+                        Ok(m) => std::str::from_utf8(&m.payload)
+                            .is_ok_and(|t| t.contains("\"error\"") && !t.contains("10037")),
+                        Err(_) => true,
+                    };
+                    if refused {
+                        // Once more, then let it be: a job left behind is
+                        // delivered again after a failover, never lost.
+                        let body = format!(r#"{{"seq":{seq},"no_erase":true}}"#);
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        if let Err(e) = client.request(subject.clone(), body.into()).await {
+                            warn!(
+                                seq,
+                                "cluster: cannot delete a delivered job from the queue: {e}"
+                            );
+                        }
                     }
                 }
             }
@@ -274,7 +334,7 @@ impl JsQueue {
         let mut stored = Vec::with_capacity(acks.len());
         for (fwd, u, ack) in acks {
             let ack = ack.await.map_err(|e| remote("storing a batch", e))?;
-            stored.push((fwd, u, ack.sequence));
+            stored.push((fwd, u, ack.sequence, ack.duplicate));
         }
         // Replicated: now the offset, under the revision this leader holds.
         if let Some(next) = new_offset {
@@ -284,37 +344,91 @@ impl JsQueue {
                     self.bot
                 )));
             }
-            let revision = self.offset.lock().unwrap_or_else(|e| e.into_inner()).1;
-            let written = self
-                .offsets
-                .update(
-                    offset_key(&self.bot),
-                    offset_value(Some(next), ""),
-                    revision,
-                )
-                .await
-                .map_err(|e| remote("confirming the offset", e))?;
+            let written = self.write_offset(next).await?;
             *self.offset.lock().unwrap_or_else(|e| e.into_inner()) = (Some(next), written);
         }
+        // A duplicate was stored before (a batch fetched again after a
+        // failover): if its message is still there it waits; if it was
+        // delivered and deleted, it must not come back.
+        let unknown: Vec<u64> = {
+            let jobs = self.jobs();
+            stored
+                .iter()
+                .filter(|(_, _, seq, dup)| *dup && !jobs.present.contains(seq))
+                .map(|(_, _, seq, _)| *seq)
+                .collect()
+        };
+        let mut gone = std::collections::HashSet::new();
+        for seq in unknown {
+            if self.stream.get_raw_message(seq).await.is_err() {
+                gone.insert(seq);
+            }
+        }
         let mut jobs = self.jobs();
-        for (fwd, u, seq) in stored {
-            let queue = jobs.entry(fwd).or_default();
-            queue.entry(seq).or_insert_with(|| Job {
+        for (fwd, u, seq, _) in stored {
+            if gone.contains(&seq) {
+                continue;
+            }
+            jobs.add(
+                fwd,
                 seq,
-                id_seq: seq,
-                attempts: 0,
-                next_at_ms: 0,
-                received_ms,
-                dead_at_ms: 0,
-                replayed_ms: 0,
-                update_id: u.update_id,
-                kind: u.kind.clone(),
-                lane: u.lane.clone(),
-                last_error: String::new(),
-                payload: Bytes::copy_from_slice(&u.payload),
-            });
+                Job {
+                    seq,
+                    id_seq: seq,
+                    attempts: 0,
+                    next_at_ms: 0,
+                    received_ms,
+                    dead_at_ms: 0,
+                    replayed_ms: 0,
+                    update_id: u.update_id,
+                    kind: u.kind.clone(),
+                    lane: u.lane.clone(),
+                    last_error: String::new(),
+                    payload: Bytes::copy_from_slice(&u.payload),
+                },
+            );
         }
         Ok(())
+    }
+
+    /// Writes the confirmed offset against the revision this leader holds.
+    /// If a write of ours went through but its answer was lost, the
+    /// revision moved under us: the term in the value tells it was ours.
+    async fn write_offset(&self, next: i64) -> Result<u64, StoreError> {
+        let key = offset_key(&self.bot);
+        let value = offset_value(Some(next), &self.node, self.term);
+        for _ in 0..2 {
+            let revision = self.offset.lock().unwrap_or_else(|e| e.into_inner()).1;
+            match self
+                .offsets
+                .update(key.clone(), value.clone(), revision)
+                .await
+            {
+                Ok(written) => return Ok(written),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    let entry = self
+                        .offsets
+                        .entry(key.clone())
+                        .await
+                        .map_err(|e| remote("confirming the offset", e))?;
+                    match entry {
+                        Some(e) if parse_term(&e.value) == Some(self.term) => {
+                            self.offset.lock().unwrap_or_else(|e| e.into_inner()).1 = e.revision;
+                        }
+                        _ => {
+                            return Err(StoreError::Remote(format!(
+                                "another node confirms {} now; this one stops",
+                                self.bot
+                            )))
+                        }
+                    }
+                }
+                Err(e) => return Err(remote("confirming the offset", e)),
+            }
+        }
+        Err(StoreError::Remote(
+            "confirming the offset: the revision keeps moving".into(),
+        ))
     }
 }
 
@@ -342,7 +456,7 @@ impl Queue for JsQueue {
         keep: &mut dyn FnMut(&Job) -> bool,
     ) -> Result<Vec<Job>, StoreError> {
         let jobs = self.jobs();
-        let Some(queue) = jobs.get(&fwd) else {
+        let Some(queue) = jobs.by_fwd.get(&fwd) else {
             return Ok(Vec::new());
         };
         let from = after.map_or(0, |a| a.saturating_add(1));
@@ -360,17 +474,22 @@ impl Queue for JsQueue {
     }
 
     fn complete_many(&self, fwd: u32, seqs: &[u64]) -> Result<(), StoreError> {
-        if let Some(queue) = self.jobs().get_mut(&fwd) {
-            for seq in seqs {
-                queue.remove(seq);
-            }
+        let stream_seqs = self.jobs().remove(fwd, seqs);
+        // A node that no longer leads deletes nothing: its successor
+        // decides (at worst it delivers these again).
+        if self.fence.valid() {
+            self.forget(stream_seqs);
         }
-        self.forget(seqs.to_vec());
         Ok(())
     }
 
     fn reschedule(&self, fwd: u32, job: &Job) -> Result<(), StoreError> {
-        if let Some(j) = self.jobs().get_mut(&fwd).and_then(|q| q.get_mut(&job.seq)) {
+        if let Some(j) = self
+            .jobs()
+            .by_fwd
+            .get_mut(&fwd)
+            .and_then(|q| q.get_mut(&job.seq))
+        {
             j.attempts = job.attempts;
             j.next_at_ms = job.next_at_ms;
             j.last_error = job.last_error.clone();
@@ -379,8 +498,11 @@ impl Queue for JsQueue {
     }
 
     fn bury(&self, fwd: u32, job: &Job, now_ms: u64) -> Result<(), StoreError> {
-        if let Some(queue) = self.jobs().get_mut(&fwd) {
-            queue.remove(&job.seq);
+        let Some(seq) = self.jobs().remove(fwd, &[job.seq]).pop() else {
+            return Ok(());
+        };
+        if !self.fence.valid() {
+            return Ok(());
         }
         // Kept in the stream under the dead-letter subject, then the job's
         // message goes; the other way round a crash could lose it.
@@ -390,7 +512,8 @@ impl Queue for JsQueue {
         let mut h = async_nats::HeaderMap::new();
         h.insert("Pollhook-Kind", job.kind.as_str());
         h.insert("Pollhook-Lane", job.lane.encode().as_str());
-        h.insert("Pollhook-Seq", job.seq.to_string().as_str());
+        h.insert("Pollhook-Seq", seq.to_string().as_str());
+        h.insert("Nats-Msg-Id", format!("dead.{seq}").as_str());
         h.insert("Pollhook-Id-Seq", job.id_seq.to_string().as_str());
         h.insert("Pollhook-Received", job.received_ms.to_string().as_str());
         h.insert("Pollhook-Dead-At", now_ms.to_string().as_str());
@@ -401,8 +524,12 @@ impl Queue for JsQueue {
             h.insert("Pollhook-Update-Id", id.to_string().as_str());
         }
         let payload = job.payload.clone();
-        let seq = job.seq;
-        tokio::spawn(async move {
+        let (jobs, wake, back) = (
+            self.jobs.clone(),
+            self.wakes.get(&fwd).cloned(),
+            job.clone(),
+        );
+        self.deleting.spawn(async move {
             let stored = match js.publish_with_headers(subject, h, payload).await {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,
@@ -410,10 +537,19 @@ impl Queue for JsQueue {
             if stored {
                 let _ = stream.delete_message(seq).await;
             } else {
+                // Not parked silently: back in the queue, where it is
+                // given up on again (and dead-lettered) once JetStream
+                // takes writes.
                 warn!(
                     seq,
-                    "cluster: cannot store a dead letter; the job stays queued for the next leader"
+                    "cluster: cannot store a dead letter yet; the job goes back in the queue"
                 );
+                jobs.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add(fwd, seq, back);
+                if let Some(w) = wake {
+                    w.notify_one();
+                }
             }
         });
         Ok(())
@@ -449,7 +585,13 @@ async fn follow_replays(
         let mut messages = match consumer {
             Ok(c) => match c.messages().await {
                 Ok(m) => m,
-                Err(_) => return,
+                Err(e) => {
+                    warn!(bot, "cluster: cannot follow replays: {e}; trying again");
+                    tokio::select! {
+                        _ = done.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
+                }
             },
             Err(e) => {
                 warn!(bot, "cluster: cannot follow replays: {e}; trying again");
@@ -483,8 +625,10 @@ async fn follow_replays(
                 continue;
             }
             let job = job_from(seq, msg.headers.as_ref(), msg.payload.clone());
-            if let Some(q) = jobs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&fwd) {
-                q.entry(seq).or_insert(job);
+            if wakes.contains_key(&fwd) {
+                jobs.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add(fwd, seq, job);
             }
             if let Some(w) = wakes.get(&fwd) {
                 w.notify_one();
@@ -497,7 +641,8 @@ async fn follow_replays(
 async fn read_pending(
     stream: &stream::Stream,
     bot: &str,
-    jobs: &mut HashMap<u32, BTreeMap<u64, Job>>,
+    known: &[u32],
+    jobs: &mut Pending,
 ) -> Result<usize, StoreError> {
     let prefix = format!("pollhook.q.{bot}.");
     let consumer = stream
@@ -537,11 +682,12 @@ async fn read_pending(
         else {
             continue;
         };
-        let Some(queue) = jobs.get_mut(&fwd) else {
+        if !known.contains(&fwd) {
             // A forward no longer configured: its jobs stay where they are.
             continue;
-        };
-        queue.insert(
+        }
+        jobs.add(
+            fwd,
             seq,
             job_from(seq, msg.headers.as_ref(), msg.payload.clone()),
         );
@@ -596,12 +742,19 @@ fn offset_key(bot: &str) -> String {
     format!("offset.{bot}")
 }
 
-fn offset_value(offset: Option<i64>, node: &str) -> Bytes {
+fn offset_value(offset: Option<i64>, node: &str, term: u64) -> Bytes {
     Bytes::from(
-        serde_json::json!({ "offset": offset, "node": node })
+        serde_json::json!({ "offset": offset, "node": node, "term": term })
             .to_string()
             .into_bytes(),
     )
+}
+
+fn parse_term(value: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()?
+        .get("term")?
+        .as_u64()
 }
 
 pub fn parse_offset(value: &[u8]) -> Option<i64> {
