@@ -44,11 +44,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     // Connected in the background: while NATS is away the poller goes on
     // storing, and JetStream forwards wait with their queues.
-    let publishes = settings.bots.iter().any(|b| {
-        b.forwards
-            .iter()
-            .any(|f| matches!(f.to, crate::config::Destination::JetStream(_)))
-    });
+    let publishes = settings.bots.iter().any(|b| b.publishes_to_jetstream());
     let nats = match &settings.nats {
         Some(n) if publishes || settings.cluster.is_some() => {
             Some(Nats::connect(n, FirstConnect::InBackground).await?)

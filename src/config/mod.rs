@@ -125,6 +125,16 @@ pub enum NatsAuth {
     NKey(SecretString),
 }
 
+impl BotSettings {
+    /// Whether a forward of this bot publishes to JetStream (and so needs
+    /// the NATS connection).
+    pub fn publishes_to_jetstream(&self) -> bool {
+        self.forwards
+            .iter()
+            .any(|f| matches!(f.to, Destination::JetStream(_)))
+    }
+}
+
 /// Where a forward's updates go.
 #[derive(Debug, Clone)]
 pub enum Destination {

@@ -70,11 +70,7 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
         }
         bots.push(bot);
     }
-    let publishes = bots.iter().any(|b| {
-        b.forwards
-            .iter()
-            .any(|f| matches!(f.to, Destination::JetStream(_)))
-    });
+    let publishes = bots.iter().any(BotSettings::publishes_to_jetstream);
     if nats.is_some() && !publishes && cluster.is_none() {
         ctx.warn(
             "nats: no forward has a nats_subject, so pollhook does not connect to NATS".into(),
