@@ -87,10 +87,15 @@ impl Leases {
         lease: Duration,
         replicas: usize,
     ) -> Result<Leases, LeaseError> {
-        let kv = match js.get_key_value(bucket).await {
-            Ok(kv) => kv,
-            Err(_) => create_bucket(js, bucket, lease, replicas).await?,
-        };
+        let kv = super::stored::bucket(
+            js,
+            bucket,
+            "pollhook: which node leads which bot",
+            lease,
+            replicas,
+        )
+        .await
+        .map_err(LeaseError::Store)?;
         let stream = js
             .get_stream(format!("KV_{bucket}"))
             .await
@@ -271,45 +276,6 @@ impl Leases {
         }
         Ok(view)
     }
-}
-
-/// Creates the bucket's stream as a key-value bucket of history 1 whose
-/// keys live for `lease`. By hand: async-nats 0.46's `create_key_value`
-/// first reads account information in a shape nats-server 2.9 does not
-/// send, and fails.
-async fn create_bucket(
-    js: &jetstream::Context,
-    bucket: &str,
-    lease: Duration,
-    replicas: usize,
-) -> Result<kv::Store, LeaseError> {
-    let made = js
-        .create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("pollhook: which node leads which bot".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: lease,
-            storage: jetstream::stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: false,
-            num_replicas: replicas.max(1),
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await;
-    if let Err(e) = made {
-        // Another node may have made it a moment ago.
-        if js.get_key_value(bucket).await.is_err() {
-            return Err(LeaseError::Store(format!(
-                "cannot create bucket {bucket}: {e}"
-            )));
-        }
-    }
-    js.get_key_value(bucket)
-        .await
-        .map_err(|e| LeaseError::Store(format!("cannot open bucket {bucket}: {e}")))
 }
 
 /// The live node that should take a free bot: the bots (every node has the

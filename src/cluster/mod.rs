@@ -3,10 +3,13 @@
 //! key-value bucket, its revision the fencing token; `fence` is the time
 //! the holder may act until; `elect` runs a node's elections and starts and
 //! stops the work of the bots it leads; `queue` is the replicated queue
-//! behind the `Queue` seam.
+//! behind the `Queue` seam, `pending` the jobs its leader holds; `stored`
+//! makes buckets and reads subjects the way nats-server 2.9 needs.
 
 pub mod elect;
 pub mod fence;
 pub mod lease;
 pub mod node;
+pub mod pending;
 pub mod queue;
+pub mod stored;

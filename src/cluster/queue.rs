@@ -18,8 +18,9 @@
 //! bucket revision this leader wrote when it took over, so a paused
 //! predecessor's late offset write is refused by JetStream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,7 @@ use futures_util::StreamExt;
 use tracing::{info, warn};
 
 use super::fence::Fence;
+use super::pending::Pending;
 use crate::platform::update::Lane;
 use crate::store::{Incoming, Job, Queue, StoreError};
 
@@ -47,36 +49,20 @@ pub async fn prepare(js: &jetstream::Context, replicas: usize) -> Result<(), Str
             storage: stream::StorageType::File,
             num_replicas: replicas.max(1),
             allow_direct: false,
-            duplicate_window: std::time::Duration::from_secs(120),
+            duplicate_window: Duration::from_secs(120),
             ..Default::default()
         })
         .await
         .map_err(|e| format!("cannot create stream {STREAM}: {e}"))?;
     }
-    if js.get_key_value(OFFSETS).await.is_err() {
-        // By hand, as for the leases (async-nats' create_key_value does
-        // not work against nats-server 2.9).
-        let made = js
-            .create_stream(stream::Config {
-                name: format!("KV_{OFFSETS}"),
-                description: Some("pollhook: each bot's confirmed offset".into()),
-                subjects: vec![format!("$KV.{OFFSETS}.>")],
-                max_messages_per_subject: 1,
-                storage: stream::StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: false,
-                num_replicas: replicas.max(1),
-                discard: stream::DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await;
-        if let Err(e) = made {
-            if js.get_key_value(OFFSETS).await.is_err() {
-                return Err(format!("cannot create bucket {OFFSETS}: {e}"));
-            }
-        }
-    }
+    super::stored::bucket(
+        js,
+        OFFSETS,
+        "pollhook: each bot's confirmed offset",
+        Duration::ZERO,
+        replicas,
+    )
+    .await?;
     Ok(())
 }
 
@@ -103,48 +89,6 @@ pub struct JsQueue {
     term: u64,
     node: String,
     wakes: HashMap<u32, Arc<Notify>>,
-}
-
-/// The jobs waiting, per forward, keyed by the order this leader learned
-/// of them. The dispatcher reads strictly after the highest key it has
-/// seen, so a job found later (a replay, a batch whose acks came late)
-/// must get a later key even if its stream sequence is lower; the stream
-/// sequence stays the job's identity for deletes and its webhook-id.
-#[derive(Default)]
-pub struct Pending {
-    next: u64,
-    by_fwd: HashMap<u32, BTreeMap<u64, Job>>,
-    stream_of: HashMap<u64, u64>,
-    present: std::collections::HashSet<u64>,
-}
-
-impl Pending {
-    /// Adds a job stored at `stream_seq` (once); false if already there.
-    fn add(&mut self, fwd: u32, stream_seq: u64, mut job: Job) -> bool {
-        if !self.present.insert(stream_seq) {
-            return false;
-        }
-        self.next += 1;
-        job.seq = self.next;
-        self.stream_of.insert(self.next, stream_seq);
-        self.by_fwd.entry(fwd).or_default().insert(self.next, job);
-        true
-    }
-
-    /// Takes jobs out; returns their stream sequences.
-    fn remove(&mut self, fwd: u32, keys: &[u64]) -> Vec<u64> {
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(q) = self.by_fwd.get_mut(&fwd) {
-                q.remove(key);
-            }
-            if let Some(seq) = self.stream_of.remove(key) {
-                self.present.remove(&seq);
-                out.push(seq);
-            }
-        }
-        out
-    }
 }
 
 type Jobs = Arc<Mutex<Pending>>;
@@ -305,6 +249,9 @@ impl JsQueue {
         // stream sequences follow the batch), acknowledged together.
         let mut acks = Vec::new();
         for inc in batch {
+            // One copy of the bytes per update, shared by every forward's
+            // message and job.
+            let payload = Bytes::copy_from_slice(&inc.update.payload);
             for fwd in inc.forwards {
                 let u = inc.update;
                 let mut h = async_nats::HeaderMap::new();
@@ -324,17 +271,17 @@ impl JsQueue {
                     .publish_with_headers(
                         format!("pollhook.q.{}.{fwd}", self.bot),
                         h,
-                        Bytes::copy_from_slice(&u.payload),
+                        payload.clone(),
                     )
                     .await
                     .map_err(|e| remote("storing a batch", e))?;
-                acks.push((*fwd, u, ack));
+                acks.push((*fwd, u, payload.clone(), ack));
             }
         }
         let mut stored = Vec::with_capacity(acks.len());
-        for (fwd, u, ack) in acks {
+        for (fwd, u, payload, ack) in acks {
             let ack = ack.await.map_err(|e| remote("storing a batch", e))?;
-            stored.push((fwd, u, ack.sequence, ack.duplicate));
+            stored.push((fwd, u, payload, ack.sequence, ack.duplicate));
         }
         // Replicated: now the offset, under the revision this leader holds.
         if let Some(next) = new_offset {
@@ -354,8 +301,8 @@ impl JsQueue {
             let jobs = self.jobs();
             stored
                 .iter()
-                .filter(|(_, _, seq, dup)| *dup && !jobs.present.contains(seq))
-                .map(|(_, _, seq, _)| *seq)
+                .filter(|(_, _, _, seq, dup)| *dup && !jobs.present.contains(seq))
+                .map(|(_, _, _, seq, _)| *seq)
                 .collect()
         };
         let mut gone = std::collections::HashSet::new();
@@ -365,7 +312,7 @@ impl JsQueue {
             }
         }
         let mut jobs = self.jobs();
-        for (fwd, u, seq, _) in stored {
+        for (fwd, u, payload, seq, _) in stored {
             if gone.contains(&seq) {
                 continue;
             }
@@ -384,7 +331,7 @@ impl JsQueue {
                     kind: u.kind.clone(),
                     lane: u.lane.clone(),
                     last_error: String::new(),
-                    payload: Bytes::copy_from_slice(&u.payload),
+                    payload,
                 },
             );
         }
@@ -645,54 +592,24 @@ async fn read_pending(
     jobs: &mut Pending,
 ) -> Result<usize, StoreError> {
     let prefix = format!("pollhook.q.{bot}.");
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("{prefix}>"),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| remote("reading the queue", e))?;
-    let mut left = consumer.cached_info().num_pending;
     let mut read = 0;
-    if left == 0 {
-        return Ok(0);
-    }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| remote("reading the queue", e))?;
-    while left > 0 {
-        let msg =
-            match tokio::time::timeout(std::time::Duration::from_secs(10), messages.next()).await {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(remote("reading the queue", e)),
-                Ok(None) | Err(_) => {
-                    return Err(StoreError::Remote(
-                        "reading the queue: the stream stopped answering".into(),
-                    ))
-                }
-            };
-        let info = msg.info().map_err(|e| remote("reading the queue", e))?;
-        left = info.pending;
-        let seq = info.stream_sequence;
-        let Some(fwd) = msg
+    super::stored::read_all(stream, format!("{prefix}>"), |msg, seq| {
+        let fwd = msg
             .subject
             .strip_prefix(prefix.as_str())
-            .and_then(|f| f.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !known.contains(&fwd) {
-            // A forward no longer configured: its jobs stay where they are.
-            continue;
+            .and_then(|f| f.parse::<u32>().ok());
+        // A forward no longer configured: its jobs stay where they are.
+        if let Some(fwd) = fwd.filter(|f| known.contains(f)) {
+            jobs.add(
+                fwd,
+                seq,
+                job_from(seq, msg.headers.as_ref(), msg.payload.clone()),
+            );
+            read += 1;
         }
-        jobs.add(
-            fwd,
-            seq,
-            job_from(seq, msg.headers.as_ref(), msg.payload.clone()),
-        );
-        read += 1;
-    }
+    })
+    .await
+    .map_err(|e| remote("reading the queue", e))?;
     Ok(read)
 }
 

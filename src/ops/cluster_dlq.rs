@@ -9,8 +9,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
+use async_nats::jetstream::{self, stream};
 
 use crate::cluster::queue::{webhook_id, STREAM};
 use crate::ops::deadletters::{DeadLetter, Outcome, Selection};
@@ -95,28 +94,8 @@ async fn read(
         (Some(b), None) => format!("pollhook.dead.{b}.*"),
         _ => "pollhook.dead.>".to_string(),
     };
-    let consumer = s
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter,
-            ..Default::default()
-        })
-        .await
-        .map_err(remote)?;
-    let mut left = consumer.cached_info().num_pending;
     let mut out = Vec::new();
-    if left == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await.map_err(remote)?;
-    while left > 0 {
-        let msg = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
-            Ok(Some(Ok(m))) => m,
-            Ok(Some(Err(e))) => return Err(remote(e)),
-            _ => return Err(remote("the stream stopped answering")),
-        };
-        let info = msg.info().map_err(remote)?;
-        left = info.pending;
-        let seq = info.stream_sequence;
+    crate::cluster::stored::read_all(s, filter, |msg, seq| {
         if let Some((bot, fwd)) = parse_subject(&msg.subject) {
             out.push(Dead {
                 seq,
@@ -126,7 +105,9 @@ async fn read(
                 payload: msg.payload.clone(),
             });
         }
-    }
+    })
+    .await
+    .map_err(remote)?;
     Ok(out)
 }
 
