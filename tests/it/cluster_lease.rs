@@ -107,6 +107,39 @@ async fn watch_until(
     }
 }
 
+/// Three nodes (one per server) sharing `n` bots, once every bot is led:
+/// the bots, their fences, the nodes, the leaders and how long it took.
+async fn three_nodes_leading(
+    cluster: &NatsCluster,
+    n: usize,
+) -> (
+    Vec<String>,
+    Fences,
+    Vec<Node>,
+    HashMap<String, String>,
+    Duration,
+) {
+    let bots: Vec<String> = (0..n).map(|i| format!("bot{i}")).collect();
+    let fences: Fences = Arc::default();
+    let mut nodes = Vec::new();
+    for (i, name) in ["node-a", "node-b", "node-c"].iter().enumerate() {
+        nodes.push(node(cluster, i, name, &bots, &fences).await);
+    }
+    let (all, took) = watch_until(&fences, "every bot led", Duration::from_secs(10), |l| {
+        l.len() == bots.len()
+    })
+    .await;
+    (bots, fences, nodes, all, took)
+}
+
+/// Stops the nodes gracefully.
+async fn stop(nodes: Vec<Node>) {
+    for n in nodes {
+        n.stop.cancel();
+        n.task.await.unwrap();
+    }
+}
+
 fn count_by_node(leaders: &HashMap<String, String>) -> HashMap<String, usize> {
     let mut c = HashMap::new();
     for n in leaders.values() {
@@ -119,16 +152,7 @@ fn count_by_node(leaders: &HashMap<String, String>) -> HashMap<String, usize> {
 #[ignore = "needs nats-server"]
 async fn one_leader_per_bot_spread_over_nodes_and_a_dead_nodes_bots_move_within_a_lease() {
     let cluster = NatsCluster::start(3).await;
-    let bots: Vec<String> = (0..30).map(|i| format!("bot{i}")).collect();
-    let fences: Fences = Arc::default();
-    let mut nodes = Vec::new();
-    for (i, name) in ["node-a", "node-b", "node-c"].iter().enumerate() {
-        nodes.push(node(&cluster, i, name, &bots, &fences).await);
-    }
-    let (all, took) = watch_until(&fences, "every bot led", Duration::from_secs(10), |l| {
-        l.len() == bots.len()
-    })
-    .await;
+    let (bots, fences, mut nodes, all, took) = three_nodes_leading(&cluster, 30).await;
     let spread = count_by_node(&all);
     println!("30 bots led after {took:?}: {spread:?}");
     assert!(
@@ -158,10 +182,7 @@ async fn one_leader_per_bot_spread_over_nodes_and_a_dead_nodes_bots_move_within_
     );
     // Its fences close on their own: nobody else's lease can start before.
     assert!(moved < LEASE * 2, "takeover took {moved:?}");
-    for n in nodes {
-        n.stop.cancel();
-        n.task.await.unwrap();
-    }
+    stop(nodes).await;
 }
 
 /// A node whose server stops answering (SIGSTOP) cannot renew: it closes
@@ -171,16 +192,7 @@ async fn one_leader_per_bot_spread_over_nodes_and_a_dead_nodes_bots_move_within_
 async fn a_node_cut_off_closes_its_fences_before_its_bots_move() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let mut cluster = NatsCluster::start(3).await;
-    let bots: Vec<String> = (0..12).map(|i| format!("bot{i}")).collect();
-    let fences: Fences = Arc::default();
-    let mut nodes = Vec::new();
-    for (i, name) in ["node-a", "node-b", "node-c"].iter().enumerate() {
-        nodes.push(node(&cluster, i, name, &bots, &fences).await);
-    }
-    let (all, _) = watch_until(&fences, "every bot led", Duration::from_secs(10), |l| {
-        l.len() == bots.len()
-    })
-    .await;
+    let (_, fences, nodes, all, _) = three_nodes_leading(&cluster, 12).await;
     let cut: Vec<String> = all
         .iter()
         .filter(|(_, n)| *n == "node-a")
@@ -203,10 +215,7 @@ async fn a_node_cut_off_closes_its_fences_before_its_bots_move() {
         leaders(&fences);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for n in nodes {
-        n.stop.cancel();
-        n.task.await.unwrap();
-    }
+    stop(nodes).await;
 }
 
 /// A graceful stop gives the leases back: the bots move at once, not after
@@ -215,16 +224,7 @@ async fn a_node_cut_off_closes_its_fences_before_its_bots_move() {
 #[ignore = "needs nats-server"]
 async fn a_graceful_stop_hands_bots_over_without_waiting_for_the_lease() {
     let cluster = NatsCluster::start(3).await;
-    let bots: Vec<String> = (0..9).map(|i| format!("bot{i}")).collect();
-    let fences: Fences = Arc::default();
-    let mut nodes = Vec::new();
-    for (i, name) in ["node-a", "node-b", "node-c"].iter().enumerate() {
-        nodes.push(node(&cluster, i, name, &bots, &fences).await);
-    }
-    let (all, _) = watch_until(&fences, "every bot led", Duration::from_secs(10), |l| {
-        l.len() == bots.len()
-    })
-    .await;
+    let (_, fences, mut nodes, all, _) = three_nodes_leading(&cluster, 9).await;
     let leaving = nodes.remove(0);
     let theirs: Vec<String> = all
         .iter()
@@ -245,8 +245,5 @@ async fn a_graceful_stop_hands_bots_over_without_waiting_for_the_lease() {
         moved < LEASE / 2 + Duration::from_millis(500),
         "handover took {moved:?}"
     );
-    for n in nodes {
-        n.stop.cancel();
-        n.task.await.unwrap();
-    }
+    stop(nodes).await;
 }

@@ -93,6 +93,29 @@ async fn wait_depth(port: u16, forward: &str, depth: u64) -> Value {
     .await
 }
 
+/// A relay started while its NATS server (with the stream) is stopped, with
+/// `n` updates polled, confirmed and queued: the server, the admin port,
+/// the relay and the `/status` that showed them queued.
+async fn queued_while_nats_is_down(setup: &Setup, n: i64) -> (NatsServer, u16, Relay, Value) {
+    let mut nats = nats_with_stream().await;
+    nats.stop().await;
+    let port = free_port();
+    let config = js_config(
+        setup,
+        &nats,
+        &admin_table(port, ""),
+        "",
+        &js_forward("stream", "tg.{bot}.{chat}", ""),
+    );
+    let relay = setup.spawn(&config);
+    for id in 1..=n {
+        setup.api.push_message(TOKEN, id, id, "x");
+    }
+    setup.api.wait_confirmed(TOKEN, n, LONG).await;
+    let status = wait_depth(port, "stream", n as u64).await;
+    (nats, port, relay, status)
+}
+
 /// Checks per-subject order: on each subject the update ids grow, except
 /// that an update seen before on that subject may come again, byte for
 /// byte (a re-delivery after a crash). Returns how many such repeats.
@@ -601,22 +624,7 @@ async fn a_20_second_nats_outage_queues_locally_and_loses_nothing() {
 #[ignore = "needs nats-server"]
 async fn the_relay_starts_while_nats_is_down_and_publishes_once_it_is_up() {
     let setup = Setup::new().await;
-    let mut nats = nats_with_stream().await;
-    nats.stop().await;
-    let port = free_port();
-    let config = js_config(
-        &setup,
-        &nats,
-        &admin_table(port, ""),
-        "",
-        &js_forward("stream", "tg.{bot}.{chat}", ""),
-    );
-    let mut relay = setup.spawn(&config);
-    for id in 1..=5 {
-        setup.api.push_message(TOKEN, id, id, "x");
-    }
-    setup.api.wait_confirmed(TOKEN, 5, LONG).await;
-    let status = wait_depth(port, "stream", 5).await;
+    let (mut nats, port, mut relay, status) = queued_while_nats_is_down(&setup, 5).await;
     assert_eq!(status["nats"]["connected"], false, "{status}");
     let body = wait_code(port, "/readyz", 503).await;
     assert!(body.to_ascii_lowercase().contains("nats"), "{body}");
@@ -852,21 +860,7 @@ async fn an_update_over_max_payload_is_dead_lettered_and_the_connection_stays_up
 #[ignore = "needs nats-server"]
 async fn a_stop_while_nats_is_down_ends_in_time_and_keeps_the_queue() {
     let setup = Setup::new().await;
-    let mut nats = nats_with_stream().await;
-    nats.stop().await;
-    let port = free_port();
-    let config = js_config(
-        &setup,
-        &nats,
-        &admin_table(port, ""),
-        "",
-        &js_forward("stream", "tg.{bot}.{chat}", ""),
-    );
-    let mut relay = setup.spawn(&config);
-    for id in 1..=3 {
-        setup.api.push_message(TOKEN, id, id, "x");
-    }
-    wait_depth(port, "stream", 3).await;
+    let (_nats, _, mut relay, _) = queued_while_nats_is_down(&setup, 3).await;
     relay.sigterm();
     let exited = relay.wait_exit(Duration::from_secs(15)).await;
     assert!(
