@@ -156,35 +156,40 @@ impl Leases {
 
     /// Keeps the bot for another lease, on the revision held.
     pub async fn renew(&self, held: &mut Held) -> Result<(), LeaseError> {
-        let sent = Instant::now();
-        match self
-            .bounded(self.kv.update(
-                format!("{BOT}{}", held.bot),
-                Bytes::from(self.node.clone()),
-                held.revision,
-            ))
-            .await?
-        {
-            Ok(revision) => {
-                held.revision = revision;
-                held.valid_until = sent + self.grace();
-                Ok(())
-            }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                // Our previous renewal may have gone through with its
-                // answer lost: then the key is still ours, at a newer
-                // revision.
-                match self.last(&format!("{BOT}{}", held.bot)).await {
-                    Ok(Some((revision, node))) if node == self.node && revision > held.revision => {
-                        held.revision = revision;
-                        held.valid_until = sent + self.grace();
-                        Ok(())
-                    }
-                    _ => Err(LeaseError::Lost(held.bot.clone())),
+        let key = format!("{BOT}{}", held.bot);
+        for _ in 0..2 {
+            let sent = Instant::now();
+            let answer = self
+                .bounded(
+                    self.kv
+                        .update(key.clone(), Bytes::from(self.node.clone()), held.revision),
+                )
+                .await?;
+            match answer {
+                Ok(revision) => {
+                    held.revision = revision;
+                    held.valid_until = sent + self.grace();
+                    return Ok(());
                 }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    // Our previous renewal may have gone through with its
+                    // answer lost: then the key is still ours, at a newer
+                    // revision. Adopt it and renew again; not counted as a
+                    // renewal itself, since that write may be old and the
+                    // key lives a lease from it, not from now.
+                    match self.bounded(self.last(&key)).await? {
+                        Ok(Some((revision, node)))
+                            if node == self.node && revision > held.revision =>
+                        {
+                            held.revision = revision;
+                        }
+                        _ => return Err(LeaseError::Lost(held.bot.clone())),
+                    }
+                }
+                Err(e) => return Err(LeaseError::Store(e.to_string())),
             }
-            Err(e) => Err(LeaseError::Store(e.to_string())),
         }
+        Err(LeaseError::Lost(held.bot.clone()))
     }
 
     /// Gives the bot back at once (a graceful stop), so another node need
