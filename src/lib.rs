@@ -8,6 +8,7 @@
 //! [`cli`] is the command line; the binary only hands over to it. Leaves:
 //! [`policy`], [`http`], [`signing`], [`redact`], [`stats`], [`clock`].
 
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
