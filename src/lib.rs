@@ -14,6 +14,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deliver;
+pub mod gateway;
 pub mod http;
 pub mod nats;
 pub mod ops;

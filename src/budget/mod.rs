@@ -27,6 +27,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::platform::flavor::Flavor;
+use crate::stats::{self, Histogram, WAIT_BOUNDS};
+use std::sync::atomic::AtomicU64;
 use crate::policy::methods::MethodSet;
 use window::Logs;
 pub use window::Window;
@@ -140,6 +142,10 @@ impl Overflow {
 /// A bot's budget. Dropping it ends its scheduler.
 pub struct Budget {
     shared: Arc<Shared>,
+    /// 429s the platform answered to this bot's calls anyway.
+    pub rate_limited: Arc<AtomicU64>,
+    /// How long calls waited for a slot.
+    pub waited: Histogram,
 }
 
 struct Shared {
@@ -201,7 +207,11 @@ impl Budget {
             max_queued: max_queued.max(1),
         });
         tokio::spawn(schedule(shared.clone()));
-        Budget { shared }
+        Budget {
+            rate_limited: Arc::new(AtomicU64::new(0)),
+            waited: Histogram::new(WAIT_BOUNDS),
+            shared,
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -246,13 +256,16 @@ impl Budget {
         self.shared.wake.notify_one();
         let mut slot = Slot {
             shared: self.shared.clone(),
+            rate_limited: self.rate_limited.clone(),
             key,
             counted: ask.counted,
             call: None,
             holds: false,
         };
-        slot.wait(seq, rx, deadline).await?;
-        Ok(slot)
+        let started = Instant::now();
+        let got = slot.wait(seq, rx, deadline).await;
+        self.waited.observe(started.elapsed());
+        got.map(|()| slot)
     }
 }
 
@@ -266,6 +279,7 @@ impl Drop for Budget {
 /// A call's right to go now; dropping it marks the call answered.
 pub struct Slot {
     shared: Arc<Shared>,
+    rate_limited: Arc<AtomicU64>,
     key: LaneKey,
     counted: bool,
     /// The id its windows know the call in flight by.
@@ -278,6 +292,7 @@ impl Slot {
     /// The platform answered 429: pauses the call's scope for
     /// `retry_after`; [`Slot::again`] then waits it out.
     pub fn rate_limited(&mut self, retry_after: Duration) {
+        stats::add(&self.rate_limited, 1);
         let until = Instant::now() + retry_after;
         let shared = self.shared.clone();
         let mut st = shared.lock();
