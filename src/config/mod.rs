@@ -41,6 +41,7 @@ use crate::policy::stale::StalePolicy;
 use crate::signing::SigningKey;
 
 pub use display::display_url;
+pub use gateway::DEFAULT_MAX_QUEUED;
 pub use load::{from_str, load, load_admin_view, quick_start};
 
 /// Where the state lives when nothing says: `$STATE_DIRECTORY` (systemd's
