@@ -33,8 +33,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A streamed upload (up to the platform's 50 MB) or a download.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
-/// An answer to a method call is JSON; more than this is not one.
+/// An answer kept for an Idempotency-Key is read whole, up to this.
 const MAX_ANSWER: usize = 16 << 20;
+/// An error answer is read whole (to scrub it, or to find `retry_after`).
+const MAX_ERROR: usize = 64 << 10;
 
 /// A Bot API-shaped error, so frameworks raise their usual exception.
 pub fn error(code: u16, description: &str) -> Response<Body> {
@@ -224,7 +226,17 @@ pub async fn method(
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = match read_capped(response, MAX_ANSWER).await {
+        let success = (200..300).contains(&status);
+        if success && running.is_none() {
+            // Nothing to remember and nothing to scrub: streamed back, so
+            // a large answer costs no memory here.
+            drop(slot);
+            count("ok");
+            return streamed(status, content_type, response, bot.api.clone());
+        }
+        // Errors are small, and a remembered answer is kept whole.
+        let cap = if success { MAX_ANSWER } else { MAX_ERROR };
+        let body = match read_capped(response, cap).await {
             Ok(b) => b,
             Err(e) => {
                 count("failed");
@@ -370,12 +382,30 @@ pub async fn file(gw: Arc<Gateway>, caller: Caller, path: String) -> Response<Bo
             r = r.header(h, v);
         }
     }
-    let api = bot.api.clone();
+    r.body(body_of(response, bot.api.clone()))
+        .unwrap_or_else(|_| error(502, "Bad Gateway"))
+}
+
+/// A platform's answer passed on as it arrives.
+fn body_of(response: reqwest::Response, api: Arc<crate::platform::api::BotApi>) -> Body {
     let stream = response.bytes_stream().map(move |c| {
         c.map_err(|e| {
             std::io::Error::other(api.redact(&crate::http::error_chain(&e.without_url())))
         })
     });
-    r.body(Body::from_stream(stream))
-        .unwrap_or_else(|_| error(502, "Bad Gateway"))
+    Body::from_stream(stream)
+}
+
+fn streamed(
+    status: u16,
+    content_type: Option<String>,
+    response: reqwest::Response,
+    api: Arc<crate::platform::api::BotApi>,
+) -> Response<Body> {
+    let mut r = Response::new(body_of(response, api));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    r
 }
