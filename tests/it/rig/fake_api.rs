@@ -18,6 +18,10 @@ use tokio::sync::Notify;
 
 use super::serve::{self, Body, DropConnection, Server};
 
+// Messages, files and downloads; a child module so it can use the bot state.
+#[path = "fake_results.rs"]
+mod results;
+
 /// Route shape of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -154,6 +158,8 @@ struct Bot {
     batches: Vec<Vec<i64>>,
     /// The last positive offset applied (after a call's faults and checks).
     applied_offset: Option<i64>,
+    /// Messages sent and files kept (`send*`, `getFile`, downloads).
+    content: results::Content,
 }
 
 struct Inner {
@@ -477,6 +483,9 @@ async fn handle(
 ) -> Result<Response<Body>, DropConnection> {
     let at = Instant::now();
     let path = req.uri().path().to_owned();
+    if let Some(answer) = results::download(&inner, &path) {
+        return Ok(answer);
+    }
     let query = req.uri().query().map(str::to_owned);
     let content_type = req
         .headers()
@@ -497,7 +506,8 @@ async fn handle(
     let token = token.to_owned();
     let method = method.to_owned();
 
-    let parsed = parse_params(query.as_deref(), &content_type, &body);
+    let parsed = parse_params(query.as_deref(), &content_type, &body)
+        .map(|params| results::keep_uploads(&inner, &token, params, &content_type, &body));
     let params = parsed.clone().unwrap_or_else(|_| Value::Object(Map::new()));
     let call = Call {
         method: method.clone(),
@@ -607,9 +617,10 @@ async fn dispatch(
                 ),
             ))
         }
-        // Any other method (e.g. sendMessage from a webhook reply) succeeds;
-        // the call is already recorded with its parameters.
-        _ => Ok(json(200, r#"{"ok":true,"result":true}"#)),
+        // Any other method (e.g. sendMessage from a webhook reply) succeeds
+        // with what Telegram would answer (a Message for send*, a File for
+        // getFile, else true); the call is already recorded with its parameters.
+        _ => Ok(inner.with_bot(token, |b| results::answer(b, method, params))),
     }
 }
 
@@ -867,7 +878,11 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Result<Map<String, Value>, St
             .split_once("\r\n\r\n")
             .ok_or("Bad Request: broken multipart part")?;
         let data = data.strip_suffix("\r\n").unwrap_or(data);
-        let disposition = head.lines().next().unwrap_or("");
+        // Headers come in any order (aiohttp writes Content-Type first).
+        let disposition = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition"))
+            .unwrap_or("");
         let attr = |name: &str| {
             disposition
                 .split(';')
