@@ -80,6 +80,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 api: api.clone(),
                 budget: budget.clone(),
                 clients: bot.clients.clone(),
+                uploads: Arc::new(tokio::sync::Semaphore::new(crate::gateway::uploads_for(
+                    &bot.limits,
+                ))),
             });
         }
         let mut forwards = Vec::with_capacity(bot.forwards.len());
@@ -174,7 +177,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 g,
                 gateway_bots,
                 &store,
-                (settings.admin_header_timeout, settings.admin_idle_timeout),
+                (
+                    settings.admin_header_timeout,
+                    settings.admin_idle_timeout,
+                    settings.shutdown_timeout,
+                ),
                 &tasks,
                 shutdown.clone(),
             )
@@ -243,7 +250,11 @@ async fn start_gateway(
     g: &crate::config::GatewaySettings,
     bots: Vec<crate::gateway::GatewayBot>,
     store: &Store,
-    (header_timeout, idle_timeout): (std::time::Duration, std::time::Duration),
+    (header_timeout, idle_timeout, drain): (
+        std::time::Duration,
+        std::time::Duration,
+        std::time::Duration,
+    ),
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<crate::stats::GatewayStats>> {
@@ -267,6 +278,7 @@ async fn start_gateway(
         g.clone(),
         header_timeout,
         idle_timeout,
+        drain,
         shutdown,
     ));
     Ok(stats)

@@ -313,6 +313,16 @@ impl Slot {
         }
     }
 
+    /// The call was answered (and will be made again later): its place in
+    /// the windows is dated now, while the slot keeps its chat's turn.
+    pub fn answered(&mut self) {
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        self.finish(&mut st);
+        drop(st);
+        shared.wake.notify_one();
+    }
+
     /// Waits again, at the head of its lane, for the limits to allow the
     /// call (after a 429), until `deadline`.
     pub async fn again(&mut self, deadline: Instant) -> Result<(), Overflow> {
@@ -363,6 +373,9 @@ impl Slot {
                 let mut st = leave.slot.shared.lock();
                 if st.remove(&leave.slot.key, seq) {
                     let retry_after = st.lane_estimate(&leave.slot.key, &leave.slot.shared.limits);
+                    drop(st);
+                    // What waited behind it may go now.
+                    leave.slot.shared.wake.notify_one();
                     return Err(Overflow::Waited { retry_after });
                 }
                 drop(st);
@@ -422,7 +435,10 @@ impl Drop for Leave<'_> {
             return;
         }
         let mut st = self.slot.shared.lock();
-        if !st.remove(&self.slot.key, self.seq) {
+        if st.remove(&self.slot.key, self.seq) {
+            drop(st);
+            self.slot.shared.wake.notify_one();
+        } else {
             drop(st);
             // Granted, but nobody will make the call: the slot releases
             // the grant when it drops, as if answered at once.

@@ -214,3 +214,46 @@ fn flavor_defaults_follow_each_platforms_documents() {
     assert!(ww.chat_methods.allows("sendVoice") && !ww.chat_methods.allows("sendSticker"));
     assert!(Limits::for_flavor(Flavor::MpChat).per_chat.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_gives_up_lets_the_call_behind_it_go_at_once() {
+    let budget = Arc::new(Budget::new(limits(&[w(1, 60)], &[], &[]), 10));
+    let t0 = Instant::now();
+    drop(budget.acquire(&send("A"), t0 + FAR).await.unwrap());
+    // The chat's window is full for a minute: a counted call waits, and
+    // gives up after a second; an uncounted one (an edit) waits behind it.
+    let b = budget.clone();
+    let head = tokio::spawn(async move {
+        b.acquire(&send("A"), Instant::now() + Duration::from_secs(1))
+            .await
+            .is_err()
+    });
+    tokio::task::yield_now().await;
+    let edit = Ask {
+        chat: Some("A".into()),
+        counted: false,
+        urgent: false,
+    };
+    let _s = budget.acquire(&edit, t0 + FAR).await.unwrap();
+    assert!(head.await.unwrap(), "the head timed out");
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(1),
+        "not at the minute's end"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_answered_and_waiting_to_retry_frees_its_place_in_the_bot_window() {
+    let budget = Arc::new(Budget::new(limits(&[], &[], &[w(1, 1)]), 10));
+    let t0 = Instant::now();
+    let mut retrying = budget.acquire(&send("A"), t0 + FAR).await.unwrap();
+    // Backing off after a failure: answered, but still holding chat A.
+    retrying.answered();
+    let _other = budget.acquire(&send("B"), t0 + FAR).await.unwrap();
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(1),
+        "B waited the window, not the backoff"
+    );
+}

@@ -16,9 +16,10 @@ use crate::clock::now_ms;
 
 /// How long an answer is kept: the platforms keep updates as long.
 pub const KEEP: Duration = Duration::from_secs(24 * 3600);
-/// Answers larger than this are not kept (sent messages are ~1 KB; large
-/// answers come from reads, which need no protection from repeats).
-pub const MAX_ANSWER: usize = 64 * 1024;
+/// Answers are read whole, up to this, to be kept (a sent message is
+/// about 1 KB; a call with an Idempotency-Key whose answer is larger gets
+/// a 502).
+pub const MAX_ANSWER: usize = 1 << 20;
 /// Keys longer than this are refused (Stripe allows 255).
 pub const MAX_KEY: usize = 255;
 /// Kept answers at most; the oldest go first beyond it, which bounds the
@@ -131,6 +132,10 @@ impl Answers {
 
     /// Forgets answers older than [`KEEP`], and the oldest beyond the cap.
     pub fn expire(&self) -> Result<usize, sled::Error> {
+        // An entry only the map holds belongs to no call (one whose waiter
+        // was cancelled at the wrong moment).
+        self.lock_running()
+            .retain(|_, turn| Arc::strong_count(turn) > 1);
         let cutoff = now_ms().saturating_sub(KEEP.as_millis() as u64);
         let excess = self.by_time.len().saturating_sub(MAX_KEPT);
         let mut gone = 0;

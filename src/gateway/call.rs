@@ -33,8 +33,6 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A streamed upload (up to the platform's 50 MB) or a download.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
-/// An answer kept for an Idempotency-Key is read whole, up to this.
-const MAX_ANSWER: usize = 16 << 20;
 /// An error answer is read whole (to scrub it, or to find `retry_after`).
 const MAX_ERROR: usize = 64 << 10;
 
@@ -125,12 +123,9 @@ pub async fn method(
             return error(code, &format!("Bad Request: {e}"));
         }
     };
+    let refused_chat = Arc::new(std::sync::Mutex::new(None));
     if let Some(allowed) = &client.chats {
-        if read.chats_unknown {
-            count("refused");
-            return error(403, &format!("Forbidden: client {:?} may act only in its chats, and this multipart body names its chat after a file: put chat_id first (or in the query string)", client.name));
-        }
-        if let Some(other) = read.chats.iter().find(|c| !allowed.contains(c)) {
+        if let Some((_, other)) = read.chats.iter().find(|(_, c)| !allowed.contains(c)) {
             count("refused");
             return error(
                 403,
@@ -139,6 +134,15 @@ pub async fn method(
                     client.name
                 ),
             );
+        }
+        // A streamed upload's later fields are checked as they pass.
+        if let (false, Some(boundary), params::Body::Streamed { read: head, rest }) = (
+            read.complete,
+            read.boundary.clone(),
+            std::mem::replace(&mut read.body, params::Body::None),
+        ) {
+            let rest = params::guard(&head, rest, boundary, allowed.clone(), refused_chat.clone());
+            read.body = params::Body::Streamed { read: head, rest };
         }
     }
     // A repeated Idempotency-Key gets the first call's answer.
@@ -159,12 +163,16 @@ pub async fn method(
                     ),
                 );
             };
-            match gw
-                .answers
-                .begin(Answers::key(&bot.name, &client.name, k))
-                .await
-            {
-                Ok(answer) => {
+            let key = Answers::key(&bot.name, &client.name, k);
+            match tokio::time::timeout(gw.max_wait, gw.answers.begin(key)).await {
+                Err(_) => {
+                    count("overflow");
+                    return too_many(
+                        gw.max_wait.as_secs().max(1),
+                        "a call with this Idempotency-Key is still running",
+                    );
+                }
+                Ok(Ok(answer)) => {
                     count(if (200..300).contains(&answer.status) {
                         "ok"
                     } else {
@@ -175,126 +183,204 @@ pub async fn method(
                         .insert("idempotent-replayed", HeaderValue::from_static("true"));
                     return r;
                 }
-                Err(running) => Some(running),
+                Ok(Err(running)) => Some(running),
             }
         }
     };
-    let ask = Ask::new(bot.budget.limits(), &method, read.chats.first().cloned());
-    let deadline = Instant::now() + gw.max_wait;
-    let mut slot = match bot.budget.acquire(&ask, deadline).await {
-        Ok(s) => s,
-        Err(o) => {
-            count("overflow");
-            return overflow(&o, &bot.name, &client.name, &method);
-        }
+    // The call runs to its end in a task of its own: a client that hangs
+    // up mid-call (and retries with its Idempotency-Key) must find the
+    // answer remembered, and the chat's next call must not overtake it.
+    let call = Call {
+        gw: gw.clone(),
+        caller,
+        method,
+        query,
+        content_type,
+        read,
+        running,
+        refused_chat,
     };
-    loop {
-        let timeout = if read.body.replayable() {
-            CALL_TIMEOUT
-        } else {
-            TRANSFER_TIMEOUT
-        };
-        let sent = bot
-            .api
-            .pass(
-                &method,
-                query.as_deref(),
-                content_type.as_deref(),
-                read.body.take(),
-                timeout,
-            )
-            .await;
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                count("failed");
-                warn!(bot = %bot.name, client = %client.name, %method, "gateway: the platform could not be reached: {e}");
-                return error(
-                    502,
-                    &format!("Bad Gateway: the platform could not be reached: {e}"),
-                );
-            }
-        };
-        let status = response.status().as_u16();
-        let retry_header = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let success = (200..300).contains(&status);
-        if success && running.is_none() {
-            // Nothing to remember and nothing to scrub: streamed back, so
-            // a large answer costs no memory here.
-            drop(slot);
-            count("ok");
-            return streamed(status, content_type, response, bot.api.clone());
-        }
-        // Errors are small, and a remembered answer is kept whole.
-        let cap = if success { MAX_ANSWER } else { MAX_ERROR };
-        let body = match read_capped(response, cap).await {
-            Ok(b) => b,
-            Err(e) => {
-                count("failed");
-                let e = match e {
-                    BodyError::TooLarge(_) => "its answer is too large".to_string(),
-                    other => bot.api.redact(&other.to_string()),
-                };
-                warn!(bot = %bot.name, client = %client.name, %method, "gateway: the platform's answer could not be read: {e}");
-                return error(
-                    502,
-                    &format!("Bad Gateway: the platform's answer could not be read: {e}"),
-                );
-            }
-        };
-        if status == 429 {
-            let retry_after = retry_after(&body)
-                .or(retry_header)
-                .unwrap_or(5)
-                .clamp(1, 3600);
-            let d = Duration::from_secs(retry_after);
-            slot.rate_limited(d);
-            let scope = ask
-                .chat
-                .as_deref()
-                .map_or("the whole bot".to_string(), |c| format!("chat {c}"));
-            if read.body.replayable() && Instant::now() + d < deadline {
-                info!(bot = %bot.name, client = %client.name, %method, "the platform answered 429: {scope} paused for {retry_after}s; the call waits and is made again");
-                if slot.again(deadline).await.is_ok() {
-                    continue;
-                }
-            } else {
-                info!(bot = %bot.name, client = %client.name, %method, "the platform answered 429: {scope} paused for {retry_after}s; the client gets the 429 (its call cannot be made again within max_wait, or its upload was streamed)");
-            }
-        }
-        drop(slot);
-        let answer = Answer {
-            status,
+    match tokio::spawn(call.run()).await {
+        Ok(r) => r,
+        Err(_) => error(500, "Internal Server Error: the call's task failed"),
+    }
+}
+
+struct Call {
+    gw: Arc<Gateway>,
+    caller: Caller,
+    method: String,
+    query: Option<String>,
+    content_type: Option<String>,
+    read: params::Read,
+    running: Option<answers::Running>,
+    refused_chat: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Call {
+    async fn run(self) -> Response<Body> {
+        let Call {
+            gw,
+            caller,
+            method,
+            query,
             content_type,
-            // The token is in every URL the platform saw: an error page
-            // that echoes the URL must not hand it to the client.
-            body: if (200..300).contains(&status) {
-                body
-            } else {
-                Bytes::from(bot.api.redact(&String::from_utf8_lossy(&body)))
-            },
+            mut read,
+            running,
+            refused_chat,
+        } = self;
+        let (bot, client) = (caller.bot(&gw), caller.client(&gw));
+        let count = |result: &'static str| {
+            gw.stats.count(&bot.name, &client.name, &method, result);
         };
-        count(if (200..300).contains(&status) {
-            "ok"
+        let deadline = Instant::now() + gw.max_wait;
+        // Streamed uploads hold their place in the bot's windows until the
+        // platform answers; only some may, so that slow ones cannot take
+        // every place from the rest of the bot's calls.
+        let _upload = if read.body.replayable() {
+            None
         } else {
-            "error"
-        });
-        debug!(bot = %bot.name, client = %client.name, %method, status, "gateway call answered");
-        if let Some(running) = &running {
-            if status != 429 {
-                gw.answers.keep(running, &answer);
+            match tokio::time::timeout_at(deadline, bot.uploads.clone().acquire_owned()).await {
+                Ok(Ok(p)) => Some(p),
+                _ => {
+                    count("overflow");
+                    return too_many(1, "too many uploads to this bot are in progress");
+                }
             }
+        };
+        let ask = Ask::new(bot.budget.limits(), &method, read.chat());
+        let mut slot = match bot.budget.acquire(&ask, deadline).await {
+            Ok(s) => s,
+            Err(o) => {
+                count("overflow");
+                return overflow(&o, &bot.name, &client.name, &method);
+            }
+        };
+        loop {
+            let timeout = if read.body.replayable() {
+                CALL_TIMEOUT
+            } else {
+                TRANSFER_TIMEOUT
+            };
+            let sent = bot
+                .api
+                .pass(
+                    &method,
+                    query.as_deref(),
+                    content_type.as_deref(),
+                    read.body.take(),
+                    timeout,
+                )
+                .await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(why) = refused_chat
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                    {
+                        count("refused");
+                        return error(403, &format!("Forbidden: client {:?} may not act in {why}; the upload was cut short", client.name));
+                    }
+                    count("failed");
+                    warn!(bot = %bot.name, client = %client.name, %method, "gateway: the platform could not be reached: {e}");
+                    return error(
+                        502,
+                        &format!("Bad Gateway: the platform could not be reached: {e}"),
+                    );
+                }
+            };
+            let status = response.status().as_u16();
+            let retry_header = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let success = (200..300).contains(&status);
+            // getFile's path may hold the token (a local Bot API server
+            // answers with a path under a folder named after it): scrubbed.
+            let scrub = !success || method.eq_ignore_ascii_case("getFile");
+            if success && running.is_none() && !scrub {
+                // Nothing to remember and nothing to scrub: streamed back,
+                // so a large answer costs no memory here.
+                drop(slot);
+                count("ok");
+                return streamed(status, content_type, response, bot.api.clone());
+            }
+            let body = match read_capped(
+                response,
+                if success {
+                    answers::MAX_ANSWER
+                } else {
+                    MAX_ERROR
+                },
+            )
+            .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    count("failed");
+                    let e = match e {
+                        BodyError::TooLarge(_) => {
+                            "its answer is too large to remember for an Idempotency-Key".to_string()
+                        }
+                        other => bot.api.redact(&other.to_string()),
+                    };
+                    warn!(bot = %bot.name, client = %client.name, %method, "gateway: the platform's answer could not be read: {e}");
+                    return error(
+                        502,
+                        &format!("Bad Gateway: the platform's answer could not be read: {e}"),
+                    );
+                }
+            };
+            if status == 429 {
+                let retry_after = retry_after(&body)
+                    .or(retry_header)
+                    .unwrap_or(5)
+                    .clamp(1, 3600);
+                let d = Duration::from_secs(retry_after);
+                slot.rate_limited(d);
+                let scope = ask
+                    .chat
+                    .as_deref()
+                    .map_or("the whole bot".to_string(), |c| format!("chat {c}"));
+                if read.body.replayable() && Instant::now() + d < deadline {
+                    info!(bot = %bot.name, client = %client.name, %method, "the platform answered 429: {scope} paused for {retry_after}s; the call waits and is made again");
+                    if slot.again(deadline).await.is_ok() {
+                        continue;
+                    }
+                } else {
+                    info!(bot = %bot.name, client = %client.name, %method, "the platform answered 429: {scope} paused for {retry_after}s; the client gets the 429 (its call cannot be made again within max_wait, or its upload was streamed)");
+                }
+            }
+            drop(slot);
+            let answer = Answer {
+                status,
+                content_type,
+                // The token is in every URL the platform saw: an error page
+                // that echoes the URL must not hand it to the client.
+                body: if scrub {
+                    Bytes::from(bot.api.redact(&String::from_utf8_lossy(&body)))
+                } else {
+                    body
+                },
+            };
+            count(if success { "ok" } else { "error" });
+            debug!(bot = %bot.name, client = %client.name, %method, status, "gateway call answered");
+            // A 429 or a 5xx says nothing about the message: a retry runs.
+            if let Some(running) = &running {
+                if status != 429 && status < 500 {
+                    gw.answers.keep(running, &answer);
+                }
+            }
+            return respond(answer);
         }
-        return respond(answer);
     }
 }
 

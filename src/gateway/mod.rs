@@ -35,6 +35,20 @@ pub struct GatewayBot {
     pub api: Arc<BotApi>,
     pub budget: Arc<Budget>,
     pub clients: Vec<ClientSettings>,
+    /// Streamed uploads in progress at once (see [`uploads_for`]).
+    pub uploads: Arc<tokio::sync::Semaphore>,
+}
+
+/// A third of the bot's tightest per-bot window, at least one: uploads in
+/// progress hold their places until the platform answers.
+pub fn uploads_for(limits: &crate::budget::Limits) -> usize {
+    limits
+        .per_bot
+        .iter()
+        .map(|w| w.calls as usize / 3)
+        .min()
+        .unwrap_or(16)
+        .max(1)
 }
 
 pub struct Gateway {
@@ -98,6 +112,7 @@ pub async fn serve(
     settings: GatewaySettings,
     header_timeout: Duration,
     idle_timeout: Duration,
+    drain: Duration,
     shutdown: CancellationToken,
 ) {
     let limits = Limits {
@@ -129,7 +144,17 @@ pub async fn serve(
         }
     });
     let app = Router::new().fallback(route).with_state(gateway);
-    crate::ops::serve::serve(listener, app, limits, shutdown).await;
+    // A stop lets calls in progress finish for up to `drain`: calls can
+    // wait for the budget (max_wait) or stream uploads for minutes.
+    let serving = crate::ops::serve::serve(listener, app, limits, shutdown.clone());
+    let cut = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        _ = serving => {}
+        _ = cut => warn!("gateway: calls still running at the stop timeout were abandoned"),
+    }
 }
 
 async fn route(State(gw): State<Arc<Gateway>>, request: Request) -> Response<Body> {

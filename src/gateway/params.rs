@@ -8,6 +8,7 @@
 //! held whole (so a call the platform answers with a 429 can be sent
 //! again), a longer one is streamed on to the platform as it arrives.
 
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -60,12 +61,38 @@ impl Body {
 
 /// A call read as far as needed.
 pub struct Read {
-    /// Every value of `chat_id` and `from_chat_id` found; `chat_id`'s first.
-    pub chats: Vec<String>,
-    /// Whether a multipart body named its chat only after a file (or not
-    /// within the part read): then `chats` may be incomplete.
-    pub chats_unknown: bool,
+    /// Every `chat_id` and `from_chat_id` found, as (name, value).
+    pub chats: Vec<(String, String)>,
+    /// Whether every parameter was seen (a streamed upload's rest is not,
+    /// until it has passed: see [`guard`]).
+    pub complete: bool,
+    /// A multipart body's boundary.
+    pub boundary: Option<String>,
     pub body: Body,
+}
+
+impl Read {
+    /// The chat the call acts in, which orders and limits it: its
+    /// `chat_id`, else its `from_chat_id`.
+    pub fn chat(&self) -> Option<String> {
+        let of = |name: &str| self.chats.iter().find(|(n, _)| n == name);
+        of("chat_id")
+            .or_else(|| of("from_chat_id"))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// Longer than any chat id or @username; a longer one is refused, so
+/// made-up ids cannot grow the budget's per-chat memory.
+const MAX_CHAT_ID: usize = 128;
+
+fn check_chats(chats: &[(String, String)]) -> Result<(), ReadError> {
+    match chats.iter().find(|(_, v)| v.len() > MAX_CHAT_ID) {
+        Some((name, _)) => Err(ReadError::Invalid(format!(
+            "Bad Request: {name} is longer than {MAX_CHAT_ID} characters"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,13 +118,13 @@ pub async fn read(
         .and_then(|c| c.split(';').next())
         .map(|c| c.trim().to_ascii_lowercase());
     let deadline = tokio::time::Instant::now() + timeout;
-    match kind.as_deref() {
+    let read = match kind.as_deref() {
         Some("multipart/form-data") => {
             let boundary = multer::parse_boundary(content_type.unwrap_or_default())
-                .map_err(|e| ReadError::Invalid(format!("multipart body: {e}")))?;
+                .map_err(|e| ReadError::Invalid(format!("Bad Request: multipart body: {e}")))?;
             tokio::time::timeout_at(deadline, scan_multipart(boundary, body, chats))
                 .await
-                .map_err(|_| ReadError::Timeout)?
+                .map_err(|_| ReadError::Timeout)??
         }
         _ => {
             let bytes = tokio::time::timeout_at(deadline, read_whole(body))
@@ -110,17 +137,20 @@ pub async fn read(
                 }
                 _ => {}
             }
-            Ok(Read {
+            Read {
                 chats,
-                chats_unknown: false,
+                complete: true,
+                boundary: None,
                 body: if bytes.is_empty() {
                     Body::None
                 } else {
                     Body::Whole(bytes)
                 },
-            })
+            }
         }
-    }
+    };
+    check_chats(&read.chats)?;
+    Ok(read)
 }
 
 async fn read_whole(mut body: BodyStream) -> Result<Bytes, ReadError> {
@@ -135,14 +165,14 @@ async fn read_whole(mut body: BodyStream) -> Result<Bytes, ReadError> {
     Ok(Bytes::from(out))
 }
 
-fn form_chats(text: &str) -> Vec<String> {
+fn form_chats(text: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(text.as_bytes())
         .filter(|(k, _)| CHAT_PARAMS.contains(&k.as_ref()))
-        .map(|(_, v)| v.trim().to_string())
+        .map(|(k, v)| (k.into_owned(), v.trim().to_string()))
         .collect()
 }
 
-fn json_chats(bytes: &[u8]) -> Result<Vec<String>, ReadError> {
+fn json_chats(bytes: &[u8]) -> Result<Vec<(String, String)>, ReadError> {
     #[derive(Deserialize)]
     struct Chats {
         chat_id: Option<serde_json::Value>,
@@ -154,15 +184,21 @@ fn json_chats(bytes: &[u8]) -> Result<Vec<String>, ReadError> {
     let c: Chats = serde_json::from_slice(bytes).map_err(|e| {
         ReadError::Invalid(format!("Bad Request: the body is not a JSON object: {e}"))
     })?;
-    Ok([c.chat_id, c.from_chat_id]
-        .into_iter()
-        .flatten()
-        .filter_map(|v| match v {
-            serde_json::Value::String(s) => Some(s.trim().to_string()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
-        .collect())
+    let mut out = Vec::new();
+    for (name, v) in [("chat_id", c.chat_id), ("from_chat_id", c.from_chat_id)] {
+        let v = match v {
+            None | Some(serde_json::Value::Null) => continue,
+            Some(serde_json::Value::String(s)) => s.trim().to_string(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(_) => {
+                return Err(ReadError::Invalid(format!(
+                    "Bad Request: {name} must be a number or a string"
+                )))
+            }
+        };
+        out.push((name.to_string(), v));
+    }
+    Ok(out)
 }
 
 /// Reads multipart fields until a file begins (or the body ends), noting
@@ -170,8 +206,9 @@ fn json_chats(bytes: &[u8]) -> Result<Vec<String>, ReadError> {
 async fn scan_multipart(
     boundary: String,
     mut body: BodyStream,
-    mut chats: Vec<String>,
+    query_chats: Vec<(String, String)>,
 ) -> Result<Read, ReadError> {
+    let mut chats = query_chats.clone();
     let mut read: Vec<Bytes> = Vec::new();
     let mut held = 0usize;
     let mut all_fields_read = false;
@@ -190,7 +227,7 @@ async fn scan_multipart(
             }
             next
         });
-        let mut parts = multer::Multipart::new(recorded, boundary);
+        let mut parts = multer::Multipart::new(recorded, boundary.clone());
         loop {
             match parts.next_field().await {
                 Ok(None) => {
@@ -204,7 +241,7 @@ async fn scan_multipart(
                     let name = field.name().unwrap_or("").to_string();
                     if CHAT_PARAMS.contains(&name.as_str()) {
                         match field.text().await {
-                            Ok(t) => chats.push(t.trim().to_string()),
+                            Ok(t) => chats.push((name, t.trim().to_string())),
                             Err(_) => break,
                         }
                     }
@@ -215,11 +252,32 @@ async fn scan_multipart(
             }
         }
     }
-    let chats_unknown = chats.is_empty() && !all_fields_read;
+    let _ = all_fields_read;
     // Hold up to KEEP_WHOLE in all: a small upload can then be sent again.
     while held < KEEP_WHOLE {
         match body.next().await {
-            None => return Ok(whole(chats, chats_unknown, read)),
+            None => {
+                // All of it is here: every field counts, not only those
+                // before the first file.
+                let bytes = if read.len() == 1 {
+                    read.pop().unwrap_or_default()
+                } else {
+                    Bytes::from(read.concat())
+                };
+                let whole = futures_util::stream::iter([Ok::<_, axum::Error>(bytes.clone())]);
+                let mut all = query_chats;
+                all.extend(
+                    chat_fields(whole, boundary.clone())
+                        .await
+                        .map_err(ReadError::Invalid)?,
+                );
+                return Ok(Read {
+                    chats: all,
+                    complete: true,
+                    boundary: Some(boundary),
+                    body: Body::Whole(bytes),
+                });
+            }
             Some(Ok(chunk)) => {
                 held += chunk.len();
                 read.push(chunk);
@@ -229,22 +287,125 @@ async fn scan_multipart(
     }
     Ok(Read {
         chats,
-        chats_unknown,
+        complete: false,
+        boundary: Some(boundary),
         body: Body::Streamed { read, rest: body },
     })
 }
 
-fn whole(chats: Vec<String>, chats_unknown: bool, read: Vec<Bytes>) -> Read {
-    let bytes = if read.len() == 1 {
-        read.into_iter().next().unwrap_or_default()
-    } else {
-        Bytes::from(read.concat())
-    };
-    Read {
-        chats,
-        chats_unknown,
-        body: Body::Whole(bytes),
+/// Every `chat_id` and `from_chat_id` field of a whole multipart body;
+/// an error if it is not readable as multipart.
+async fn chat_fields<S>(stream: S, boundary: String) -> Result<Vec<(String, String)>, String>
+where
+    S: Stream<Item = Result<Bytes, axum::Error>> + Send,
+{
+    let mut parts = multer::Multipart::new(stream, boundary);
+    let mut out = Vec::new();
+    loop {
+        match parts.next_field().await {
+            Ok(None) => return Ok(out),
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or("").to_string();
+                if CHAT_PARAMS.contains(&name.as_str()) && field.file_name().is_none() {
+                    let text = field
+                        .text()
+                        .await
+                        .map_err(|e| format!("Bad Request: multipart body: {e}"))?;
+                    out.push((name, text.trim().to_string()));
+                }
+            }
+            Err(e) => return Err(format!("Bad Request: multipart body: {e}")),
+        }
     }
+}
+
+/// The rest of a streamed multipart body, read by a second parser as it
+/// passes. A chat the client may not use, or a body that is not multipart
+/// after all, ends the stream with an error before its last chunk, so the
+/// platform never receives a complete request; `refused` then says why.
+pub fn guard(
+    read: &[Bytes],
+    rest: BodyStream,
+    boundary: String,
+    allowed: Vec<String>,
+    refused: Arc<Mutex<Option<String>>>,
+) -> BodyStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (verdict_tx, verdict) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let seen: Vec<Bytes> = read.to_vec();
+    let checker = async move {
+        let input = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, axum::Error>(b), rx))
+        });
+        let head = futures_util::stream::iter(seen.into_iter().map(Ok::<_, axum::Error>));
+        let verdict = match chat_fields(head.chain(input), boundary).await {
+            Err(e) => Err(e),
+            Ok(chats) => match chats.iter().find(|(_, v)| !allowed.contains(v)) {
+                Some((_, v)) => Err(format!("chat {v}")),
+                None => Ok(()),
+            },
+        };
+        let _ = verdict_tx.send(verdict);
+    };
+    tokio::spawn(checker);
+    struct State {
+        rest: BodyStream,
+        tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+        held: Option<Bytes>,
+        verdict: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+        refused: Arc<Mutex<Option<String>>>,
+    }
+    let state = State {
+        rest,
+        tx: Some(tx),
+        held: None,
+        verdict: Some(verdict),
+        refused,
+    };
+    let refuse = |state: &mut State, why: String| {
+        *state.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+        state.verdict = None;
+        state.tx = None;
+        Err(axum::Error::new(std::io::Error::other(why)))
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |mut state| async move {
+            // One chunk is held back until the next arrives, so the last one
+            // goes only once the whole body has been judged.
+            loop {
+                if let Ok(Err(why)) = state.verdict.as_mut()?.try_recv() {
+                    return Some((refuse(&mut state, why), state));
+                }
+                match state.rest.next().await {
+                    Some(Ok(chunk)) => {
+                        if let Some(tx) = &state.tx {
+                            let _ = tx.send(chunk.clone()).await;
+                        }
+                        if let Some(prev) = state.held.replace(chunk) {
+                            return Some((Ok(prev), state));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        state.verdict = None;
+                        return Some((Err(e), state));
+                    }
+                    None => {
+                        state.tx = None;
+                        let verdict = state.verdict.take()?;
+                        return match verdict.await {
+                            Ok(Ok(())) => state.held.take().map(|h| (Ok(h), state)),
+                            Ok(Err(why)) => Some((refuse(&mut state, why), state)),
+                            Err(_) => Some((
+                                refuse(&mut state, "the body could not be checked".into()),
+                                state,
+                            )),
+                        };
+                    }
+                }
+            }
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -259,10 +420,17 @@ mod tests {
         Box::pin(futures_util::stream::iter(v))
     }
 
-    async fn sent(body: &mut Body) -> Vec<u8> {
+    async fn sent(body: &mut Body) -> Result<Vec<u8>, String> {
         use http_body_util::BodyExt;
         let b = body.take().expect("a body");
-        b.collect().await.unwrap().to_bytes().to_vec()
+        b.collect()
+            .await
+            .map(|c| c.to_bytes().to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    fn values(r: &Read) -> Vec<&str> {
+        r.chats.iter().map(|(_, v)| v.as_str()).collect()
     }
 
     const T: Duration = Duration::from_secs(5);
@@ -272,29 +440,45 @@ mod tests {
         let r = read(Some("chat_id=5&text=x"), None, chunks(&[]), T)
             .await
             .unwrap();
-        assert_eq!(r.chats, ["5"]);
+        assert_eq!(values(&r), ["5"]);
         assert!(matches!(r.body, Body::None));
         let r = read(
             None,
             Some("application/json; charset=utf-8"),
-            chunks(&[br#"{"chat_id":-100,"from_chat_id":"@x","text":"{"}"#]),
+            chunks(&[br#"{"from_chat_id":"@x","chat_id":-100,"text":"{"}"#]),
             T,
         )
         .await
         .unwrap();
-        assert_eq!(r.chats, ["-100", "@x"]);
+        assert_eq!(
+            r.chat().as_deref(),
+            Some("-100"),
+            "chat_id orders the call, wherever it is"
+        );
         let r = read(
-            None,
+            Some("from_chat_id=9"),
             Some("application/x-www-form-urlencoded"),
             chunks(&[b"text=a&chat_id=%2D7"]),
             T,
         )
         .await
         .unwrap();
-        assert_eq!(r.chats, ["-7"]);
+        assert_eq!(values(&r), ["9", "-7"]);
+        assert_eq!(r.chat().as_deref(), Some("-7"));
         assert!(read(None, Some("application/json"), chunks(&[b"[1]"]), T)
             .await
             .is_err());
+        for bad in [&br#"{"chat_id":[42]}"#[..], br#"{"chat_id":{"a":1}}"#] {
+            assert!(matches!(
+                read(None, Some("application/json"), chunks(&[bad]), T).await,
+                Err(ReadError::Invalid(_))
+            ));
+        }
+        let long = format!("chat_id={}", "9".repeat(MAX_CHAT_ID + 1));
+        assert!(matches!(
+            read(Some(&long), None, chunks(&[]), T).await,
+            Err(ReadError::Invalid(_))
+        ));
         let big = vec![b' '; MAX_PLAIN + 1];
         assert_eq!(
             read(None, Some("application/json"), chunks(&[&big]), T)
@@ -304,16 +488,21 @@ mod tests {
         );
     }
 
-    fn multipart(file: &[u8]) -> Vec<u8> {
+    fn multipart(file: &[u8], after: &str) -> Vec<u8> {
         let mut b = b"--XX\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n42\r\n--XX\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".to_vec();
         b.extend_from_slice(file);
-        b.extend_from_slice(b"\r\n--XX--\r\n");
+        b.extend_from_slice(b"\r\n");
+        b.extend_from_slice(after.as_bytes());
+        b.extend_from_slice(b"--XX--\r\n");
         b
     }
 
+    const FROM_99: &str =
+        "--XX\r\nContent-Disposition: form-data; name=\"from_chat_id\"\r\n\r\n-100999\r\n";
+
     #[tokio::test]
-    async fn a_small_multipart_body_is_held_whole_byte_for_byte() {
-        let body = multipart(b"jpegbytes");
+    async fn a_small_multipart_body_is_held_whole_and_read_to_its_end() {
+        let body = multipart(b"jpegbytes", FROM_99);
         let pieces: Vec<&[u8]> = body.chunks(7).collect();
         let mut r = read(
             None,
@@ -323,16 +512,26 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(r.chats, ["42"]);
-        assert!(r.body.replayable());
-        assert_eq!(sent(&mut r.body).await, body);
-        assert_eq!(sent(&mut r.body).await, body, "and again, for a retry");
+        assert_eq!(
+            values(&r),
+            ["42", "-100999"],
+            "a chat after the file counts too"
+        );
+        assert!(r.complete && r.body.replayable());
+        assert_eq!(sent(&mut r.body).await.unwrap(), body);
+        assert_eq!(
+            sent(&mut r.body).await.unwrap(),
+            body,
+            "and again, for a retry"
+        );
     }
 
-    #[tokio::test]
-    async fn a_large_upload_streams_on_after_its_chat_is_known() {
+    async fn large(
+        after: &str,
+        allowed: &[&str],
+    ) -> (Vec<u8>, Result<Vec<u8>, String>, Option<String>) {
         let file = vec![7u8; 3 * KEEP_WHOLE];
-        let body = multipart(&file);
+        let body = multipart(&file, after);
         let pieces: Vec<&[u8]> = body.chunks(64 * 1024).collect();
         let mut r = read(
             None,
@@ -342,28 +541,35 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(r.chats, ["42"]);
-        match &r.body {
-            Body::Streamed { read, .. } => {
-                let held: usize = read.iter().map(Bytes::len).sum();
+        assert_eq!(r.chat().as_deref(), Some("42"));
+        assert!(!r.complete);
+        let refused = Arc::new(Mutex::new(None));
+        match std::mem::replace(&mut r.body, Body::None) {
+            Body::Streamed { read: head, rest } => {
+                let held: usize = head.iter().map(Bytes::len).sum();
                 assert!(held <= KEEP_WHOLE + 64 * 1024, "held {held}");
+                let allowed = allowed.iter().map(|s| s.to_string()).collect();
+                let rest = guard(&head, rest, "XX".into(), allowed, refused.clone());
+                r.body = Body::Streamed { read: head, rest };
             }
             _ => panic!("a 3 MiB upload must stream"),
         }
-        assert_eq!(sent(&mut r.body).await, body);
+        let out = sent(&mut r.body).await;
+        let why = refused.lock().unwrap().clone();
+        (body, out, why)
     }
 
     #[tokio::test]
-    async fn a_chat_after_a_file_is_unknown() {
-        let body = b"--XX\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a\"\r\n\r\nabc\r\n--XX\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n9\r\n--XX--\r\n";
-        let r = read(
-            None,
-            Some("multipart/form-data; boundary=XX"),
-            chunks(&[body]),
-            T,
-        )
-        .await
-        .unwrap();
-        assert!(r.chats.is_empty() && r.chats_unknown);
+    async fn a_large_upload_streams_on_whole_when_its_chats_are_allowed() {
+        let (body, out, why) = large(FROM_99, &["42", "-100999"]).await;
+        assert_eq!(out.unwrap(), body);
+        assert_eq!(why, None);
+    }
+
+    #[tokio::test]
+    async fn a_chat_hidden_after_a_large_file_cuts_the_upload_short() {
+        let (_, out, why) = large(FROM_99, &["42"]).await;
+        assert!(out.is_err(), "the platform must not get a complete body");
+        assert_eq!(why.as_deref(), Some("chat -100999"));
     }
 }

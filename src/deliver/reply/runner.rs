@@ -258,7 +258,10 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
                             (*retry_after).clamp(Duration::from_secs(1), Duration::from_secs(60)),
                         );
                     }
-                    _ => tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await,
+                    _ => {
+                        slot.answered();
+                        tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await
+                    }
                 }
                 if slot.again(Instant::now() + BUDGET_WAIT).await.is_err() {
                     warn!(?update_id, method = %call.method, "webhook reply call given up: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
