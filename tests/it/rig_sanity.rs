@@ -137,3 +137,119 @@ async fn nats_rig_sanity() {
 fn a_missing_daemon_names_the_install() {
     crate::rig::tools::locate("no-such-daemon-4f2a", "apt-get install it");
 }
+
+/// The fake's rate limits: 4 sends to one chat at once under 3/3s → exactly
+/// one 429 in Telegram's shape, not counted; a client that waits out the
+/// window by its own clock is never refused; groups have their own window
+/// on top; per-bot counts every method but getUpdates; an injected 429
+/// holds its chat for `retry_after` and nothing else.
+#[tokio::test]
+async fn fake_limits_refuse_what_exceeds_a_window_and_only_that() {
+    use crate::rig::FakeLimits;
+
+    let api = FakeApi::start(Flavor::Telegram).await;
+    api.add_bot(TOKEN, 42, "testbot");
+    let client = reqwest::Client::new();
+    let send = api.method_url(TOKEN, "sendMessage");
+    let send_to = async |chat: &str| {
+        post(
+            &client,
+            &send,
+            &format!(r#"{{"chat_id":{chat},"text":"x"}}"#),
+        )
+        .await
+    };
+
+    api.enforce_limits(TOKEN, FakeLimits::telegram());
+    let answers = futures_util::future::join_all((0..4).map(|_| send_to("7"))).await;
+    let refused: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(refused.len(), 1, "{answers:?}");
+    let body: serde_json::Value = serde_json::from_str(&refused[0].1).unwrap();
+    let retry_after = body["parameters"]["retry_after"].as_u64().unwrap();
+    assert!((1..=3).contains(&retry_after), "{body}");
+    assert_eq!(
+        body["description"],
+        format!("Too Many Requests: retry after {retry_after}")
+    );
+    assert_eq!(
+        (body["ok"].clone(), body["error_code"].clone()),
+        (false.into(), 429.into())
+    );
+    assert_eq!(api.rate_limited(TOKEN), 1);
+    // Another chat, the same chat as a string, and a method the chat limit
+    // does not count.
+    assert_eq!(send_to("8").await.0, 200);
+    assert_eq!(send_to(r#""7""#).await.0, 429);
+    let action = api.method_url(TOKEN, "sendChatAction");
+    assert_eq!(
+        post(&client, &action, r#"{"chat_id":7,"action":"typing"}"#)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(api.rate_limited(TOKEN), 2);
+
+    // A group: 2 per 400 ms on top of a loose per-chat window; a private chat
+    // is not held by it. A client that waits out the window by its own
+    // clock (measured from before it sent) is never refused.
+    let mut limits = FakeLimits::none();
+    limits.per_chat = vec![(10, Duration::from_secs(1))];
+    limits.per_group = vec![(2, Duration::from_millis(400))];
+    api.enforce_limits(TOKEN, limits);
+    let first = Instant::now();
+    for chat in ["-100", r#""-100""#] {
+        assert_eq!(send_to(chat).await.0, 200);
+    }
+    assert_eq!(send_to("-100").await.0, 429);
+    for _ in 0..3 {
+        assert_eq!(send_to("100").await.0, 200);
+    }
+    tokio::time::sleep_until((first + Duration::from_millis(400)).into()).await;
+    assert_eq!(send_to("-100").await.0, 200);
+    assert_eq!(api.rate_limited(TOKEN), 3);
+
+    // Per bot: every method but getUpdates.
+    let mut limits = FakeLimits::none();
+    limits.per_bot = vec![(2, Duration::from_secs(5))];
+    api.enforce_limits(TOKEN, limits);
+    assert_eq!(
+        post(&client, &api.method_url(TOKEN, "getMe"), "{}").await.0,
+        200
+    );
+    assert_eq!(send_to("9").await.0, 200);
+    assert_eq!(
+        post(&client, &api.method_url(TOKEN, "getMe"), "{}").await.0,
+        429
+    );
+    let get_updates = api.method_url(TOKEN, "getUpdates");
+    assert_eq!(post(&client, &get_updates, r#"{"timeout":0}"#).await.0, 200);
+    assert_eq!(api.rate_limited(TOKEN), 4);
+
+    // An injected 429 takes its chat's next call and holds the chat for
+    // retry_after; other chats go on.
+    api.enforce_limits(TOKEN, FakeLimits::none());
+    api.inject_chat_429(TOKEN, "5", 2);
+    let (status, body) = send_to("5").await;
+    assert_eq!(status, 429);
+    assert!(body.contains(r#""parameters":{"retry_after":2}"#), "{body}");
+    let hit = Instant::now();
+    assert_eq!(send_to("6").await.0, 200);
+    let (status, body) = send_to("5").await;
+    assert_eq!(status, 429, "still held: {body}");
+    tokio::time::sleep_until((hit + Duration::from_secs(2)).into()).await;
+    assert_eq!(send_to("5").await.0, 200);
+    assert_eq!(api.rate_limited(TOKEN), 6);
+
+    // Every call is recorded with its answer.
+    let statuses: Vec<u16> = api
+        .calls(TOKEN)
+        .iter()
+        .filter(|c| c.method == "sendMessage")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        5,
+        "{statuses:?}"
+    );
+}

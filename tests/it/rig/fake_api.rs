@@ -16,6 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
+use super::fake_limits::{FakeLimits, Limiter};
 use super::serve::{self, Body, DropConnection, Server};
 
 /// Route shape of the API.
@@ -154,6 +155,8 @@ struct Bot {
     batches: Vec<Vec<i64>>,
     /// The last positive offset applied (after a call's faults and checks).
     applied_offset: Option<i64>,
+    /// Rate limits and injected 429s for every method but getUpdates.
+    limits: Limiter,
 }
 
 struct Inner {
@@ -415,6 +418,25 @@ impl FakeApi {
     pub fn webhook(&self, token: &str) -> Option<String> {
         self.inner.read(token, |b| b.webhook.clone())
     }
+
+    /// From now on, calls of this token over `limits` get a 429 (see
+    /// fake_limits.rs); replaces earlier limits and their counts.
+    pub fn enforce_limits(&self, token: &str, limits: FakeLimits) {
+        self.inner.with_bot(token, |b| b.limits.enforce(limits));
+    }
+
+    /// The next call naming `chat_id` gets a 429 with this `retry_after`,
+    /// and the chat stays refused for that long.
+    pub fn inject_chat_429(&self, token: &str, chat_id: &str, retry_after_secs: u64) {
+        self.inner.with_bot(token, |b| {
+            b.limits.inject_chat_429(chat_id, retry_after_secs)
+        });
+    }
+
+    /// How many calls the fake answered 429 because of limits or injection.
+    pub fn rate_limited(&self, token: &str) -> usize {
+        self.inner.read(token, |b| b.limits.rate_limited())
+    }
 }
 
 fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -534,7 +556,7 @@ async fn handle(
     } else {
         match parsed {
             Err(description) => Ok(error(400, &description)),
-            Ok(params) => dispatch(&inner, &token, &method, &params).await,
+            Ok(params) => dispatch(&inner, &token, &method, &params, at).await,
         }
     };
     match &result {
@@ -549,8 +571,12 @@ async fn dispatch(
     token: &str,
     method: &str,
     params: &Value,
+    at: Instant,
 ) -> Result<Response<Body>, DropConnection> {
     if !method.eq_ignore_ascii_case("getUpdates") {
+        if let Err(secs) = inner.with_bot(token, |b| b.limits.admit(method, params, at)) {
+            return fault_response(inner.flavor, Fault::TooManyRequests(secs));
+        }
         let fault = inner.with_bot(token, |b| {
             let i = b
                 .method_faults
