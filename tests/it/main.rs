@@ -9,6 +9,7 @@ mod crash;
 mod dead_letters;
 mod delivery;
 mod faults;
+mod gateway;
 mod hostile_admin;
 mod hostile_platform;
 mod hostile_replies;

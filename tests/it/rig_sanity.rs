@@ -253,3 +253,100 @@ async fn fake_limits_refuse_what_exceeds_a_window_and_only_that() {
         "{statuses:?}"
     );
 }
+
+/// The other side of the fake's limits: a client that keeps them by its
+/// own clock is never refused, even when many calls go at the same
+/// instants (every window boundary) and arrive in any order. The schedule
+/// is the flood test's fastest one for 300 calls over 20 chats and 2
+/// groups, on Telegram's windows (or, unless POLLHOOK_TEST_FULL_SCALE is
+/// set, all ten times shorter so the test takes about 1.5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_limits_never_refuse_a_client_that_keeps_them() {
+    use crate::rig::{fastest_schedule, ChatCalls, FakeLimits};
+
+    let scale = if std::env::var_os("POLLHOOK_TEST_FULL_SCALE").is_some() {
+        1
+    } else {
+        10
+    };
+    let mut limits = FakeLimits::telegram();
+    for (_, period) in limits
+        .per_chat
+        .iter_mut()
+        .chain(&mut limits.per_group)
+        .chain(&mut limits.per_bot)
+    {
+        *period /= scale;
+    }
+    let api = FakeApi::start(Flavor::Telegram).await;
+    api.add_bot(TOKEN, 42, "testbot");
+
+    let chats: Vec<(i64, usize)> = (0..22)
+        .map(|i| match i {
+            0 | 1 => (-100 - i, 15),
+            2..=9 => (i, if i % 4 == 2 { 12 } else { 11 }),
+            _ => (i, 15),
+        })
+        .collect();
+    assert_eq!(chats.iter().map(|c| c.1).sum::<usize>(), 300);
+    let plan: Vec<ChatCalls> = chats
+        .iter()
+        .map(|&(id, n)| ChatCalls {
+            group: id < 0,
+            released: vec![Duration::ZERO; n],
+        })
+        .collect();
+    let schedule = fastest_schedule(&plan, &limits);
+    let client = reqwest::Client::new();
+    let url = api.method_url(TOKEN, "sendMessage");
+    // Connections first, so the timed calls do not wait for a handshake.
+    futures_util::future::join_all((0..100).map(|_| client.post(&url).body("{}").send())).await;
+    api.enforce_limits(TOKEN, limits.clone());
+
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut calls = Vec::new();
+    for (&(chat, _), times) in chats.iter().zip(&schedule) {
+        // One client per chat, each call at its time (never before the
+        // previous one of its chat was answered).
+        let (client, url, times) = (client.clone(), url.clone(), times.clone());
+        calls.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for t in times {
+                tokio::time::sleep_until(start + t).await;
+                let body = format!(r#"{{"chat_id":{chat},"text":"x"}}"#);
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(resp.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.extend(c.await.unwrap());
+    }
+    let end = schedule.iter().flatten().max().unwrap();
+    println!(
+        "a client keeping the limits (windows / {scale}): {} calls in {end:?}, {} refused",
+        statuses.len(),
+        api.rate_limited(TOKEN)
+    );
+    // What was refused, and when it arrived, for the failure message.
+    let refused: Vec<String> = api
+        .calls(TOKEN)
+        .iter()
+        .filter(|c| c.status == 429)
+        .take(10)
+        .map(|c| {
+            let at = c.at.saturating_duration_since(start.into_std());
+            format!("chat {} at {at:?}", c.params["chat_id"])
+        })
+        .collect();
+    assert_eq!(api.rate_limited(TOKEN), 0, "refused: {refused:?}");
+    assert!(statuses.iter().all(|s| *s == 200));
+}

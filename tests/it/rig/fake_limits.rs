@@ -25,10 +25,14 @@ pub struct FakeLimits {
     /// wildcards, `!` to exclude, any case.
     pub chat_methods: Vec<String>,
     /// The fake sees when a call *arrived*, the client knows when it *sent*
-    /// it: the difference jitters by a few milliseconds on a busy machine.
-    /// A window here is this much shorter than its period, so a client that
-    /// keeps the limit by its own clock is never refused for that jitter,
-    /// while one that ignores a limit (off by a whole second or more) still is.
+    /// it: 30 calls sent at one instant arrive spread over milliseconds. A
+    /// window here is this much shorter than its period, so a client that
+    /// keeps the limit by its own clock is not refused for that spread,
+    /// while one that ignores a limit (off by a whole call's spacing) still
+    /// is. Measured with `fake_limits_never_refuse_a_client_that_keeps_them`
+    /// (windows / 10): 85-89 of 300 calls refused at 0 ms, 15-45 at 2 ms,
+    /// 27-33 at 5 ms, none at 10 ms; 50 ms (5 % of Telegram's shortest
+    /// window) leaves room for a loaded CI machine.
     pub slack: Duration,
 }
 
@@ -48,7 +52,7 @@ impl FakeLimits {
             ]
             .map(String::from)
             .to_vec(),
-            slack: Duration::from_millis(25),
+            slack: Duration::from_millis(50),
         }
     }
 
