@@ -8,11 +8,13 @@
 //! [`cli`] is the command line; the binary only hands over to it. Leaves:
 //! [`policy`], [`http`], [`signing`], [`redact`], [`stats`], [`clock`].
 
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deliver;
+pub mod gateway;
 pub mod http;
 pub mod nats;
 pub mod ops;

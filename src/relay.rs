@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::budget::Budget;
 use crate::config::Settings;
 use crate::deliver::Forwarder;
 use crate::nats::connection::{FirstConnect, Nats};
@@ -61,11 +62,26 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let client = clients.direct();
     let clustered = settings.cluster.is_some();
     let mut plans = Vec::with_capacity(settings.bots.len());
+    let max_queued = settings
+        .gateway
+        .as_ref()
+        .map_or(crate::config::DEFAULT_MAX_QUEUED, |g| g.max_queued);
+    let mut gateway_bots = Vec::new();
     for bot in settings.bots {
         let via = clients
             .for_bot(bot.proxy.as_ref())
             .map_err(|e| anyhow::anyhow!("bot {}: proxy: {e}", bot.name))?;
         let api = Arc::new(BotApi::new(&bot.api_url, bot.token.clone(), via));
+        // One budget per bot: its gateway calls and webhook replies share it.
+        let budget = Arc::new(Budget::new(bot.limits.clone(), max_queued));
+        if settings.gateway.is_some() {
+            gateway_bots.push(crate::gateway::GatewayBot {
+                name: bot.name.clone(),
+                api: api.clone(),
+                budget: budget.clone(),
+                clients: bot.clients.clone(),
+            });
+        }
         let mut forwards = Vec::with_capacity(bot.forwards.len());
         for fwd in &bot.forwards {
             // In a cluster every node must name a forward alike: by its
@@ -94,10 +110,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         bot_stats.push(BotHandle {
             name: bot.name.clone(),
             stats: stats.clone(),
+            budget: budget.clone(),
         });
         plans.push(Arc::new(BotPlan {
             bot,
             api,
+            budget,
             client: client.clone(),
             nats: nats.clone(),
             forwards,
@@ -150,12 +168,27 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             }
         }
     }
+    let gateway = match &settings.gateway {
+        Some(g) => Some(
+            start_gateway(
+                g,
+                gateway_bots,
+                &store,
+                (settings.admin_header_timeout, settings.admin_idle_timeout),
+                &tasks,
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let observed = Arc::new(Observed {
         store: store.clone(),
         bots: bot_stats,
         forwards: handles,
         nats: nats.clone(),
         cluster: leading,
+        gateway,
     });
     tasks.spawn(crate::ops::notify::run(observed.clone(), shutdown.clone()));
     if let Some(addr) = settings.admin_listen {
@@ -168,6 +201,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             max_connections: crate::ops::serve::connection_cap(),
             header_timeout: settings.admin_header_timeout,
             idle_timeout: settings.admin_idle_timeout,
+            name: "admin API",
+            whole_bodies: true,
         };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -201,6 +236,40 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .map_err(|_| anyhow::anyhow!("the final flush did not finish within shutdown_timeout"))??;
     info!("stopped; everything stored is on disk");
     Ok(())
+}
+
+/// Listens for backends' Bot API calls; returns the gateway's counts.
+async fn start_gateway(
+    g: &crate::config::GatewaySettings,
+    bots: Vec<crate::gateway::GatewayBot>,
+    store: &Store,
+    (header_timeout, idle_timeout): (std::time::Duration, std::time::Duration),
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<crate::stats::GatewayStats>> {
+    let answers = crate::gateway::answers::Answers::open(
+        store.side_tree("gateway_answers")?,
+        store.side_tree("gateway_answers_by_time")?,
+    );
+    let gateway = Arc::new(crate::gateway::Gateway::new(bots, answers, g));
+    let listener = tokio::net::TcpListener::bind(g.listen)
+        .await
+        .with_context(|| format!("cannot listen on gateway.listen {}", g.listen))?;
+    info!(
+        max_connections = g.max_connections,
+        "gateway on http://{}",
+        listener.local_addr()?
+    );
+    let stats = gateway.stats.clone();
+    tasks.spawn(crate::gateway::serve(
+        listener,
+        gateway,
+        g.clone(),
+        header_timeout,
+        idle_timeout,
+        shutdown,
+    ));
+    Ok(stats)
 }
 
 /// A node that joins a cluster must not strand what its own database
@@ -266,6 +335,7 @@ pub struct ForwardPlan {
 pub struct BotPlan {
     pub bot: crate::config::BotSettings,
     pub api: Arc<BotApi>,
+    pub budget: Arc<Budget>,
     pub client: reqwest::Client,
     pub nats: Option<Nats>,
     pub forwards: Vec<ForwardPlan>,
@@ -301,6 +371,7 @@ impl BotPlan {
                 flavor: self.bot.flavor,
                 queue: queue.clone(),
                 api: self.api.clone(),
+                budget: self.budget.clone(),
                 client: self.client.clone(),
                 nats: self.nats.clone(),
                 fence: fence.clone(),

@@ -49,6 +49,43 @@ pub const POLL_BOUNDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Time a call waits for its bot's rate budget: none to `max_wait`.
+pub const WAIT_BOUNDS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// The gateway's calls by bot, client, method and result.
+#[derive(Default)]
+pub struct GatewayStats {
+    calls: Mutex<std::collections::BTreeMap<(String, String, String, &'static str), u64>>,
+    pub unknown_key: AtomicU64,
+}
+
+/// Distinct method labels kept; more become "other", so a client that
+/// makes up method names cannot grow the metrics without end.
+const MAX_METHOD_SERIES: usize = 2000;
+
+impl GatewayStats {
+    pub fn count(&self, bot: &str, client: &str, method: &str, result: &'static str) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let plain = method.len() <= 64 && method.bytes().all(|b| b.is_ascii_alphanumeric());
+        let mut key = (bot.to_string(), client.to_string(), method.to_string(), result);
+        if !plain || (calls.len() >= MAX_METHOD_SERIES && !calls.contains_key(&key)) {
+            key.2 = "other".to_string();
+        }
+        *calls.entry(key).or_default() += 1;
+    }
+
+    /// (bot, client, method, result, count), in order.
+    pub fn calls(&self) -> Vec<(String, String, String, &'static str, u64)> {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls
+            .iter()
+            .map(|((b, c, m, r), n)| (b.clone(), c.clone(), m.clone(), *r, *n))
+            .collect()
+    }
+}
+
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Histogram {
         Histogram {

@@ -113,6 +113,19 @@ pub(super) fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSetting
         None => None,
         Some(text) => Some(check_proxy(ctx, &prefix, text)?),
     };
+    let limits = super::gateway::validate_limits(ctx, &prefix, flavor, rb.limits)?;
+    let mut clients: Vec<super::ClientSettings> = Vec::with_capacity(rb.client.len());
+    for (j, rc) in rb.client.into_iter().enumerate() {
+        let cprefix = format!("{prefix}.client[{j}]");
+        let client = super::gateway::validate_client(ctx, &cprefix, rc)?;
+        if clients.iter().any(|c| c.name == client.name) {
+            return Err(ctx.err(
+                format!("{cprefix}.name"),
+                format!("{:?} is used by another client of this bot", client.name),
+            ));
+        }
+        clients.push(client);
+    }
     Ok(BotSettings {
         name,
         flavor,
@@ -122,11 +135,13 @@ pub(super) fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSetting
         poll_timeout,
         forwards,
         proxy,
+        limits,
+        clients,
     })
 }
 
 /// Bot names key the store and appear in every log line and metric.
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

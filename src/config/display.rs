@@ -64,6 +64,16 @@ impl fmt::Display for Settings {
                 humantime::format_duration(c.lease)
             )?;
         }
+        if let Some(g) = &self.gateway {
+            writeln!(
+                f,
+                "gateway.listen: {}, max_wait {}, max_queued {} per bot, max_connections {}",
+                g.listen,
+                humantime::format_duration(g.max_wait),
+                g.max_queued,
+                g.max_connections
+            )?;
+        }
         for b in &self.bots {
             writeln!(
                 f,
@@ -84,6 +94,33 @@ impl fmt::Display for Settings {
             match &b.allowed_updates {
                 Some(list) => writeln!(f, "  allowed_updates: {}", list.join(", "))?,
                 None => writeln!(f, "  allowed_updates: (platform default)")?,
+            }
+            if self.gateway.is_some() || !b.clients.is_empty() {
+                let l = &b.limits;
+                let show = |w: &[crate::budget::Window]| {
+                    if w.is_empty() {
+                        "none".to_string()
+                    } else {
+                        w.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(" and ")
+                    }
+                };
+                writeln!(
+                    f,
+                    "  limits: per chat {}, per group {}, per bot {}; chat methods: {}",
+                    show(&l.per_chat),
+                    show(&l.per_group),
+                    show(&l.per_bot),
+                    l.chat_methods
+                )?;
+            }
+            for c in &b.clients {
+                writeln!(
+                    f,
+                    "  client {:?}: key ****, methods {}, chats {}",
+                    c.name,
+                    c.methods,
+                    c.chats.as_ref().map_or("any".to_string(), |c| c.join(", "))
+                )?;
             }
             for fw in &b.forwards {
                 writeln!(f, "  forward {:?} -> {}", fw.name, fw.to.describe())?;

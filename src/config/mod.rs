@@ -18,6 +18,7 @@ mod display;
 mod env;
 mod exposure;
 mod forward;
+mod gateway;
 mod load;
 mod nats;
 mod schema;
@@ -40,6 +41,7 @@ use crate::policy::stale::StalePolicy;
 use crate::signing::SigningKey;
 
 pub use display::display_url;
+pub use gateway::DEFAULT_MAX_QUEUED;
 pub use load::{from_str, load, load_admin_view, quick_start};
 
 /// Where the state lives when nothing says: `$STATE_DIRECTORY` (systemd's
@@ -86,6 +88,30 @@ pub struct Settings {
     pub nats: Option<NatsSettings>,
     /// Set: this node is one of several sharing the bots through NATS.
     pub cluster: Option<ClusterSettings>,
+    /// `[gateway]`: None when backends cannot call the Bot API through us.
+    pub gateway: Option<GatewaySettings>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub listen: SocketAddr,
+    /// The longest a call waits for its bot's budget.
+    pub max_wait: Duration,
+    /// Calls waiting per bot; more get a 429 at once.
+    pub max_queued: usize,
+    pub max_connections: usize,
+}
+
+/// `[[bot.client]]`: a backend that calls the Bot API as this bot.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub name: String,
+    /// What it sends in place of the token.
+    pub key: SecretString,
+    pub methods: MethodSet,
+    /// None: any chat.
+    pub chats: Option<Vec<String>>,
 }
 
 /// `[cluster]`, validated.
@@ -167,6 +193,9 @@ pub struct BotSettings {
     /// The proxy the bot's Bot API calls go through, if any (never one
     /// from the environment).
     pub proxy: Option<Url>,
+    /// The platform's rate limits every outgoing call keeps to.
+    pub limits: crate::budget::Limits,
+    pub clients: Vec<ClientSettings>,
 }
 
 #[derive(Debug, Clone)]

@@ -15,8 +15,42 @@ pub(super) struct RawConfig {
     pub cache_mb: Option<u64>,
     pub nats: Option<RawNats>,
     pub cluster: Option<RawCluster>,
+    pub gateway: Option<RawGateway>,
     #[serde(default)]
     pub bot: Vec<RawBot>,
+}
+
+/// `[gateway]`: backends call the Bot API through pollhook.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGateway {
+    pub listen: Option<String>,
+    pub max_wait: Option<String>,
+    pub max_queued: Option<usize>,
+    pub max_connections: Option<usize>,
+}
+
+/// `[bot.limits]`: the platform's rate limits this bot's calls keep to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub per_chat: Option<OneOrMany<String>>,
+    pub per_group: Option<OneOrMany<String>>,
+    pub per_bot: Option<OneOrMany<String>>,
+    pub chat_methods: Option<Vec<String>>,
+}
+
+/// `[[bot.client]]`: who may call the Bot API as this bot.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClient {
+    pub name: Option<String>,
+    pub key: Option<String>,
+    pub key_file: Option<String>,
+    pub key_env: Option<String>,
+    pub key_credential: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub chats: Option<Vec<RawChatId>>,
 }
 
 /// `[cluster]`: this node's part in a cluster.
@@ -85,6 +119,9 @@ pub(super) struct RawBot {
     #[serde(default)]
     pub forward: Vec<RawForward>,
     pub proxy: Option<String>,
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub client: Vec<RawClient>,
 }
 
 /// A value written either once or as a list.

@@ -70,6 +70,11 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
         }
         bots.push(bot);
     }
+    let gateway = raw
+        .gateway
+        .map(|g| super::gateway::validate_gateway(&ctx, g))
+        .transpose()?;
+    check_clients(&ctx, &bots, gateway.is_some())?;
     let publishes = bots.iter().any(BotSettings::publishes_to_jetstream);
     if nats.is_some() && !publishes && cluster.is_none() {
         ctx.warn(
@@ -90,7 +95,34 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
         admin_allowed_hosts: guards.allowed_hosts,
         nats,
         cluster,
+        gateway,
     })
+}
+
+/// Clients need the gateway, and a key names one client of one bot.
+fn check_clients(ctx: &Ctx, bots: &[BotSettings], gateway: bool) -> Result<(), ConfigError> {
+    use secrecy::ExposeSecret;
+    let mut seen: std::collections::HashMap<&str, (usize, usize)> = Default::default();
+    for (i, b) in bots.iter().enumerate() {
+        for (j, c) in b.clients.iter().enumerate() {
+            if !gateway {
+                return Err(ctx.err(
+                    format!("bot[{i}].client[{j}]"),
+                    "a client calls the Bot API through the gateway: add a [gateway] section with its listen address",
+                ));
+            }
+            if let Some((i0, j0)) = seen.insert(c.key.expose_secret(), (i, j)) {
+                return Err(ctx.err(
+                    format!("bot[{i}].client[{j}].key"),
+                    format!("is the same as bot[{i0}].client[{j0}].key; each client needs its own key"),
+                ));
+            }
+        }
+    }
+    if gateway && seen.is_empty() {
+        ctx.warn("gateway: no [[bot.client]] is configured, so every call will be refused".into());
+    }
+    Ok(())
 }
 
 /// Only what `pollhook dlq` and `status` need: bots are not validated, so

@@ -57,6 +57,8 @@ pub struct Forwarder {
     pub queue: Arc<dyn Queue>,
     /// The bot's API, for calls a backend returns in its reply.
     pub api: Arc<BotApi>,
+    /// The bot's rate budget, which those calls keep to.
+    pub budget: Arc<crate::budget::Budget>,
     /// The process's shared HTTP client.
     pub client: reqwest::Client,
     /// The process's NATS connection, for a JetStream forward.
@@ -142,6 +144,7 @@ impl Forwarder {
         let replies = Replies::new(
             &self.settings.name,
             self.api.clone(),
+            self.budget.clone(),
             self.stats.clone(),
             self.settings.reply_methods.clone(),
         );

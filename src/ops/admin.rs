@@ -161,7 +161,12 @@ async fn status_json(State(admin): State<Shared>) -> Response {
 
 async fn metrics(State(admin): State<Shared>) -> Response {
     let snap = admin.relay.snapshot();
-    let body = crate::ops::metrics::render(&snap, &admin.relay.bots, &admin.relay.forwards);
+    let body = crate::ops::metrics::render(
+        &snap,
+        &admin.relay.bots,
+        &admin.relay.forwards,
+        admin.relay.gateway.as_deref(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

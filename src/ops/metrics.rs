@@ -18,7 +18,12 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-pub fn render(snap: &Snapshot, bots: &[BotHandle], forwards: &[ForwardHandle]) -> String {
+pub fn render(
+    snap: &Snapshot,
+    bots: &[BotHandle],
+    forwards: &[ForwardHandle],
+    gateway: Option<&crate::stats::GatewayStats>,
+) -> String {
     let mut out = String::new();
     let bot_l = |b: &str| format!("bot=\"{}\"", esc(b));
     let fwd_l = |b: &str, f: &str| format!("bot=\"{}\",forward=\"{}\"", esc(b), esc(f));
@@ -264,5 +269,68 @@ pub fn render(snap: &Snapshot, bots: &[BotHandle], forwards: &[ForwardHandle]) -
         );
         let _ = writeln!(out, "pollhook_nats_connected {}", u8::from(n.connected));
     }
+    budget(&mut out, bots);
+    if let Some(g) = gateway {
+        gateway_calls(&mut out, g);
+    }
     out
+}
+
+/// The bots' rate budgets: waits, and the 429s the platform answered anyway.
+fn budget(out: &mut String, bots: &[BotHandle]) {
+    let bot_l = |b: &str| format!("bot=\"{}\"", esc(b));
+    header(
+        out,
+        "pollhook_platform_rate_limited_total",
+        "counter",
+        "429 answers the platform gave to gateway calls and webhook replies (shaping drives this to zero).",
+    );
+    for b in bots {
+        let _ = writeln!(
+            out,
+            "pollhook_platform_rate_limited_total{{{}}} {}",
+            bot_l(&b.name),
+            stats::get(&b.budget.rate_limited)
+        );
+    }
+    header(
+        out,
+        "pollhook_gateway_wait_seconds",
+        "histogram",
+        "Time gateway calls and webhook replies waited for the bot's rate budget.",
+    );
+    for b in bots {
+        b.budget
+            .waited
+            .render("pollhook_gateway_wait_seconds", &bot_l(&b.name), out);
+    }
+}
+
+fn gateway_calls(out: &mut String, g: &crate::stats::GatewayStats) {
+    header(
+        out,
+        "pollhook_gateway_calls_total",
+        "counter",
+        "Bot API calls through the gateway by bot, client, method and result (ok, error: the platform refused, refused: the gateway refused, overflow: the gateway's own 429, failed: the platform was not reached).",
+    );
+    for (bot, client, method, result, n) in g.calls() {
+        let _ = writeln!(
+            out,
+            "pollhook_gateway_calls_total{{bot=\"{}\",client=\"{}\",method=\"{}\",result=\"{result}\"}} {n}",
+            esc(&bot),
+            esc(&client),
+            esc(&method)
+        );
+    }
+    header(
+        out,
+        "pollhook_gateway_unknown_key_total",
+        "counter",
+        "Gateway calls with a key no client has (answered 401).",
+    );
+    let _ = writeln!(
+        out,
+        "pollhook_gateway_unknown_key_total {}",
+        stats::get(&g.unknown_key)
+    );
 }

@@ -41,6 +41,11 @@ pub struct Limits {
     /// A keep-alive connection with no request and no traffic for this long
     /// is closed.
     pub idle_timeout: Duration,
+    /// For log lines: "admin API", "gateway".
+    pub name: &'static str,
+    /// Read each body whole (up to 1 MiB, within the header timeout) before
+    /// the handler runs; otherwise the handler streams it and bounds it.
+    pub whole_bodies: bool,
 }
 
 /// The connection cap for this process: an eighth of its file-handle limit
@@ -101,7 +106,7 @@ pub async fn serve(
             Ok(a) => a,
             Err(e) => {
                 if due(&mut warned_accept) {
-                    warn!("admin API: cannot accept a connection: {e}");
+                    warn!("{}: cannot accept a connection: {e}", limits.name);
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -114,7 +119,8 @@ pub async fn serve(
             if due(&mut warned_cap) {
                 warn!(
                     %peer,
-                    "admin API: {} connections are open, its cap; new ones are closed until some end",
+                    "{}: {} connections are open, its cap; new ones are closed until some end",
+                    limits.name,
                     limits.max_connections
                 );
             }
@@ -181,7 +187,7 @@ async fn connection(
         }
     };
     if let Err(e) = result {
-        debug!("admin API: connection closed: {e}");
+        debug!("{}: connection closed: {e}", limits.name);
     }
 }
 
@@ -194,6 +200,16 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let _busy = Busy::enter(clock);
     let (mut parts, body) = request.into_parts();
+    if let Some(local) = local {
+        parts.extensions.insert(LocalAddr(local));
+    }
+    if !limits.whole_bodies {
+        let response = app.call(Request::from_parts(parts, Body::new(body))).await;
+        return Ok(match response {
+            Ok(r) => r,
+            Err(never) => match never {},
+        });
+    }
     let read = Limited::new(body, MAX_BODY).collect();
     let body = match tokio::time::timeout(limits.header_timeout, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
@@ -204,7 +220,7 @@ async fn handle(
             ))
         }
         Ok(Err(e)) => {
-            debug!("admin API: cannot read a request body: {e}");
+            debug!("{}: cannot read a request body: {e}", limits.name);
             return Ok(refuse(
                 StatusCode::BAD_REQUEST,
                 "cannot read the request body\n",
@@ -217,9 +233,6 @@ async fn handle(
             ))
         }
     };
-    if let Some(local) = local {
-        parts.extensions.insert(LocalAddr(local));
-    }
     let response = app.call(Request::from_parts(parts, Body::from(body))).await;
     Ok(match response {
         Ok(r) => r,
@@ -347,7 +360,7 @@ impl<T> Deadline<T> {
         if self.expired(cx) {
             Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "admin API connection timed out",
+                "connection timed out",
             )))
         } else {
             Poll::Pending

@@ -15,6 +15,8 @@ use crate::store::Store;
 pub struct BotHandle {
     pub name: String,
     pub stats: Arc<BotStats>,
+    /// Its rate budget: waits and the platform's 429s, for `/metrics`.
+    pub budget: Arc<crate::budget::Budget>,
 }
 
 /// A running forward as the status side sees it.
@@ -35,6 +37,8 @@ pub struct Observed {
     pub nats: Option<Nats>,
     /// This node's part in a cluster.
     pub cluster: Option<ClusterView>,
+    /// The gateway's call counts, when `[gateway]` is configured.
+    pub gateway: Option<Arc<crate::stats::GatewayStats>>,
 }
 
 /// What a cluster node shows: its name, the bots it leads now, who leads

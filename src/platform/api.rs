@@ -317,6 +317,72 @@ impl BotApi {
         raw_value(&result)
     }
 
+    /// A gateway call as it came: `query` and `body` go to the platform
+    /// unchanged, and its answer comes back whole for the caller to pass
+    /// on. Only a failure to reach the platform is an error, and it leaves
+    /// here scrubbed of the token.
+    pub async fn pass(
+        &self,
+        method: &str,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        body: Option<reqwest::Body>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut url = self.url(method);
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(q);
+        }
+        let mut request = match body {
+            Some(b) => self.client.post(url).body(b),
+            None => self.client.get(url),
+        };
+        if let Some(ct) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        self.send_scrubbed(request, timeout).await
+    }
+
+    /// Where the platform serves a file: for a method URL ending in
+    /// `bot{token}/{method}` (Telegram's shape, and MPChat's), the same
+    /// prefix and `file/bot{token}/{path}`. None for other shapes.
+    pub fn has_files(&self) -> bool {
+        self.url_template.ends_with("bot{token}/{method}")
+    }
+
+    /// Downloads a file by the `file_path` getFile gave; the answer comes
+    /// back unread so that it can be streamed on.
+    pub async fn download(
+        &self,
+        file_path: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
+        let Some(prefix) = self.url_template.strip_suffix("bot{token}/{method}") else {
+            return Err(ApiError::NotImplemented {
+                status: 404,
+                description: "this bot's api_url has no known file URL".into(),
+            });
+        };
+        let url = format!(
+            "{prefix}file/bot{}/{file_path}",
+            self.token.expose_secret()
+        );
+        self.send_scrubbed(self.client.get(url), timeout).await
+    }
+
+    async fn send_scrubbed(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
+        request
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e, timeout).redacted(&self.redactor))
+    }
+
     /// Sends a request; returns the exact bytes of the answer's `result`.
     /// Every error leaves here scrubbed of the token.
     async fn execute(

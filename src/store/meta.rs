@@ -49,6 +49,12 @@ impl Store {
         format!("msg_{}{:016x}", self.instance, job.id_seq)
     }
 
+    /// A tree of its own in the same database, for state beside the queue
+    /// (the gateway's remembered answers).
+    pub fn side_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)

@@ -14,12 +14,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use super::{Parsed, Pending, ReadReply};
+use crate::budget::{Ask, Budget};
 use crate::platform::api::{ApiError, BotApi};
 use crate::policy::methods::MethodSet;
 use crate::stats::{self, ForwardStats};
 
 /// Attempts at a webhook reply's Bot API call (1 s, 2 s, 4 s, 8 s apart).
 const REPLY_ATTEMPTS: u32 = 5;
+/// How long a reply's call may wait for the bot's rate budget, each time.
+const BUDGET_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Replies {
@@ -29,6 +32,7 @@ pub struct Replies {
 struct Inner {
     fwd: String,
     api: Arc<BotApi>,
+    budget: Arc<Budget>,
     stats: Arc<ForwardStats>,
     admitted: MethodSet,
     tasks: TaskTracker,
@@ -75,6 +79,7 @@ impl Replies {
     pub fn new(
         fwd: &str,
         api: Arc<BotApi>,
+        budget: Arc<Budget>,
         stats: Arc<ForwardStats>,
         admitted: MethodSet,
     ) -> Replies {
@@ -82,6 +87,7 @@ impl Replies {
             inner: Arc::new(Inner {
                 fwd: fwd.to_string(),
                 api,
+                budget,
                 stats,
                 admitted,
                 tasks: TaskTracker::new(),
@@ -217,6 +223,16 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         Parsed::Call(call) => call,
     };
     entry.set_method(&call.method);
+    // The bot's one budget: gateway calls and replies share its limits.
+    let ask = Ask::new(inner.budget.limits(), &call.method, call.params.chat_id());
+    let mut slot = match inner.budget.acquire(&ask, Instant::now() + BUDGET_WAIT).await {
+        Ok(s) => s,
+        Err(_) => {
+            stats::add(&stats.replies_failed, 1);
+            warn!(?update_id, method = %call.method, "webhook reply call not made: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
+            return;
+        }
+    };
     for attempt in 1..=REPLY_ATTEMPTS {
         match inner.api.call_with(&call.method, &call.params).await {
             Ok(_) => {
@@ -230,13 +246,18 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
                 if !retry {
                     break;
                 }
-                let wait = match &e {
+                // The call keeps its place at the head of its chat, so a
+                // later one of the same chat does not overtake it.
+                match &e {
                     ApiError::RateLimited { retry_after } => {
-                        (*retry_after).clamp(Duration::from_secs(1), Duration::from_secs(60))
+                        slot.rate_limited((*retry_after).clamp(Duration::from_secs(1), Duration::from_secs(60)));
                     }
-                    _ => Duration::from_secs(1 << (attempt - 1)),
-                };
-                tokio::time::sleep(wait).await;
+                    _ => tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await,
+                }
+                if slot.again(Instant::now() + BUDGET_WAIT).await.is_err() {
+                    warn!(?update_id, method = %call.method, "webhook reply call given up: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
+                    break;
+                }
             }
         }
     }

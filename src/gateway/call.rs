@@ -1,0 +1,310 @@
+//! One call through the gateway: who is calling, whether they may, the
+//! wait for the bot's budget, the platform's answer passed back as it
+//! came (a 429 waited out and retried on the way).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::answers::{self, Answer, Answers};
+use super::params::{self, ReadError};
+use super::{Caller, Gateway};
+use crate::budget::{Ask, Overflow};
+use crate::http::{read_capped, BodyError};
+
+/// Methods that belong to pollhook alone: it receives the bot's updates.
+const OWN: &[&str] = &["getUpdates", "setWebhook", "deleteWebhook", "logOut", "close"];
+/// How long a client may take to send the part of a body that is read
+/// before the call is made.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A call whose body is held whole: the platform answers within this.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A streamed upload (up to the platform's 50 MB) or a download.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+/// An answer to a method call is JSON; more than this is not one.
+const MAX_ANSWER: usize = 16 << 20;
+
+/// A Bot API-shaped error, so frameworks raise their usual exception.
+pub fn error(code: u16, description: &str) -> Response<Body> {
+    let body = serde_json::json!({"ok": false, "error_code": code, "description": description});
+    json(code, Bytes::from(body.to_string()))
+}
+
+fn json(code: u16, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn too_many(retry_after: u64, why: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "ok": false,
+        "error_code": 429,
+        "description": format!("Too Many Requests: retry after {retry_after} ({why})"),
+        "parameters": {"retry_after": retry_after},
+    });
+    let mut r = json(429, Bytes::from(body.to_string()));
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    r
+}
+
+/// `POST|GET /bot{key}/{method}`.
+pub async fn method(
+    gw: Arc<Gateway>,
+    caller: Caller,
+    method: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response<Body> {
+    let (bot, client) = (caller.bot(&gw), caller.client(&gw));
+    let count = |result: &'static str| {
+        gw.stats.count(&bot.name, &client.name, &method, result);
+    };
+    if !method.bytes().all(|b| b.is_ascii_alphanumeric()) || method.is_empty() {
+        count("refused");
+        return error(404, "Not Found: no such method");
+    }
+    if let Some(own) = OWN.iter().find(|m| m.eq_ignore_ascii_case(&method)) {
+        count("refused");
+        return error(
+            403,
+            &format!("Forbidden: {own} is not available through the pollhook gateway: pollhook receives this bot's updates"),
+        );
+    }
+    if !client.methods.allows(&method) {
+        count("refused");
+        return error(
+            403,
+            &format!(
+                "Forbidden: client {:?} may not call {method} (its methods: {})",
+                client.name, client.methods
+            ),
+        );
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let stream: params::BodyStream = Box::pin(body.into_data_stream());
+    let mut read = match params::read(
+        query.as_deref(),
+        content_type.as_deref(),
+        stream,
+        READ_TIMEOUT,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            count("refused");
+            let code = match e {
+                ReadError::TooLarge => 413,
+                ReadError::Timeout => 408,
+                ReadError::Broken(_) | ReadError::Invalid(_) => 400,
+            };
+            return error(code, &format!("Bad Request: {e}"));
+        }
+    };
+    if let Some(allowed) = &client.chats {
+        if read.chats_unknown {
+            count("refused");
+            return error(403, &format!("Forbidden: client {:?} may act only in its chats, and this multipart body names its chat after a file: put chat_id first (or in the query string)", client.name));
+        }
+        if let Some(other) = read.chats.iter().find(|c| !allowed.contains(c)) {
+            count("refused");
+            return error(
+                403,
+                &format!(
+                    "Forbidden: client {:?} may not act in chat {other}",
+                    client.name
+                ),
+            );
+        }
+    }
+    // A repeated Idempotency-Key gets the first call's answer.
+    let running = match headers.get("idempotency-key") {
+        None => None,
+        Some(k) => {
+            let Some(k) = k.to_str().ok().filter(|k| !k.is_empty() && k.len() <= answers::MAX_KEY) else {
+                count("refused");
+                return error(400, &format!("Bad Request: an Idempotency-Key must be 1 to {} visible ASCII characters", answers::MAX_KEY));
+            };
+            match gw.answers.begin(Answers::key(&bot.name, &client.name, k)).await {
+                Ok(answer) => {
+                    count(if (200..300).contains(&answer.status) { "ok" } else { "error" });
+                    let mut r = respond(answer);
+                    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    return r;
+                }
+                Err(running) => Some(running),
+            }
+        }
+    };
+    let ask = Ask::new(bot.budget.limits(), &method, read.chats.first().cloned());
+    let deadline = Instant::now() + gw.max_wait;
+    let mut slot = match bot.budget.acquire(&ask, deadline).await {
+        Ok(s) => s,
+        Err(o) => {
+            count("overflow");
+            return overflow(&o, &bot.name, &client.name, &method);
+        }
+    };
+    loop {
+        let timeout = if read.body.replayable() { CALL_TIMEOUT } else { TRANSFER_TIMEOUT };
+        let sent = bot
+            .api
+            .pass(&method, query.as_deref(), content_type.as_deref(), read.body.take(), timeout)
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                count("failed");
+                warn!(bot = %bot.name, client = %client.name, %method, "gateway: the platform could not be reached: {e}");
+                return error(502, &format!("Bad Gateway: the platform could not be reached: {e}"));
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_header = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = match read_capped(response, MAX_ANSWER).await {
+            Ok(b) => b,
+            Err(e) => {
+                count("failed");
+                let e = match e {
+                    BodyError::TooLarge(_) => "its answer is too large".to_string(),
+                    other => bot.api.redact(&other.to_string()),
+                };
+                warn!(bot = %bot.name, client = %client.name, %method, "gateway: the platform's answer could not be read: {e}");
+                return error(502, &format!("Bad Gateway: the platform's answer could not be read: {e}"));
+            }
+        };
+        if status == 429 {
+            let retry_after = retry_after(&body).or(retry_header).unwrap_or(5).clamp(1, 3600);
+            let d = Duration::from_secs(retry_after);
+            slot.rate_limited(d);
+            let scope = ask.chat.as_deref().map_or("the whole bot".to_string(), |c| format!("chat {c}"));
+            if read.body.replayable() && Instant::now() + d < deadline {
+                info!(bot = %bot.name, client = %client.name, %method, "the platform answered 429: {scope} paused for {retry_after}s; the call waits and is made again");
+                if slot.again(deadline).await.is_ok() {
+                    continue;
+                }
+            } else {
+                info!(bot = %bot.name, client = %client.name, %method, "the platform answered 429: {scope} paused for {retry_after}s; the client gets the 429 (its call cannot be made again within max_wait, or its upload was streamed)");
+            }
+        }
+        drop(slot);
+        let answer = Answer {
+            status,
+            content_type,
+            // The token is in every URL the platform saw: an error page
+            // that echoes the URL must not hand it to the client.
+            body: if (200..300).contains(&status) {
+                body
+            } else {
+                Bytes::from(bot.api.redact(&String::from_utf8_lossy(&body)))
+            },
+        };
+        count(if (200..300).contains(&status) { "ok" } else { "error" });
+        debug!(bot = %bot.name, client = %client.name, %method, status, "gateway call answered");
+        if let Some(running) = &running {
+            if status != 429 {
+                gw.answers.keep(running, &answer);
+            }
+        }
+        return respond(answer);
+    }
+}
+
+fn overflow(o: &Overflow, bot: &str, client: &str, method: &str) -> Response<Body> {
+    let secs = o.retry_after_secs();
+    let why = match o {
+        Overflow::Full { .. } => "too many calls wait for this bot's rate limits",
+        Overflow::Waited { .. } => "the call waited max_wait for this bot's rate limits",
+    };
+    info!(%bot, %client, %method, "gateway: {why}; answered 429 with retry_after {secs}");
+    too_many(secs, why)
+}
+
+fn retry_after(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("parameters")?.get("retry_after")?.as_u64()
+}
+
+fn respond(a: Answer) -> Response<Body> {
+    let mut r = Response::new(Body::from(a.body));
+    *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(ct) = a.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    r
+}
+
+/// `GET /file/bot{key}/{path}`: the file, streamed back.
+pub async fn file(gw: Arc<Gateway>, caller: Caller, path: String) -> Response<Body> {
+    let (bot, client) = (caller.bot(&gw), caller.client(&gw));
+    if !client.methods.allows("getFile") {
+        gw.stats.count(&bot.name, &client.name, "file", "refused");
+        return error(403, &format!("Forbidden: client {:?} may not download files (its methods do not admit getFile)", client.name));
+    }
+    if path.is_empty() || path.split('/').any(|s| s == ".." || s == ".") {
+        gw.stats.count(&bot.name, &client.name, "file", "refused");
+        return error(400, "Bad Request: not a file path");
+    }
+    let response = match bot.api.download(&path, TRANSFER_TIMEOUT).await {
+        Ok(r) => r,
+        Err(e) => {
+            gw.stats.count(&bot.name, &client.name, "file", "failed");
+            warn!(bot = %bot.name, client = %client.name, "gateway: a file download failed: {e}");
+            return error(502, &format!("Bad Gateway: the file could not be fetched: {e}"));
+        }
+    };
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        gw.stats.count(&bot.name, &client.name, "file", "error");
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // An error page may echo the URL, and the URL holds the token.
+        let body = read_capped(response, 64 * 1024).await.unwrap_or_default();
+        return respond(Answer {
+            status,
+            content_type,
+            body: Bytes::from(bot.api.redact(&String::from_utf8_lossy(&body))),
+        });
+    }
+    gw.stats.count(&bot.name, &client.name, "file", "ok");
+    let mut r = Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+    for h in [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::LAST_MODIFIED] {
+        if let Some(v) = response.headers().get(h.as_str()).and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+            r = r.header(h, v);
+        }
+    }
+    let api = bot.api.clone();
+    let stream = response.bytes_stream().map(move |c| {
+        c.map_err(|e| std::io::Error::other(api.redact(&crate::http::error_chain(&e.without_url()))))
+    });
+    r.body(Body::from_stream(stream))
+        .unwrap_or_else(|_| error(502, "Bad Gateway"))
+}
