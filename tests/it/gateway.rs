@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::rig::serve::DropConnection;
 use crate::rig::*;
 
 const APP_KEY: &str = "1:gw-app-k3y-0123456789abcdef";
@@ -165,14 +166,6 @@ async fn a_flood_from_five_clients_is_shaped_to_the_limits_with_no_429_and_in_or
     }
     let answered = start.elapsed();
 
-    for (chat, seq, _, a) in &answers {
-        assert_eq!(
-            (a.status, &a.json()["ok"]),
-            (200, &json!(true)),
-            "{chat} #{seq}: {}",
-            a.text()
-        );
-    }
     let sends: Vec<Call> = bot_api_calls(&setup.api)
         .into_iter()
         .filter(|c| c.method == "sendMessage")
@@ -232,7 +225,15 @@ async fn a_flood_from_five_clients_is_shaped_to_the_limits_with_no_429_and_in_or
         metric_sum(&metrics, "pollhook_gateway_wait_seconds_count", &[]),
     );
 
-    assert_eq!(refused, 0, "the platform answered 429s; calls: {sends:#?}");
+    assert_eq!(refused, 0, "the platform answered 429s");
+    for (chat, seq, _, a) in &answers {
+        assert_eq!(
+            (a.status, &a.json()["ok"]),
+            (200, &json!(true)),
+            "{chat} #{seq}: {}",
+            a.text()
+        );
+    }
     assert_eq!(ok.len(), 300, "every message is sent once");
     let texts: HashSet<&str> = ok.iter().map(|c| text_of(c)).collect();
     assert_eq!(texts.len(), 300, "each text once");
@@ -805,12 +806,13 @@ async fn webhook_replies_and_gateway_calls_share_one_budget() {
         let a = c.await.unwrap();
         assert_eq!(a.status, 200, "{}", a.text());
     }
+    // Done when all 6 are sent, or as soon as the platform refused one.
     let sent = wait_until("6 messages to chat 7", LONG, || {
         let ok: Vec<Call> = sends_to(&setup.api, "7")
             .into_iter()
             .filter(|c| c.status == 200)
             .collect();
-        (ok.len() >= 6).then_some(ok)
+        (ok.len() >= 6 || setup.api.rate_limited(TOKEN) > 0).then_some(ok)
     })
     .await;
     let texts: Vec<&str> = sent.iter().map(text_of).collect();
@@ -996,4 +998,185 @@ fn vm_kb(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A platform that has files: serves `GET /file/bot{TOKEN}/{path}` itself
+/// and passes every other request on to the fake, so the relay polls and
+/// calls as usual through it.
+struct FilePlatform {
+    addr: std::net::SocketAddr,
+    /// Every file path asked for, as the platform saw it (token included).
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+    _server: crate::rig::serve::Server,
+}
+
+impl FilePlatform {
+    async fn start(api: &FakeApi, files: Vec<(&'static str, bytes::Bytes)>) -> FilePlatform {
+        use http_body_util::{BodyExt, Full};
+
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fake = format!("http://{}", api.addr);
+        let http = reqwest::Client::new();
+        let files = Arc::new(files);
+        let seen = asked.clone();
+        let server = crate::rig::serve::Server::serve(crate::rig::serve::bind(0), move |req| {
+            let (fake, http, files, seen) =
+                (fake.clone(), http.clone(), files.clone(), seen.clone());
+            async move {
+                let respond = |status: u16, content_type: &str, body: bytes::Bytes| {
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", content_type)
+                        .body(Full::new(body))
+                        .unwrap()
+                };
+                let path = req.uri().path().to_owned();
+                if let Some(rest) = path.strip_prefix("/file/bot") {
+                    seen.lock().unwrap().push(rest.to_owned());
+                    let file = rest
+                        .strip_prefix(TOKEN)
+                        .and_then(|p| p.strip_prefix('/'))
+                        .and_then(|p| files.iter().find(|(name, _)| *name == p));
+                    return Ok(match file {
+                        Some((_, bytes)) => respond(200, "application/octet-stream", bytes.clone()),
+                        None => respond(
+                            404,
+                            "application/json",
+                            r#"{"ok":false,"error_code":404,"description":"Not Found: file"}"#
+                                .into(),
+                        ),
+                    });
+                }
+                let url = format!("{fake}{}", req.uri());
+                let method = req.method().clone();
+                let content_type = req.headers().get("content-type").cloned();
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|_| DropConnection)?;
+                let mut call = http.request(method, url).body(body.to_bytes());
+                if let Some(ct) = content_type {
+                    call = call.header("content-type", ct);
+                }
+                let resp = call.send().await.map_err(|_| DropConnection)?;
+                let status = resp.status().as_u16();
+                let ct = resp
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json")
+                    .to_owned();
+                let body = resp.bytes().await.map_err(|_| DropConnection)?;
+                Ok(respond(status, &ct, body))
+            }
+        });
+        FilePlatform {
+            addr: server.addr,
+            asked,
+            _server: server,
+        }
+    }
+}
+
+/// `GET /file/bot{key}/{path}` streams the platform's file back intact
+/// (20 MB of every byte value, without pollhook holding it), a missing
+/// file answers the platform's 404, and the platform sees the token, never
+/// the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_streams_the_platforms_file_back_intact() {
+    const SIZE: usize = 20_000_000;
+    const BOUND_MB: f64 = 10.0;
+    let setup = Setup::new().await;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let data: bytes::Bytes = (0..SIZE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into();
+    let small = bytes::Bytes::from_static(b"a small photo");
+    let platform = FilePlatform::start(
+        &setup.api,
+        vec![
+            ("documents/file_12.bin", data.clone()),
+            ("photos/file_3.jpg", small.clone()),
+        ],
+    )
+    .await;
+    let admin = free_port();
+    let config = setup.config_full(
+        &(gateway_table("") + &admin_table(admin, "")),
+        &client_table("app", APP_KEY, ""),
+        "",
+    );
+    edit_config(
+        &config,
+        &setup.api.url_template(),
+        &format!("http://{}/bot{{token}}/{{method}}", platform.addr),
+    );
+    let gw = Gateway::start(&setup, &config).await;
+    let http = reqwest::Client::new();
+
+    let a = send(http.get(gw.file_url(APP_KEY, "photos/file_3.jpg"))).await;
+    assert_eq!((a.status, &a.body), (200, &small));
+
+    let pid = gw.relay.pid();
+    let rss_before = vm_kb(pid, "VmRSS");
+    let started = Instant::now();
+    let mut resp = http
+        .get(gw.file_url(APP_KEY, "documents/file_12.bin"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("download: {}", e.without_url()));
+    assert_eq!(resp.status(), 200);
+    let (mut got, mut sha, mut peak) = (0usize, Sha256::new(), rss_before);
+    let mut chunks = 0;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got += chunk.len();
+        sha.update(&chunk);
+        chunks += 1;
+        if chunks % 64 == 0 {
+            peak = peak.max(vm_kb(pid, "VmRSS"));
+        }
+    }
+    let took = started.elapsed();
+    peak = peak.max(vm_kb(pid, "VmRSS"));
+    assert_eq!(got, SIZE, "every byte came back");
+    assert!(
+        sha.finalize() == Sha256::digest(&data),
+        "the bytes came back changed"
+    );
+    let growth_mb = peak.saturating_sub(rss_before) as f64 / 1024.0;
+    println!(
+        "download: 20 MB in {:.2} s through the gateway, pollhook RSS grew {growth_mb:.1} MB \
+         (sampled every 64 chunks; bound {BOUND_MB} MB)",
+        took.as_secs_f64()
+    );
+    assert!(
+        growth_mb < BOUND_MB,
+        "pollhook grew by {growth_mb:.1} MB for a 20 MB download"
+    );
+
+    let missing = send(http.get(gw.file_url(APP_KEY, "documents/nothing.bin"))).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.text(),
+        r#"{"ok":false,"error_code":404,"description":"Not Found: file"}"#
+    );
+    let asked = platform.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        [
+            "photos/file_3.jpg",
+            "documents/file_12.bin",
+            "documents/nothing.bin"
+        ]
+        .map(|p| format!("{TOKEN}/{p}")),
+        "the platform is asked with the token"
+    );
+    assert_nothing_leaked(&gw, admin, &[APP_KEY]).await;
 }
