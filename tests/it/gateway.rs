@@ -696,6 +696,21 @@ async fn max_wait_and_max_queued_answer_429_and_send_nothing() {
         overflow.len()
     );
     assert_eq!((ok, overflow.len()), (1, 9), "{answers:?}");
+    // A call the gateway answered 429 is not remembered: its repeat runs
+    // (here in a free chat, so it is sent).
+    let keyed = |chat: i64| {
+        http.post(&url)
+            .header("Idempotency-Key", "refused-once")
+            .json(&json!({"chat_id": chat, "text": "keyed"}))
+    };
+    assert_overflow(&send(keyed(1)).await);
+    let again = send(keyed(3)).await;
+    assert_eq!(
+        (again.status, again.header("idempotent-replayed")),
+        (200, None),
+        "{}",
+        again.text()
+    );
     assert!(at_once >= 7, "beyond 2 waiting, calls are refused at once");
     assert_eq!(
         sends_to(&setup.api, "2").len(),
@@ -709,7 +724,7 @@ async fn max_wait_and_max_queued_answer_429_and_send_nothing() {
             "pollhook_gateway_calls_total",
             &["result=\"overflow\""]
         ),
-        10.0,
+        11.0,
         "{metrics}"
     );
     assert_nothing_leaked(&gw, admin, &[APP_KEY]).await;
@@ -1179,4 +1194,150 @@ async fn a_download_streams_the_platforms_file_back_intact() {
         "the platform is asked with the token"
     );
     assert_nothing_leaked(&gw, admin, &[APP_KEY]).await;
+}
+
+/// A multipart body built by hand, parts in the order given: (name,
+/// filename, bytes). Returns (content type, body).
+fn multipart_body(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    const BOUNDARY: &str = "gw-test-b0undary";
+    let mut body = Vec::new();
+    for (name, file, data) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={BOUNDARY}"), body)
+}
+
+/// A WWChat bot is called through Telegram's URL shape; the platform's
+/// answer (status, content type, body) comes back byte for byte, errors
+/// included; a 429 that says how long only in `Retry-After` (WWChat's way)
+/// is waited out and retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wwchat_bots_answers_pass_back_byte_for_byte_and_its_429_header_is_obeyed() {
+    let setup = Setup::with(Flavor::WwChat).await;
+    let (gw, admin) = gateway(&setup, "", &client_table("app", APP_KEY, "")).await;
+    let http = reqwest::Client::new();
+    let url = gw.url(APP_KEY, "sendMessage");
+
+    let answers: [(u16, &'static str, &'static str); 2] = [
+        (
+            400,
+            "application/json; charset=utf-8",
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: message text is empty"}"#,
+        ),
+        (
+            200,
+            "application/json",
+            "{\"ok\":true,  \"result\":{\"message_id\":7}}\n",
+        ),
+    ];
+    for (status, content_type, body) in answers {
+        setup.api.inject_method(
+            TOKEN,
+            "sendMessage",
+            Fault::Raw {
+                status,
+                content_type,
+                body: body.into(),
+            },
+        );
+        let a = post_json(&http, &url, json!({"chat_id": 1, "text": "x"})).await;
+        assert_eq!(
+            (a.status, a.header("content-type"), a.text().as_str()),
+            (status, Some(content_type), body)
+        );
+    }
+    let calls = setup.api.calls(TOKEN);
+    assert!(
+        calls.iter().filter(|c| c.method == "sendMessage").count() == 2,
+        "both reached the platform at its own URL shape: {calls:#?}"
+    );
+
+    setup.api.inject_chat_429(TOKEN, "5", 2);
+    let a = post_json(&http, &url, json!({"chat_id": 5, "text": "held"})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let hits = sends_to(&setup.api, "5");
+    let seen: Vec<u16> = hits.iter().map(|c| c.status).collect();
+    assert_eq!(seen, [429, 200]);
+    let retried_after = hits[1].at.duration_since(hits[0].at);
+    println!(
+        "wwchat: a header-only 429 (Retry-After: 2) retried after {:.2} s",
+        retried_after.as_secs_f64()
+    );
+    assert!(retried_after >= Duration::from_secs(2), "{retried_after:?}");
+    let metrics = get(admin, "/metrics").await.1;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "pollhook_gateway_calls_total",
+            &["result=\"error\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_nothing_leaked(&gw, admin, &[APP_KEY]).await;
+}
+
+/// A small multipart upload that names its chat only after its file (the
+/// gateway holds such a body whole) still counts for its chat: it waits
+/// for the chat's window like any other call, and a client limited to
+/// some chats may send it to one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_upload_naming_its_chat_after_the_file_keeps_the_chats_limits() {
+    let setup = Setup::new().await;
+    let bot = limits_table(r#"["1/1s"]"#, "[]", "[]")
+        + &client_table("app", APP_KEY, "")
+        + &client_table("scoped", OTHER_KEY, "chats = [5]");
+    let (gw, admin) = gateway(&setup, "", &bot).await;
+    let mut limits = FakeLimits::none();
+    limits.per_chat = vec![(1, Duration::from_secs(1))];
+    setup.api.enforce_limits(TOKEN, limits);
+    let http = reqwest::Client::new();
+
+    let photo = |n: usize| {
+        multipart_body(&[
+            ("photo", Some("p.jpg"), format!("photo {n}").as_bytes()),
+            ("chat_id", None, b"5"),
+        ])
+    };
+    let mut calls = Vec::new();
+    for n in 0..3 {
+        let (content_type, body) = photo(n);
+        let req = http
+            .post(gw.url(APP_KEY, "sendPhoto"))
+            .header("content-type", content_type)
+            .body(body);
+        calls.push(tokio::spawn(send(req)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for c in calls {
+        let a = c.await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let refused = setup.api.rate_limited(TOKEN);
+    println!("chat after the file: 3 uploads to one chat, 429s from the platform {refused}");
+    assert_eq!(
+        refused, 0,
+        "the uploads were not shaped to their chat's window"
+    );
+
+    let (content_type, body) = photo(3);
+    let a = send(
+        http.post(gw.url(OTHER_KEY, "sendPhoto"))
+            .header("content-type", content_type)
+            .body(body),
+    )
+    .await;
+    assert_eq!(a.status, 200, "chat 5 is the client's: {}", a.text());
+    assert_nothing_leaked(&gw, admin, &[APP_KEY, OTHER_KEY]).await;
 }
