@@ -69,12 +69,7 @@ impl GatewayStats {
     pub fn count(&self, bot: &str, client: &str, method: &str, result: &'static str) {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         let plain = method.len() <= 64 && method.bytes().all(|b| b.is_ascii_alphanumeric());
-        let mut key = (
-            bot.to_string(),
-            client.to_string(),
-            method.to_string(),
-            result,
-        );
+        let mut key = (bot.to_string(), client.to_string(), method.to_string(), result);
         if !plain || (calls.len() >= MAX_METHOD_SERIES && !calls.contains_key(&key)) {
             key.2 = "other".to_string();
         }

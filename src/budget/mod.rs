@@ -27,9 +27,9 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::platform::flavor::Flavor;
-use crate::policy::methods::MethodSet;
 use crate::stats::{self, Histogram, WAIT_BOUNDS};
 use std::sync::atomic::AtomicU64;
+use crate::policy::methods::MethodSet;
 use window::Logs;
 pub use window::Window;
 
@@ -66,13 +66,9 @@ impl Limits {
     /// documents 30 requests a second per token only.
     pub fn for_flavor(flavor: Flavor) -> Limits {
         let s = Duration::from_secs;
-        let messages = MethodSet::parse(&[
-            "send*",
-            "!sendChatAction",
-            "forwardMessage*",
-            "copyMessage*",
-        ])
-        .expect("valid patterns");
+        let messages =
+            MethodSet::parse(&["send*", "!sendChatAction", "forwardMessage*", "copyMessage*"])
+                .expect("valid patterns");
         match flavor {
             Flavor::Telegram => Limits {
                 per_chat: vec![Window::new(3, s(3))],
