@@ -54,10 +54,13 @@ pub const WAIT_BOUNDS: &[f64] = &[
     0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
 ];
 
+/// (bot, client, method, result).
+type CallKey = (String, String, String, &'static str);
+
 /// The gateway's calls by bot, client, method and result.
 #[derive(Default)]
 pub struct GatewayStats {
-    calls: Mutex<std::collections::BTreeMap<(String, String, String, &'static str), u64>>,
+    calls: Mutex<std::collections::BTreeMap<CallKey, u64>>,
     pub unknown_key: AtomicU64,
 }
 
@@ -69,7 +72,12 @@ impl GatewayStats {
     pub fn count(&self, bot: &str, client: &str, method: &str, result: &'static str) {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         let plain = method.len() <= 64 && method.bytes().all(|b| b.is_ascii_alphanumeric());
-        let mut key = (bot.to_string(), client.to_string(), method.to_string(), result);
+        let mut key = (
+            bot.to_string(),
+            client.to_string(),
+            method.to_string(),
+            result,
+        );
         if !plain || (calls.len() >= MAX_METHOD_SERIES && !calls.contains_key(&key)) {
             key.2 = "other".to_string();
         }

@@ -27,9 +27,9 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::platform::flavor::Flavor;
+use crate::policy::methods::MethodSet;
 use crate::stats::{self, Histogram, WAIT_BOUNDS};
 use std::sync::atomic::AtomicU64;
-use crate::policy::methods::MethodSet;
 use window::Logs;
 pub use window::Window;
 
@@ -66,9 +66,13 @@ impl Limits {
     /// documents 30 requests a second per token only.
     pub fn for_flavor(flavor: Flavor) -> Limits {
         let s = Duration::from_secs;
-        let messages =
-            MethodSet::parse(&["send*", "!sendChatAction", "forwardMessage*", "copyMessage*"])
-                .expect("valid patterns");
+        let messages = MethodSet::parse(&[
+            "send*",
+            "!sendChatAction",
+            "forwardMessage*",
+            "copyMessage*",
+        ])
+        .expect("valid patterns");
         match flavor {
             Flavor::Telegram => Limits {
                 per_chat: vec![Window::new(3, s(3))],
@@ -491,12 +495,9 @@ impl State {
     fn pump(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        loop {
-            let bot_at = match self.bot.next_free(now) {
-                Some(t) => t.max(self.bot_paused_until.unwrap_or(now)),
-                // Every bot-wide slot is in flight: an answer wakes us.
-                None => break,
-            };
+        // None: every bot-wide slot is in flight, and an answer wakes us.
+        while let Some(free) = self.bot.next_free(now) {
+            let bot_at = free.max(self.bot_paused_until.unwrap_or(now));
             if bot_at > now {
                 if self.queued > 0 {
                     soonest(bot_at);

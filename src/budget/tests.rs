@@ -87,12 +87,18 @@ async fn the_bot_window_spreads_calls_of_all_chats_in_arrival_order() {
 #[tokio::test(start_paused = true)]
 async fn answering_a_query_goes_ahead_of_everything_waiting() {
     let l = limits(&[], &[], &[w(1, 1)]);
-    let mut asks: Vec<Ask> = (0..4).map(|i| Ask::new(&l, "sendMessage", Some(i.to_string()))).collect();
+    let mut asks: Vec<Ask> = (0..4)
+        .map(|i| Ask::new(&l, "sendMessage", Some(i.to_string())))
+        .collect();
     asks.push(Ask::new(&l, "answerCallbackQuery", None));
     assert!(asks[4].urgent && asks[4].chat.is_none());
     let got = run_all(Arc::new(Budget::new(l, 100)), asks).await;
     let order: Vec<usize> = got.iter().map(|g| g.0).collect();
-    assert_eq!(order, [0, 4, 1, 2, 3], "the answer went second, right after the one already granted");
+    assert_eq!(
+        order,
+        [0, 4, 1, 2, 3],
+        "the answer went second, right after the one already granted"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -151,7 +157,10 @@ async fn waiting_is_bounded_in_number_and_in_time() {
     tokio::task::yield_now().await;
     match budget.acquire(&send("2"), t0 + FAR).await {
         Err(Overflow::Full { .. }) => {}
-        other => panic!("a third waiter must be refused at once, got {:?}", other.is_ok()),
+        other => panic!(
+            "a third waiter must be refused at once, got {:?}",
+            other.is_ok()
+        ),
     }
     for w in waiters {
         match w.await.unwrap() {
@@ -162,7 +171,10 @@ async fn waiting_is_bounded_in_number_and_in_time() {
     assert_eq!(t0.elapsed(), Duration::from_secs(2));
     // Those that gave up left: the queue has room again.
     drop(first);
-    let _s = budget.acquire(&send("2"), Instant::now() + FAR).await.unwrap();
+    let _s = budget
+        .acquire(&send("2"), Instant::now() + FAR)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -171,7 +183,11 @@ async fn a_caller_that_goes_away_frees_its_chat() {
     let t0 = Instant::now();
     let holder = budget.acquire(&send("5"), t0 + FAR).await.unwrap();
     let b = budget.clone();
-    let gone = tokio::spawn(async move { b.acquire(&send("5"), Instant::now() + FAR).await.map(|_| ()) });
+    let gone = tokio::spawn(async move {
+        b.acquire(&send("5"), Instant::now() + FAR)
+            .await
+            .map(|_| ())
+    });
     tokio::task::yield_now().await;
     gone.abort();
     let _ = gone.await;

@@ -178,7 +178,16 @@ mod tests {
             Window::parse("30/s"),
             Ok(Window::new(30, Duration::from_secs(1)))
         );
-        for bad in ["", "1", "0/1s", "x/1s", "1/", "1/fortnight", "1/1ms", "99999/1s"] {
+        for bad in [
+            "",
+            "1",
+            "0/1s",
+            "x/1s",
+            "1/",
+            "1/fortnight",
+            "1/1ms",
+            "99999/1s",
+        ] {
             assert!(Window::parse(bad).is_err(), "{bad:?} parsed");
         }
         assert_eq!(Window::parse("20/1m").unwrap().to_string(), "20/1m");
@@ -195,7 +204,10 @@ mod tests {
         assert_eq!(log.next_free(t0), None);
         let answered = t0 + Duration::from_millis(300);
         log.finish(1, answered);
-        assert_eq!(log.next_free(answered), Some(answered + Duration::from_secs(1)));
+        assert_eq!(
+            log.next_free(answered),
+            Some(answered + Duration::from_secs(1))
+        );
         let later = answered + Duration::from_secs(1);
         assert_eq!(log.next_free(later), Some(later));
         assert!(!log.idle(later), "call 2 is still in flight");

@@ -101,7 +101,10 @@ impl fmt::Display for Settings {
                     if w.is_empty() {
                         "none".to_string()
                     } else {
-                        w.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(" and ")
+                        w.iter()
+                            .map(|w| w.to_string())
+                            .collect::<Vec<_>>()
+                            .join(" and ")
                     }
                 };
                 writeln!(

@@ -37,7 +37,11 @@ pub(super) fn validate_gateway(ctx: &Ctx, raw: RawGateway) -> Result<GatewaySett
             "gateway.listen: {listen} is reachable from other machines: keys travel in plain HTTP; keep it on a private network"
         ));
     }
-    let max_wait = ctx.duration("gateway.max_wait", raw.max_wait.as_deref(), DEFAULT_MAX_WAIT)?;
+    let max_wait = ctx.duration(
+        "gateway.max_wait",
+        raw.max_wait.as_deref(),
+        DEFAULT_MAX_WAIT,
+    )?;
     if max_wait.is_zero() || max_wait > Duration::from_secs(3600) {
         return Err(ctx.err("gateway.max_wait", "must be more than 0s and at most 1h"));
     }
@@ -93,9 +97,12 @@ pub(super) fn validate_client(
     prefix: &str,
     raw: RawClient,
 ) -> Result<ClientSettings, ConfigError> {
-    let name = raw
-        .name
-        .ok_or_else(|| ctx.err(format!("{prefix}.name"), "missing; every client needs a name"))?;
+    let name = raw.name.ok_or_else(|| {
+        ctx.err(
+            format!("{prefix}.name"),
+            "missing; every client needs a name",
+        )
+    })?;
     if !super::bot::valid_name(&name) {
         return Err(ctx.err(
             format!("{prefix}.name"),

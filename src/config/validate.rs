@@ -114,7 +114,9 @@ fn check_clients(ctx: &Ctx, bots: &[BotSettings], gateway: bool) -> Result<(), C
             if let Some((i0, j0)) = seen.insert(c.key.expose_secret(), (i, j)) {
                 return Err(ctx.err(
                     format!("bot[{i}].client[{j}].key"),
-                    format!("is the same as bot[{i0}].client[{j0}].key; each client needs its own key"),
+                    format!(
+                        "is the same as bot[{i0}].client[{j0}].key; each client needs its own key"
+                    ),
                 ));
             }
         }

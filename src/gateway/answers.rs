@@ -67,22 +67,27 @@ impl Answers {
         }
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>> {
+    fn lock_running(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn key(bot: &str, client: &str, idempotency_key: &str) -> Vec<u8> {
-        [bot.as_bytes(), b"\0", client.as_bytes(), b"\0", idempotency_key.as_bytes()].concat()
+        [
+            bot.as_bytes(),
+            b"\0",
+            client.as_bytes(),
+            b"\0",
+            idempotency_key.as_bytes(),
+        ]
+        .concat()
     }
 
     /// Waits for any call with the same key to finish; then returns its
     /// remembered answer, or the turn to make the call.
     pub async fn begin(self: &Arc<Self>, key: Vec<u8>) -> Result<Answer, Running> {
-        let turn = self
-            .lock_running()
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let turn = self.lock_running().entry(key.clone()).or_default().clone();
         let turn = turn.lock_owned().await;
         let running = Running {
             answers: self.clone(),
@@ -226,7 +231,20 @@ mod tests {
         let key = Answers::key("b", "c", "old");
         let mut tk = old.to_be_bytes().to_vec();
         tk.extend_from_slice(&key);
-        store.by_key.insert(&key[..], encode(old, &Answer { status: 200, content_type: None, body: Bytes::new() })).unwrap();
+        store
+            .by_key
+            .insert(
+                &key[..],
+                encode(
+                    old,
+                    &Answer {
+                        status: 200,
+                        content_type: None,
+                        body: Bytes::new(),
+                    },
+                ),
+            )
+            .unwrap();
         store.by_time.insert(tk, &[][..]).unwrap();
         assert_eq!(store.get(&key), None, "too old to count");
         assert_eq!(store.expire().unwrap(), 1);

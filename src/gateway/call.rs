@@ -19,7 +19,13 @@ use crate::budget::{Ask, Overflow};
 use crate::http::{read_capped, BodyError};
 
 /// Methods that belong to pollhook alone: it receives the bot's updates.
-const OWN: &[&str] = &["getUpdates", "setWebhook", "deleteWebhook", "logOut", "close"];
+const OWN: &[&str] = &[
+    "getUpdates",
+    "setWebhook",
+    "deleteWebhook",
+    "logOut",
+    "close",
+];
 /// How long a client may take to send the part of a body that is read
 /// before the call is made.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,8 +33,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A streamed upload (up to the platform's 50 MB) or a download.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
-/// An answer to a method call is JSON; more than this is not one.
+/// An answer kept for an Idempotency-Key is read whole, up to this.
 const MAX_ANSWER: usize = 16 << 20;
+/// An error answer is read whole (to scrub it, or to find `retry_after`).
+const MAX_ERROR: usize = 64 << 10;
 
 /// A Bot API-shaped error, so frameworks raise their usual exception.
 pub fn error(code: u16, description: &str) -> Response<Body> {
@@ -137,15 +145,34 @@ pub async fn method(
     let running = match headers.get("idempotency-key") {
         None => None,
         Some(k) => {
-            let Some(k) = k.to_str().ok().filter(|k| !k.is_empty() && k.len() <= answers::MAX_KEY) else {
+            let Some(k) = k
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= answers::MAX_KEY)
+            else {
                 count("refused");
-                return error(400, &format!("Bad Request: an Idempotency-Key must be 1 to {} visible ASCII characters", answers::MAX_KEY));
+                return error(
+                    400,
+                    &format!(
+                        "Bad Request: an Idempotency-Key must be 1 to {} visible ASCII characters",
+                        answers::MAX_KEY
+                    ),
+                );
             };
-            match gw.answers.begin(Answers::key(&bot.name, &client.name, k)).await {
+            match gw
+                .answers
+                .begin(Answers::key(&bot.name, &client.name, k))
+                .await
+            {
                 Ok(answer) => {
-                    count(if (200..300).contains(&answer.status) { "ok" } else { "error" });
+                    count(if (200..300).contains(&answer.status) {
+                        "ok"
+                    } else {
+                        "error"
+                    });
                     let mut r = respond(answer);
-                    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    r.headers_mut()
+                        .insert("idempotent-replayed", HeaderValue::from_static("true"));
                     return r;
                 }
                 Err(running) => Some(running),
@@ -162,17 +189,30 @@ pub async fn method(
         }
     };
     loop {
-        let timeout = if read.body.replayable() { CALL_TIMEOUT } else { TRANSFER_TIMEOUT };
+        let timeout = if read.body.replayable() {
+            CALL_TIMEOUT
+        } else {
+            TRANSFER_TIMEOUT
+        };
         let sent = bot
             .api
-            .pass(&method, query.as_deref(), content_type.as_deref(), read.body.take(), timeout)
+            .pass(
+                &method,
+                query.as_deref(),
+                content_type.as_deref(),
+                read.body.take(),
+                timeout,
+            )
             .await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
                 count("failed");
                 warn!(bot = %bot.name, client = %client.name, %method, "gateway: the platform could not be reached: {e}");
-                return error(502, &format!("Bad Gateway: the platform could not be reached: {e}"));
+                return error(
+                    502,
+                    &format!("Bad Gateway: the platform could not be reached: {e}"),
+                );
             }
         };
         let status = response.status().as_u16();
@@ -186,7 +226,17 @@ pub async fn method(
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = match read_capped(response, MAX_ANSWER).await {
+        let success = (200..300).contains(&status);
+        if success && running.is_none() {
+            // Nothing to remember and nothing to scrub: streamed back, so
+            // a large answer costs no memory here.
+            drop(slot);
+            count("ok");
+            return streamed(status, content_type, response, bot.api.clone());
+        }
+        // Errors are small, and a remembered answer is kept whole.
+        let cap = if success { MAX_ANSWER } else { MAX_ERROR };
+        let body = match read_capped(response, cap).await {
             Ok(b) => b,
             Err(e) => {
                 count("failed");
@@ -195,14 +245,23 @@ pub async fn method(
                     other => bot.api.redact(&other.to_string()),
                 };
                 warn!(bot = %bot.name, client = %client.name, %method, "gateway: the platform's answer could not be read: {e}");
-                return error(502, &format!("Bad Gateway: the platform's answer could not be read: {e}"));
+                return error(
+                    502,
+                    &format!("Bad Gateway: the platform's answer could not be read: {e}"),
+                );
             }
         };
         if status == 429 {
-            let retry_after = retry_after(&body).or(retry_header).unwrap_or(5).clamp(1, 3600);
+            let retry_after = retry_after(&body)
+                .or(retry_header)
+                .unwrap_or(5)
+                .clamp(1, 3600);
             let d = Duration::from_secs(retry_after);
             slot.rate_limited(d);
-            let scope = ask.chat.as_deref().map_or("the whole bot".to_string(), |c| format!("chat {c}"));
+            let scope = ask
+                .chat
+                .as_deref()
+                .map_or("the whole bot".to_string(), |c| format!("chat {c}"));
             if read.body.replayable() && Instant::now() + d < deadline {
                 info!(bot = %bot.name, client = %client.name, %method, "the platform answered 429: {scope} paused for {retry_after}s; the call waits and is made again");
                 if slot.again(deadline).await.is_ok() {
@@ -224,7 +283,11 @@ pub async fn method(
                 Bytes::from(bot.api.redact(&String::from_utf8_lossy(&body)))
             },
         };
-        count(if (200..300).contains(&status) { "ok" } else { "error" });
+        count(if (200..300).contains(&status) {
+            "ok"
+        } else {
+            "error"
+        });
         debug!(bot = %bot.name, client = %client.name, %method, status, "gateway call answered");
         if let Some(running) = &running {
             if status != 429 {
@@ -264,7 +327,13 @@ pub async fn file(gw: Arc<Gateway>, caller: Caller, path: String) -> Response<Bo
     let (bot, client) = (caller.bot(&gw), caller.client(&gw));
     if !client.methods.allows("getFile") {
         gw.stats.count(&bot.name, &client.name, "file", "refused");
-        return error(403, &format!("Forbidden: client {:?} may not download files (its methods do not admit getFile)", client.name));
+        return error(
+            403,
+            &format!(
+                "Forbidden: client {:?} may not download files (its methods do not admit getFile)",
+                client.name
+            ),
+        );
     }
     if path.is_empty() || path.split('/').any(|s| s == ".." || s == ".") {
         gw.stats.count(&bot.name, &client.name, "file", "refused");
@@ -275,7 +344,10 @@ pub async fn file(gw: Arc<Gateway>, caller: Caller, path: String) -> Response<Bo
         Err(e) => {
             gw.stats.count(&bot.name, &client.name, "file", "failed");
             warn!(bot = %bot.name, client = %client.name, "gateway: a file download failed: {e}");
-            return error(502, &format!("Bad Gateway: the file could not be fetched: {e}"));
+            return error(
+                502,
+                &format!("Bad Gateway: the file could not be fetched: {e}"),
+            );
         }
     };
     let status = response.status().as_u16();
@@ -295,16 +367,45 @@ pub async fn file(gw: Arc<Gateway>, caller: Caller, path: String) -> Response<Bo
         });
     }
     gw.stats.count(&bot.name, &client.name, "file", "ok");
-    let mut r = Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
-    for h in [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::LAST_MODIFIED] {
-        if let Some(v) = response.headers().get(h.as_str()).and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+    let mut r =
+        Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+    for h in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::LAST_MODIFIED,
+    ] {
+        if let Some(v) = response
+            .headers()
+            .get(h.as_str())
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        {
             r = r.header(h, v);
         }
     }
-    let api = bot.api.clone();
-    let stream = response.bytes_stream().map(move |c| {
-        c.map_err(|e| std::io::Error::other(api.redact(&crate::http::error_chain(&e.without_url()))))
-    });
-    r.body(Body::from_stream(stream))
+    r.body(body_of(response, bot.api.clone()))
         .unwrap_or_else(|_| error(502, "Bad Gateway"))
+}
+
+/// A platform's answer passed on as it arrives.
+fn body_of(response: reqwest::Response, api: Arc<crate::platform::api::BotApi>) -> Body {
+    let stream = response.bytes_stream().map(move |c| {
+        c.map_err(|e| {
+            std::io::Error::other(api.redact(&crate::http::error_chain(&e.without_url())))
+        })
+    });
+    Body::from_stream(stream)
+}
+
+fn streamed(
+    status: u16,
+    content_type: Option<String>,
+    response: reqwest::Response,
+    api: Arc<crate::platform::api::BotApi>,
+) -> Response<Body> {
+    let mut r = Response::new(body_of(response, api));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    r
 }

@@ -7,8 +7,8 @@
 //! needs only its API base URL changed.
 
 pub mod answers;
-pub mod params;
 mod call;
+pub mod params;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,11 +67,7 @@ impl Caller {
 const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 
 impl Gateway {
-    pub fn new(
-        bots: Vec<GatewayBot>,
-        answers: Answers,
-        settings: &GatewaySettings,
-    ) -> Gateway {
+    pub fn new(bots: Vec<GatewayBot>, answers: Answers, settings: &GatewaySettings) -> Gateway {
         let mut keys = HashMap::new();
         for (i, b) in bots.iter().enumerate() {
             for (j, c) in b.clients.iter().enumerate() {
@@ -116,9 +112,14 @@ pub async fn serve(
     tokio::spawn(async move {
         loop {
             let e = expiring.clone();
-            match tokio::task::spawn_blocking(move || e.expire()).await.unwrap_or(Ok(0)) {
+            match tokio::task::spawn_blocking(move || e.expire())
+                .await
+                .unwrap_or(Ok(0))
+            {
                 Ok(0) => {}
-                Ok(n) => info!("gateway: forgot {n} answers remembered for Idempotency-Keys over 24 h old"),
+                Ok(n) => info!(
+                    "gateway: forgot {n} answers remembered for Idempotency-Keys over 24 h old"
+                ),
                 Err(e) => warn!("gateway: cannot drop old remembered answers: {e}"),
             }
             tokio::select! {
@@ -135,7 +136,8 @@ async fn route(State(gw): State<Arc<Gateway>>, request: Request) -> Response<Bod
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().map(str::to_string);
-    let is_get_or_post = parts.method == axum::http::Method::GET || parts.method == axum::http::Method::POST;
+    let is_get_or_post =
+        parts.method == axum::http::Method::GET || parts.method == axum::http::Method::POST;
     // `/file/bot{key}/{path}` or `/bot{key}/{method}`.
     let (file, rest) = match path.strip_prefix("/file/bot") {
         Some(rest) => (true, rest),
@@ -157,7 +159,15 @@ async fn route(State(gw): State<Arc<Gateway>>, request: Request) -> Response<Bod
     if file {
         call::file(gw.clone(), caller, tail.to_string()).await
     } else {
-        call::method(gw.clone(), caller, tail.to_string(), query, parts.headers, body).await
+        call::method(
+            gw.clone(),
+            caller,
+            tail.to_string(),
+            query,
+            parts.headers,
+            body,
+        )
+        .await
     }
 }
 
@@ -168,7 +178,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push((h * 16 + l) as u8);
                 i += 3;

@@ -31,7 +31,10 @@ pub enum Body {
     /// Held whole: may be sent again.
     Whole(Bytes),
     /// What was read, then the rest as it arrives: sent once.
-    Streamed { read: Vec<Bytes>, rest: BodyStream },
+    Streamed {
+        read: Vec<Bytes>,
+        rest: BodyStream,
+    },
 }
 
 impl Body {
@@ -266,17 +269,37 @@ mod tests {
 
     #[tokio::test]
     async fn chats_are_found_in_every_encoding() {
-        let r = read(Some("chat_id=5&text=x"), None, chunks(&[]), T).await.unwrap();
+        let r = read(Some("chat_id=5&text=x"), None, chunks(&[]), T)
+            .await
+            .unwrap();
         assert_eq!(r.chats, ["5"]);
         assert!(matches!(r.body, Body::None));
-        let r = read(None, Some("application/json; charset=utf-8"), chunks(&[br#"{"chat_id":-100,"from_chat_id":"@x","text":"{"}"#]), T).await.unwrap();
+        let r = read(
+            None,
+            Some("application/json; charset=utf-8"),
+            chunks(&[br#"{"chat_id":-100,"from_chat_id":"@x","text":"{"}"#]),
+            T,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.chats, ["-100", "@x"]);
-        let r = read(None, Some("application/x-www-form-urlencoded"), chunks(&[b"text=a&chat_id=%2D7"]), T).await.unwrap();
+        let r = read(
+            None,
+            Some("application/x-www-form-urlencoded"),
+            chunks(&[b"text=a&chat_id=%2D7"]),
+            T,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.chats, ["-7"]);
-        assert!(read(None, Some("application/json"), chunks(&[b"[1]"]), T).await.is_err());
+        assert!(read(None, Some("application/json"), chunks(&[b"[1]"]), T)
+            .await
+            .is_err());
         let big = vec![b' '; MAX_PLAIN + 1];
         assert_eq!(
-            read(None, Some("application/json"), chunks(&[&big]), T).await.err(),
+            read(None, Some("application/json"), chunks(&[&big]), T)
+                .await
+                .err(),
             Some(ReadError::TooLarge)
         );
     }
@@ -292,9 +315,14 @@ mod tests {
     async fn a_small_multipart_body_is_held_whole_byte_for_byte() {
         let body = multipart(b"jpegbytes");
         let pieces: Vec<&[u8]> = body.chunks(7).collect();
-        let mut r = read(None, Some("multipart/form-data; boundary=XX"), chunks(&pieces), T)
-            .await
-            .unwrap();
+        let mut r = read(
+            None,
+            Some("multipart/form-data; boundary=XX"),
+            chunks(&pieces),
+            T,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.chats, ["42"]);
         assert!(r.body.replayable());
         assert_eq!(sent(&mut r.body).await, body);
@@ -306,9 +334,14 @@ mod tests {
         let file = vec![7u8; 3 * KEEP_WHOLE];
         let body = multipart(&file);
         let pieces: Vec<&[u8]> = body.chunks(64 * 1024).collect();
-        let mut r = read(None, Some("multipart/form-data; boundary=XX"), chunks(&pieces), T)
-            .await
-            .unwrap();
+        let mut r = read(
+            None,
+            Some("multipart/form-data; boundary=XX"),
+            chunks(&pieces),
+            T,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.chats, ["42"]);
         match &r.body {
             Body::Streamed { read, .. } => {
@@ -323,9 +356,14 @@ mod tests {
     #[tokio::test]
     async fn a_chat_after_a_file_is_unknown() {
         let body = b"--XX\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a\"\r\n\r\nabc\r\n--XX\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n9\r\n--XX--\r\n";
-        let r = read(None, Some("multipart/form-data; boundary=XX"), chunks(&[body]), T)
-            .await
-            .unwrap();
+        let r = read(
+            None,
+            Some("multipart/form-data; boundary=XX"),
+            chunks(&[body]),
+            T,
+        )
+        .await
+        .unwrap();
         assert!(r.chats.is_empty() && r.chats_unknown);
     }
 }

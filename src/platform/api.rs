@@ -364,10 +364,7 @@ impl BotApi {
                 description: "this bot's api_url has no known file URL".into(),
             });
         };
-        let url = format!(
-            "{prefix}file/bot{}/{file_path}",
-            self.token.expose_secret()
-        );
+        let url = format!("{prefix}file/bot{}/{file_path}", self.token.expose_secret());
         self.send_scrubbed(self.client.get(url), timeout).await
     }
 

@@ -64,11 +64,39 @@ mod tests {
 
     #[test]
     fn a_calls_chat_is_read_from_each_encoding() {
-        assert_eq!(Params::Json(Bytes::from_static(br#"{"chat_id":-100,"text":"a"}"#)).chat_id().as_deref(), Some("-100"));
-        assert_eq!(Params::Json(Bytes::from_static(br#"{"chat_id":"@ch"}"#)).chat_id().as_deref(), Some("@ch"));
-        assert_eq!(Params::Json(Bytes::from_static(br#"{"callback_query_id":"1"}"#)).chat_id(), None);
-        assert_eq!(Params::Form(Bytes::from_static(b"text=x&chat_id=42")).chat_id().as_deref(), Some("42"));
-        let part = |name: &str, data: &'static [u8]| Part { name: name.into(), file_name: None, content_type: None, data: Bytes::from_static(data) };
-        assert_eq!(Params::Multipart(vec![part("photo", b"x"), part("chat_id", b" 7 ")]).chat_id().as_deref(), Some("7"));
+        assert_eq!(
+            Params::Json(Bytes::from_static(br#"{"chat_id":-100,"text":"a"}"#))
+                .chat_id()
+                .as_deref(),
+            Some("-100")
+        );
+        assert_eq!(
+            Params::Json(Bytes::from_static(br#"{"chat_id":"@ch"}"#))
+                .chat_id()
+                .as_deref(),
+            Some("@ch")
+        );
+        assert_eq!(
+            Params::Json(Bytes::from_static(br#"{"callback_query_id":"1"}"#)).chat_id(),
+            None
+        );
+        assert_eq!(
+            Params::Form(Bytes::from_static(b"text=x&chat_id=42"))
+                .chat_id()
+                .as_deref(),
+            Some("42")
+        );
+        let part = |name: &str, data: &'static [u8]| Part {
+            name: name.into(),
+            file_name: None,
+            content_type: None,
+            data: Bytes::from_static(data),
+        };
+        assert_eq!(
+            Params::Multipart(vec![part("photo", b"x"), part("chat_id", b" 7 ")])
+                .chat_id()
+                .as_deref(),
+            Some("7")
+        );
     }
 }

@@ -10,6 +10,7 @@ mod dead_letters;
 mod delivery;
 mod faults;
 mod gateway;
+mod gateway_frameworks;
 mod hostile_admin;
 mod hostile_platform;
 mod hostile_replies;

@@ -350,3 +350,78 @@ async fn fake_limits_never_refuse_a_client_that_keeps_them() {
     assert_eq!(api.rate_limited(TOKEN), 0, "refused: {refused:?}");
     assert!(statuses.iter().all(|s| *s == 200));
 }
+
+/// send* answers a Message, multipart uploads are kept byte for byte,
+/// getFile answers a File and its bytes download (with the token's colon
+/// percent-encoded, as python-telegram-bot sends it).
+#[tokio::test]
+async fn fake_answers_sends_with_messages_and_serves_files() {
+    let api = FakeApi::start(Flavor::Telegram).await;
+    api.add_bot(TOKEN, 42, "testbot");
+    let client = reqwest::Client::new();
+
+    let (status, body) = post(
+        &client,
+        &api.method_url(TOKEN, "sendMessage"),
+        r#"{"chat_id":-1001,"text":"hi"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let message: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(message["result"]["message_id"], 1);
+    assert_eq!(message["result"]["chat"]["type"], "supergroup");
+    assert_eq!(message["result"]["from"]["id"], 42);
+    assert_eq!(message["result"]["text"], "hi");
+
+    // Binary data with what a text-based parser trips on.
+    let data: Vec<u8> = b"\r\n--\r\n\r\n\xff\xfe\0"
+        .iter()
+        .copied()
+        .chain((0..=255u8).cycle().take(5000))
+        .collect();
+    let form = reqwest::multipart::Form::new()
+        .text("chat_id", "7")
+        .text("document", "attach://blob")
+        .part(
+            "blob",
+            reqwest::multipart::Part::bytes(data.clone()).file_name("blob.bin"),
+        );
+    let resp = client
+        .post(api.method_url(TOKEN, "sendDocument"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let message: serde_json::Value = resp.json().await.unwrap();
+    let document = &message["result"]["document"];
+    assert_eq!(document["file_size"], data.len());
+    assert_eq!(document["file_name"], "blob.bin");
+    let call = api.calls(TOKEN).pop().unwrap();
+    assert!(api.uploaded(TOKEN, &call, "document").unwrap() == data);
+
+    let (status, body) = post(
+        &client,
+        &api.method_url(TOKEN, "getFile"),
+        &format!(r#"{{"file_id":{}}}"#, document["file_id"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let file: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let path = file["result"]["file_path"].as_str().unwrap();
+    let url = format!(
+        "http://{}/file/bot{}/{path}",
+        api.addr,
+        TOKEN.replace(':', "%3A")
+    );
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap() == data);
+    let missing = format!("http://{}/file/bot{TOKEN}/nope", api.addr);
+    assert_eq!(client.get(missing).send().await.unwrap().status(), 404);
+    assert_eq!(
+        api.downloads(TOKEN),
+        [(path.to_string(), 200), ("nope".to_string(), 404)]
+    );
+    assert_eq!(api.tokens_seen(), [TOKEN]);
+}

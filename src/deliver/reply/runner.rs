@@ -225,7 +225,11 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
     entry.set_method(&call.method);
     // The bot's one budget: gateway calls and replies share its limits.
     let ask = Ask::new(inner.budget.limits(), &call.method, call.params.chat_id());
-    let mut slot = match inner.budget.acquire(&ask, Instant::now() + BUDGET_WAIT).await {
+    let mut slot = match inner
+        .budget
+        .acquire(&ask, Instant::now() + BUDGET_WAIT)
+        .await
+    {
         Ok(s) => s,
         Err(_) => {
             stats::add(&stats.replies_failed, 1);
@@ -250,7 +254,9 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
                 // later one of the same chat does not overtake it.
                 match &e {
                     ApiError::RateLimited { retry_after } => {
-                        slot.rate_limited((*retry_after).clamp(Duration::from_secs(1), Duration::from_secs(60)));
+                        slot.rate_limited(
+                            (*retry_after).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+                        );
                     }
                     _ => tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await,
                 }

@@ -19,6 +19,10 @@ use tokio::sync::Notify;
 use super::fake_limits::{FakeLimits, Limiter};
 use super::serve::{self, Body, DropConnection, Server};
 
+// Messages, files and downloads; a child module so it can use the bot state.
+#[path = "fake_results.rs"]
+mod results;
+
 /// Route shape of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -157,6 +161,8 @@ struct Bot {
     applied_offset: Option<i64>,
     /// Rate limits and injected 429s for every method but getUpdates.
     limits: Limiter,
+    /// Messages sent and files kept (`send*`, `getFile`, downloads).
+    content: results::Content,
 }
 
 struct Inner {
@@ -499,6 +505,9 @@ async fn handle(
 ) -> Result<Response<Body>, DropConnection> {
     let at = Instant::now();
     let path = req.uri().path().to_owned();
+    if let Some(answer) = results::download(&inner, &path) {
+        return Ok(answer);
+    }
     let query = req.uri().query().map(str::to_owned);
     let content_type = req
         .headers()
@@ -519,7 +528,8 @@ async fn handle(
     let token = token.to_owned();
     let method = method.to_owned();
 
-    let parsed = parse_params(query.as_deref(), &content_type, &body);
+    let parsed = parse_params(query.as_deref(), &content_type, &body)
+        .map(|params| results::keep_uploads(&inner, &token, params, &content_type, &body));
     let params = parsed.clone().unwrap_or_else(|_| Value::Object(Map::new()));
     let call = Call {
         method: method.clone(),
@@ -633,9 +643,10 @@ async fn dispatch(
                 ),
             ))
         }
-        // Any other method (e.g. sendMessage from a webhook reply) succeeds;
-        // the call is already recorded with its parameters.
-        _ => Ok(json(200, r#"{"ok":true,"result":true}"#)),
+        // Any other method (e.g. sendMessage from a webhook reply) succeeds
+        // with what Telegram would answer (a Message for send*, a File for
+        // getFile, else true); the call is already recorded with its parameters.
+        _ => Ok(inner.with_bot(token, |b| results::answer(b, method, params))),
     }
 }
 
@@ -893,7 +904,11 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Result<Map<String, Value>, St
             .split_once("\r\n\r\n")
             .ok_or("Bad Request: broken multipart part")?;
         let data = data.strip_suffix("\r\n").unwrap_or(data);
-        let disposition = head.lines().next().unwrap_or("");
+        // Headers come in any order (aiohttp writes Content-Type first).
+        let disposition = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition"))
+            .unwrap_or("");
         let attr = |name: &str| {
             disposition
                 .split(';')
