@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::rig::serve::DropConnection;
 use crate::rig::*;
 
 const APP_KEY: &str = "1:gw-app-k3y-0123456789abcdef";
@@ -526,12 +525,11 @@ async fn refusals_are_bot_api_shaped_and_never_reach_the_platform() {
         .map(|(m, c, t)| (m.to_owned(), c.to_owned(), t.to_owned())),
         "only what the scope admits reaches the platform"
     );
-    for key in [APP_KEY, ALL_KEY, "short", "1:not-a-k3y-0123456789abcdef"] {
-        assert!(
-            setup.api.calls(key).is_empty(),
-            "the platform saw a request with a key in place of the token"
-        );
-    }
+    assert_eq!(
+        setup.api.tokens_seen(),
+        [TOKEN],
+        "the platform saw a request with a key in place of the token"
+    );
 
     let metrics = get(admin, "/metrics").await.1;
     println!("refusals: {unauthorized} answered 401, {forbidden} answered 403");
@@ -920,15 +918,13 @@ async fn a_50_mb_upload_arrives_intact_and_pollhook_stays_small() {
     let setup = Setup::new().await;
     let (gw, admin) = gateway(&setup, "", &client_table("app", APP_KEY, "")).await;
 
-    // Printable bytes, so the fake's multipart reader (which keeps parts as
-    // text) holds them unchanged and the checksum compares like for like.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let data: Vec<u8> = (0..SIZE)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(x >> 58) as usize]
+            (x >> 56) as u8
         })
         .collect();
     let sha = Sha256::digest(&data);
@@ -973,14 +969,18 @@ async fn a_50_mb_upload_arrives_intact_and_pollhook_stays_small() {
         .wait_method_calls(TOKEN, "sendDocument", 1, LONG)
         .await
         .remove(0);
-    let received = doc.params["document"]["data"].as_str().unwrap_or_default();
+    let received = setup
+        .api
+        .uploaded(TOKEN, &doc, "document")
+        .expect("the fake kept the upload");
     assert_eq!(doc.params["document"]["file_name"], "big.bin");
     assert_eq!(doc.params["chat_id"], "9");
     assert_eq!(received.len(), SIZE, "the platform received every byte");
     assert!(
-        Sha256::digest(received.as_bytes()) == sha,
+        Sha256::digest(&received) == sha,
         "the bytes arrived changed"
     );
+    assert_eq!(a.json()["result"]["document"]["file_size"], SIZE);
 
     // The peak during the upload: the high-water mark if it rose, else the
     // highest sample (the mark may be from before, e.g. start-up).
@@ -1015,85 +1015,6 @@ fn vm_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// A platform that has files: serves `GET /file/bot{TOKEN}/{path}` itself
-/// and passes every other request on to the fake, so the relay polls and
-/// calls as usual through it.
-struct FilePlatform {
-    addr: std::net::SocketAddr,
-    /// Every file path asked for, as the platform saw it (token included).
-    asked: Arc<std::sync::Mutex<Vec<String>>>,
-    _server: crate::rig::serve::Server,
-}
-
-impl FilePlatform {
-    async fn start(api: &FakeApi, files: Vec<(&'static str, bytes::Bytes)>) -> FilePlatform {
-        use http_body_util::{BodyExt, Full};
-
-        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let fake = format!("http://{}", api.addr);
-        let http = reqwest::Client::new();
-        let files = Arc::new(files);
-        let seen = asked.clone();
-        let server = crate::rig::serve::Server::serve(crate::rig::serve::bind(0), move |req| {
-            let (fake, http, files, seen) =
-                (fake.clone(), http.clone(), files.clone(), seen.clone());
-            async move {
-                let respond = |status: u16, content_type: &str, body: bytes::Bytes| {
-                    hyper::Response::builder()
-                        .status(status)
-                        .header("content-type", content_type)
-                        .body(Full::new(body))
-                        .unwrap()
-                };
-                let path = req.uri().path().to_owned();
-                if let Some(rest) = path.strip_prefix("/file/bot") {
-                    seen.lock().unwrap().push(rest.to_owned());
-                    let file = rest
-                        .strip_prefix(TOKEN)
-                        .and_then(|p| p.strip_prefix('/'))
-                        .and_then(|p| files.iter().find(|(name, _)| *name == p));
-                    return Ok(match file {
-                        Some((_, bytes)) => respond(200, "application/octet-stream", bytes.clone()),
-                        None => respond(
-                            404,
-                            "application/json",
-                            r#"{"ok":false,"error_code":404,"description":"Not Found: file"}"#
-                                .into(),
-                        ),
-                    });
-                }
-                let url = format!("{fake}{}", req.uri());
-                let method = req.method().clone();
-                let content_type = req.headers().get("content-type").cloned();
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|_| DropConnection)?;
-                let mut call = http.request(method, url).body(body.to_bytes());
-                if let Some(ct) = content_type {
-                    call = call.header("content-type", ct);
-                }
-                let resp = call.send().await.map_err(|_| DropConnection)?;
-                let status = resp.status().as_u16();
-                let ct = resp
-                    .headers()
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("application/json")
-                    .to_owned();
-                let body = resp.bytes().await.map_err(|_| DropConnection)?;
-                Ok(respond(status, &ct, body))
-            }
-        });
-        FilePlatform {
-            addr: server.addr,
-            asked,
-            _server: server,
-        }
-    }
-}
-
 /// `GET /file/bot{key}/{path}` streams the platform's file back intact
 /// (20 MB of every byte value, without pollhook holding it), a missing
 /// file answers the platform's 404, and the platform sees the token, never
@@ -1114,24 +1035,17 @@ async fn a_download_streams_the_platforms_file_back_intact() {
         .collect::<Vec<u8>>()
         .into();
     let small = bytes::Bytes::from_static(b"a small photo");
-    let platform = FilePlatform::start(
-        &setup.api,
-        vec![
-            ("documents/file_12.bin", data.clone()),
-            ("photos/file_3.jpg", small.clone()),
-        ],
-    )
-    .await;
+    setup
+        .api
+        .add_file(TOKEN, "file-12", "documents/file_12.bin", data.clone());
+    setup
+        .api
+        .add_file(TOKEN, "file-3", "photos/file_3.jpg", small.clone());
     let admin = free_port();
     let config = setup.config_full(
         &(gateway_table("") + &admin_table(admin, "")),
         &client_table("app", APP_KEY, ""),
         "",
-    );
-    edit_config(
-        &config,
-        &setup.api.url_template(),
-        &format!("http://{}/bot{{token}}/{{method}}", platform.addr),
     );
     let gw = Gateway::start(&setup, &config).await;
     let http = reqwest::Client::new();
@@ -1180,19 +1094,20 @@ async fn a_download_streams_the_platforms_file_back_intact() {
     assert_eq!(missing.status, 404);
     assert_eq!(
         missing.text(),
-        r#"{"ok":false,"error_code":404,"description":"Not Found: file"}"#
+        r#"{"ok":false,"error_code":404,"description":"Not Found"}"#,
+        "the platform's answer, as it came"
     );
-    let asked = platform.asked.lock().unwrap().clone();
     assert_eq!(
-        asked,
+        setup.api.downloads(TOKEN),
         [
-            "photos/file_3.jpg",
-            "documents/file_12.bin",
-            "documents/nothing.bin"
+            ("photos/file_3.jpg", 200),
+            ("documents/file_12.bin", 200),
+            ("documents/nothing.bin", 404)
         ]
-        .map(|p| format!("{TOKEN}/{p}")),
+        .map(|(p, s)| (p.to_owned(), s)),
         "the platform is asked with the token"
     );
+    assert_eq!(setup.api.tokens_seen(), [TOKEN], "and never with the key");
     assert_nothing_leaked(&gw, admin, &[APP_KEY]).await;
 }
 
