@@ -1,7 +1,8 @@
 //! A fake Telegram Bot API that follows Telegram's `getUpdates` semantics:
 //! offsets confirm updates, long polls wake when an update arrives, a newer
 //! `getUpdates` terminates the older one with 409, unknown tokens get 401.
-//! Tests can inject one-shot faults per token.
+//! Tests can inject one-shot faults per token, and have it enforce rate
+//! limits per chat, group and bot like a platform (fake_limits.rs).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
