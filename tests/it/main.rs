@@ -9,6 +9,7 @@ mod crash;
 mod dead_letters;
 mod delivery;
 mod faults;
+mod gateway;
 mod gateway_frameworks;
 mod hostile_admin;
 mod hostile_platform;

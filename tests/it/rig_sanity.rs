@@ -138,6 +138,219 @@ fn a_missing_daemon_names_the_install() {
     crate::rig::tools::locate("no-such-daemon-4f2a", "apt-get install it");
 }
 
+/// The fake's rate limits: 4 sends to one chat at once under 3/3s → exactly
+/// one 429 in Telegram's shape, not counted; a client that waits out the
+/// window by its own clock is never refused; groups have their own window
+/// on top; per-bot counts every method but getUpdates; an injected 429
+/// holds its chat for `retry_after` and nothing else.
+#[tokio::test]
+async fn fake_limits_refuse_what_exceeds_a_window_and_only_that() {
+    use crate::rig::FakeLimits;
+
+    let api = FakeApi::start(Flavor::Telegram).await;
+    api.add_bot(TOKEN, 42, "testbot");
+    let client = reqwest::Client::new();
+    let send = api.method_url(TOKEN, "sendMessage");
+    let send_to = async |chat: &str| {
+        post(
+            &client,
+            &send,
+            &format!(r#"{{"chat_id":{chat},"text":"x"}}"#),
+        )
+        .await
+    };
+
+    api.enforce_limits(TOKEN, FakeLimits::telegram());
+    let answers = futures_util::future::join_all((0..4).map(|_| send_to("7"))).await;
+    let refused: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(refused.len(), 1, "{answers:?}");
+    let body: serde_json::Value = serde_json::from_str(&refused[0].1).unwrap();
+    let retry_after = body["parameters"]["retry_after"].as_u64().unwrap();
+    assert!((1..=3).contains(&retry_after), "{body}");
+    assert_eq!(
+        body["description"],
+        format!("Too Many Requests: retry after {retry_after}")
+    );
+    assert_eq!(
+        (body["ok"].clone(), body["error_code"].clone()),
+        (false.into(), 429.into())
+    );
+    assert_eq!(api.rate_limited(TOKEN), 1);
+    // Another chat, the same chat as a string, and a method the chat limit
+    // does not count.
+    assert_eq!(send_to("8").await.0, 200);
+    assert_eq!(send_to(r#""7""#).await.0, 429);
+    let action = api.method_url(TOKEN, "sendChatAction");
+    assert_eq!(
+        post(&client, &action, r#"{"chat_id":7,"action":"typing"}"#)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(api.rate_limited(TOKEN), 2);
+
+    // A group: 2 per 400 ms on top of a loose per-chat window; a private chat
+    // is not held by it. A client that waits out the window by its own
+    // clock (measured from before it sent) is never refused.
+    let mut limits = FakeLimits::none();
+    limits.per_chat = vec![(10, Duration::from_secs(1))];
+    limits.per_group = vec![(2, Duration::from_millis(400))];
+    api.enforce_limits(TOKEN, limits);
+    let first = Instant::now();
+    for chat in ["-100", r#""-100""#] {
+        assert_eq!(send_to(chat).await.0, 200);
+    }
+    assert_eq!(send_to("-100").await.0, 429);
+    for _ in 0..3 {
+        assert_eq!(send_to("100").await.0, 200);
+    }
+    tokio::time::sleep_until((first + Duration::from_millis(400)).into()).await;
+    assert_eq!(send_to("-100").await.0, 200);
+    assert_eq!(api.rate_limited(TOKEN), 3);
+
+    // Per bot: every method but getUpdates.
+    let mut limits = FakeLimits::none();
+    limits.per_bot = vec![(2, Duration::from_secs(5))];
+    api.enforce_limits(TOKEN, limits);
+    assert_eq!(
+        post(&client, &api.method_url(TOKEN, "getMe"), "{}").await.0,
+        200
+    );
+    assert_eq!(send_to("9").await.0, 200);
+    assert_eq!(
+        post(&client, &api.method_url(TOKEN, "getMe"), "{}").await.0,
+        429
+    );
+    let get_updates = api.method_url(TOKEN, "getUpdates");
+    assert_eq!(post(&client, &get_updates, r#"{"timeout":0}"#).await.0, 200);
+    assert_eq!(api.rate_limited(TOKEN), 4);
+
+    // An injected 429 takes its chat's next call and holds the chat for
+    // retry_after; other chats go on.
+    api.enforce_limits(TOKEN, FakeLimits::none());
+    api.inject_chat_429(TOKEN, "5", 2);
+    let (status, body) = send_to("5").await;
+    assert_eq!(status, 429);
+    assert!(body.contains(r#""parameters":{"retry_after":2}"#), "{body}");
+    let hit = Instant::now();
+    assert_eq!(send_to("6").await.0, 200);
+    let (status, body) = send_to("5").await;
+    assert_eq!(status, 429, "still held: {body}");
+    tokio::time::sleep_until((hit + Duration::from_secs(2)).into()).await;
+    assert_eq!(send_to("5").await.0, 200);
+    assert_eq!(api.rate_limited(TOKEN), 6);
+
+    // Every call is recorded with its answer.
+    let statuses: Vec<u16> = api
+        .calls(TOKEN)
+        .iter()
+        .filter(|c| c.method == "sendMessage")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        5,
+        "{statuses:?}"
+    );
+}
+
+/// The other side of the fake's limits: a client that keeps them by its
+/// own clock is never refused, even when many calls go at the same
+/// instants (every window boundary) and arrive in any order. The schedule
+/// is the flood test's fastest one for 300 calls over 20 chats and 2
+/// groups, on Telegram's windows (or, unless POLLHOOK_TEST_FULL_SCALE is
+/// set, all ten times shorter so the test takes about 1.5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_limits_never_refuse_a_client_that_keeps_them() {
+    use crate::rig::{fastest_schedule, ChatCalls, FakeLimits};
+
+    let scale = if std::env::var_os("POLLHOOK_TEST_FULL_SCALE").is_some() {
+        1
+    } else {
+        10
+    };
+    let mut limits = FakeLimits::telegram();
+    for (_, period) in limits
+        .per_chat
+        .iter_mut()
+        .chain(&mut limits.per_group)
+        .chain(&mut limits.per_bot)
+    {
+        *period /= scale;
+    }
+    let api = FakeApi::start(Flavor::Telegram).await;
+    api.add_bot(TOKEN, 42, "testbot");
+
+    let chats: Vec<(i64, usize)> = (0..22)
+        .map(|i| match i {
+            0 | 1 => (-100 - i, 15),
+            2..=9 => (i, if i % 4 == 2 { 12 } else { 11 }),
+            _ => (i, 15),
+        })
+        .collect();
+    assert_eq!(chats.iter().map(|c| c.1).sum::<usize>(), 300);
+    let plan: Vec<ChatCalls> = chats
+        .iter()
+        .map(|&(id, n)| ChatCalls {
+            group: id < 0,
+            released: vec![Duration::ZERO; n],
+        })
+        .collect();
+    let schedule = fastest_schedule(&plan, &limits);
+    let client = reqwest::Client::new();
+    let url = api.method_url(TOKEN, "sendMessage");
+    // Connections first, so the timed calls do not wait for a handshake.
+    futures_util::future::join_all((0..100).map(|_| client.post(&url).body("{}").send())).await;
+    api.enforce_limits(TOKEN, limits.clone());
+
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut calls = Vec::new();
+    for (&(chat, _), times) in chats.iter().zip(&schedule) {
+        // One client per chat, each call at its time (never before the
+        // previous one of its chat was answered).
+        let (client, url, times) = (client.clone(), url.clone(), times.clone());
+        calls.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for t in times {
+                tokio::time::sleep_until(start + t).await;
+                let body = format!(r#"{{"chat_id":{chat},"text":"x"}}"#);
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(resp.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.extend(c.await.unwrap());
+    }
+    let end = schedule.iter().flatten().max().unwrap();
+    println!(
+        "a client keeping the limits (windows / {scale}): {} calls in {end:?}, {} refused",
+        statuses.len(),
+        api.rate_limited(TOKEN)
+    );
+    // What was refused, and when it arrived, for the failure message.
+    let refused: Vec<String> = api
+        .calls(TOKEN)
+        .iter()
+        .filter(|c| c.status == 429)
+        .take(10)
+        .map(|c| {
+            let at = c.at.saturating_duration_since(start.into_std());
+            format!("chat {} at {at:?}", c.params["chat_id"])
+        })
+        .collect();
+    assert_eq!(api.rate_limited(TOKEN), 0, "refused: {refused:?}");
+    assert!(statuses.iter().all(|s| *s == 200));
+}
+
 /// send* answers a Message, multipart uploads are kept byte for byte,
 /// getFile answers a File and its bytes download (with the token's colon
 /// percent-encoded, as python-telegram-bot sends it).

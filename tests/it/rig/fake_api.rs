@@ -1,7 +1,8 @@
 //! A fake Telegram Bot API that follows Telegram's `getUpdates` semantics:
 //! offsets confirm updates, long polls wake when an update arrives, a newer
 //! `getUpdates` terminates the older one with 409, unknown tokens get 401.
-//! Tests can inject one-shot faults per token.
+//! Tests can inject one-shot faults per token, and have it enforce rate
+//! limits per chat, group and bot like a platform (fake_limits.rs).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
+use super::fake_limits::{FakeLimits, Limiter};
 use super::serve::{self, Body, DropConnection, Server};
 
 // Messages, files and downloads; a child module so it can use the bot state.
@@ -158,6 +160,8 @@ struct Bot {
     batches: Vec<Vec<i64>>,
     /// The last positive offset applied (after a call's faults and checks).
     applied_offset: Option<i64>,
+    /// Rate limits and injected 429s for every method but getUpdates.
+    limits: Limiter,
     /// Messages sent and files kept (`send*`, `getFile`, downloads).
     content: results::Content,
 }
@@ -421,6 +425,25 @@ impl FakeApi {
     pub fn webhook(&self, token: &str) -> Option<String> {
         self.inner.read(token, |b| b.webhook.clone())
     }
+
+    /// From now on, calls of this token over `limits` get a 429 (see
+    /// fake_limits.rs); replaces earlier limits and their counts.
+    pub fn enforce_limits(&self, token: &str, limits: FakeLimits) {
+        self.inner.with_bot(token, |b| b.limits.enforce(limits));
+    }
+
+    /// The next call naming `chat_id` gets a 429 with this `retry_after`,
+    /// and the chat stays refused for that long.
+    pub fn inject_chat_429(&self, token: &str, chat_id: &str, retry_after_secs: u64) {
+        self.inner.with_bot(token, |b| {
+            b.limits.inject_chat_429(chat_id, retry_after_secs)
+        });
+    }
+
+    /// How many calls the fake answered 429 because of limits or injection.
+    pub fn rate_limited(&self, token: &str) -> usize {
+        self.inner.read(token, |b| b.limits.rate_limited())
+    }
 }
 
 fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -544,7 +567,7 @@ async fn handle(
     } else {
         match parsed {
             Err(description) => Ok(error(400, &description)),
-            Ok(params) => dispatch(&inner, &token, &method, &params).await,
+            Ok(params) => dispatch(&inner, &token, &method, &params, at).await,
         }
     };
     match &result {
@@ -559,8 +582,12 @@ async fn dispatch(
     token: &str,
     method: &str,
     params: &Value,
+    at: Instant,
 ) -> Result<Response<Body>, DropConnection> {
     if !method.eq_ignore_ascii_case("getUpdates") {
+        if let Err(secs) = inner.with_bot(token, |b| b.limits.admit(method, params, at)) {
+            return fault_response(inner.flavor, Fault::TooManyRequests(secs));
+        }
         let fault = inner.with_bot(token, |b| {
             let i = b
                 .method_faults

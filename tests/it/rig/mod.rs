@@ -12,6 +12,9 @@ pub mod admin;
 pub mod backend;
 pub mod check;
 pub mod fake_api;
+pub mod fake_limits;
+pub mod gateway;
+pub mod min_schedule;
 pub mod nats;
 pub mod nats_cluster;
 pub mod nodes;
@@ -27,6 +30,12 @@ pub use admin::{get, status_json, wait_bot_state, wait_code, wait_status};
 pub use backend::{Backend, Received, Reply, Span};
 pub use check::{assert_no_token, chat_id, distinct_ids, log_line, per_chat, retry_in, update_id};
 pub use fake_api::{Call, FakeApi, Fault, Flavor};
+pub use fake_limits::FakeLimits;
+pub use gateway::{
+    assert_no_secrets, assert_overflow, assert_refusal, client_table, gateway_table, has_metric,
+    limits_table, metric_sum, post_json, send, Answer, Gateway,
+};
+pub use min_schedule::{fastest_schedule, min_schedule, ChatCalls};
 pub use nats::{create_key_value, per_subject, read_stream, NatsAuth, NatsServer, StreamMsg};
 pub use nats_cluster::NatsCluster;
 pub use nodes::{ClusterBot, Nodes};

@@ -17,7 +17,7 @@ const POLL: Duration = Duration::from_millis(20);
 pub const CONFIG_FILE: &str = "pollhook.toml";
 pub const LOG_FILE: &str = "pollhook.log";
 /// How the log line `spawn` writes before each start begins.
-const MARKER: &str = "==== rig: starting pollhook";
+pub const MARKER: &str = "==== rig: starting pollhook";
 
 /// Process limits for `Relay::spawn_limited`, applied in the child.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
