@@ -136,13 +136,14 @@ pub async fn method(
             );
         }
         // A streamed upload's later fields are checked as they pass.
-        if let (false, Some(boundary), params::Body::Streamed { read: head, rest }) = (
-            read.complete,
-            read.boundary.clone(),
-            std::mem::replace(&mut read.body, params::Body::None),
-        ) {
-            let rest = params::guard(&head, rest, boundary, allowed.clone(), refused_chat.clone());
-            read.body = params::Body::Streamed { read: head, rest };
+        if let (false, Some(boundary)) = (read.complete, read.boundary.clone()) {
+            if let params::Body::Streamed { read: head, rest } =
+                std::mem::replace(&mut read.body, params::Body::None)
+            {
+                let rest =
+                    params::guard(&head, rest, boundary, allowed.clone(), refused_chat.clone());
+                read.body = params::Body::Streamed { read: head, rest };
+            }
         }
     }
     // A repeated Idempotency-Key gets the first call's answer.
