@@ -557,6 +557,50 @@ async fn refusals_are_bot_api_shaped_and_never_reach_the_platform() {
 /// A repeated `Idempotency-Key` gets the first answer without a second
 /// call, per client, and still after a restart (the answers are in sled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_and_retries_with_its_idempotency_key_sends_one_message() {
+    let setup = Setup::new().await;
+    let config = setup.config_full(&gateway_table(""), &client_table("app", APP_KEY, ""), "");
+    let gw = Gateway::start(&setup, &config).await;
+    // The platform takes 2 s; the client gives up after 0.5 s and retries.
+    setup
+        .api
+        .inject_method(TOKEN, "sendMessage", Fault::Hang(Duration::from_secs(2)));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let body = json!({"chat_id": 3, "text": "only once"});
+    let first = impatient
+        .post(gw.url(APP_KEY, "sendMessage"))
+        .header("Idempotency-Key", "slow-1")
+        .json(&body)
+        .send()
+        .await;
+    assert!(first.is_err(), "the first attempt timed out at the client");
+    let retry = send(
+        reqwest::Client::new()
+            .post(gw.url(APP_KEY, "sendMessage"))
+            .header("Idempotency-Key", "slow-1")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    let sends: Vec<u16> = setup
+        .api
+        .calls(TOKEN)
+        .iter()
+        .filter(|c| c.method == "sendMessage")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        sends,
+        [200],
+        "one message, answered: the first call ran to its end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_idempotency_key_is_answered_from_the_store_even_after_a_restart() {
     let setup = Setup::new().await;
     let admin = free_port();
