@@ -233,29 +233,14 @@ impl Budget {
                 None => LaneKey::NoChat,
             }
         };
-        let rx;
-        let seq;
+        let (seq, rx);
         {
             let mut st = self.shared.lock();
             if st.queued >= self.shared.max_queued {
                 let retry_after = st.drain_estimate(&self.shared.limits);
                 return Err(Overflow::Full { retry_after });
             }
-            seq = st.seq();
-            let (tx, r) = oneshot::channel();
-            rx = r;
-            let limits = &self.shared.limits;
-            st.lanes
-                .entry(key.clone())
-                .or_insert_with(|| Lane::new(&key, limits))
-                .waiting
-                .push_back(Waiter {
-                    seq,
-                    counted: ask.counted,
-                    resumes: false,
-                    tx,
-                });
-            st.queued += 1;
+            (seq, rx) = st.enqueue(&key, &self.shared.limits, ask.counted, false);
         }
         self.shared.wake.notify_one();
         let mut slot = Slot {
@@ -326,26 +311,12 @@ impl Slot {
     /// Waits again, at the head of its lane, for the limits to allow the
     /// call (after a 429), until `deadline`.
     pub async fn again(&mut self, deadline: Instant) -> Result<(), Overflow> {
-        let (tx, rx) = oneshot::channel();
-        let seq;
+        let (seq, rx);
         {
             let shared = self.shared.clone();
             let mut st = shared.lock();
             self.finish(&mut st);
-            seq = st.seq();
-            let limits = &shared.limits;
-            let key = self.key.clone();
-            st.lanes
-                .entry(key.clone())
-                .or_insert_with(|| Lane::new(&key, limits))
-                .waiting
-                .push_front(Waiter {
-                    seq,
-                    counted: self.counted,
-                    resumes: true,
-                    tx,
-                });
-            st.queued += 1;
+            (seq, rx) = st.enqueue(&self.key, &shared.limits, self.counted, true);
         }
         self.shared.wake.notify_one();
         self.wait(seq, rx, deadline).await
@@ -491,6 +462,36 @@ impl State {
     fn seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
+    }
+
+    /// Puts a call in its lane: at the back, or (the slot's holder after a
+    /// 429) at the front.
+    fn enqueue(
+        &mut self,
+        key: &LaneKey,
+        limits: &Limits,
+        counted: bool,
+        resumes: bool,
+    ) -> (u64, oneshot::Receiver<u64>) {
+        let seq = self.seq();
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            seq,
+            counted,
+            resumes,
+            tx,
+        };
+        let lane = self
+            .lanes
+            .entry(key.clone())
+            .or_insert_with(|| Lane::new(key, limits));
+        if resumes {
+            lane.waiting.push_front(waiter);
+        } else {
+            lane.waiting.push_back(waiter);
+        }
+        self.queued += 1;
+        (seq, rx)
     }
 
     /// Takes a waiter out; false if it is not waiting (granted).

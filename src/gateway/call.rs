@@ -293,11 +293,7 @@ impl Call {
                 }
             };
             let status = response.status().as_u16();
-            let retry_header = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            let retry_header = crate::http::retry_after_secs(response.headers());
             let content_type = response
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)

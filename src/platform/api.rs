@@ -405,11 +405,7 @@ impl BotApi {
             .await
             .map_err(|e| self.transport_error(e, timeout))?;
         let status = response.status().as_u16();
-        let retry_after_header = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let retry_after_header = crate::http::retry_after_secs(response.headers());
         let bytes = match read_capped(response, MAX_RESPONSE).await {
             Ok(b) => b,
             Err(BodyError::Timeout(_)) => return Err(ApiError::Timeout { timeout }),
