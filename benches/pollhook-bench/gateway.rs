@@ -35,10 +35,14 @@ pub struct Sizes {
     pub bursts: usize,
     /// How long each concurrent burst lasts.
     pub burst: Duration,
+    /// Each concurrent caller keeps to its own chats, so no call waits
+    /// for another caller's call in its chat (the gateway keeps one call
+    /// per chat in flight, for per-chat order).
+    pub own_chats: bool,
 }
 
 impl Sizes {
-    pub fn new(quick: bool, calls: Option<usize>, rounds: Option<usize>) -> Sizes {
+    pub fn new(quick: bool, calls: Option<usize>, rounds: Option<usize>, own_chats: bool) -> Sizes {
         let (c, r, burst) = if quick {
             (1_000, 4, Duration::from_secs(1))
         } else {
@@ -49,6 +53,7 @@ impl Sizes {
             rounds: rounds.unwrap_or(r).max(1),
             bursts: 3,
             burst,
+            own_chats,
         }
     }
 }
@@ -133,6 +138,57 @@ async fn wait_ready(client: &reqwest::Client, url: &str, child: &mut Child) {
     }
 }
 
+/// `pollhook_gateway_wait_seconds` as `/metrics` shows it: how long calls
+/// waited for the budget (its queue and scheduler, no limit applying).
+#[derive(Clone, Copy, Default)]
+struct Waits {
+    count: f64,
+    sum: f64,
+    /// Calls that waited up to 1 ms (the histogram's first bucket).
+    within_1ms: f64,
+}
+
+impl Waits {
+    async fn read(client: &reqwest::Client, url: &str) -> Waits {
+        let text = client
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics is read");
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("/metrics has no {name}"))
+        };
+        Waits {
+            count: value("pollhook_gateway_wait_seconds_count{bot=\"b0\"}"),
+            sum: value("pollhook_gateway_wait_seconds_sum{bot=\"b0\"}"),
+            within_1ms: value("pollhook_gateway_wait_seconds_bucket{bot=\"b0\",le=\"0.001\"}"),
+        }
+    }
+
+    fn since(self, before: Waits) -> Waits {
+        Waits {
+            count: self.count - before.count,
+            sum: self.sum - before.sum,
+            within_1ms: self.within_1ms - before.within_1ms,
+        }
+    }
+
+    fn mean_us(&self) -> f64 {
+        self.sum / self.count.max(1.0) * 1e6
+    }
+
+    fn over_1ms_pct(&self) -> f64 {
+        (self.count - self.within_1ms) / self.count.max(1.0) * 100.0
+    }
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -156,10 +212,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// `CALLERS` callers sending for `length`; caller k's i-th call goes to
-/// chat (k + CALLERS·i) mod CHATS, so the callers spread over the chats.
-/// Returns calls/s and the latencies.
-async fn burst(client: &reqwest::Client, url: &str, length: Duration) -> (f64, Vec<Duration>) {
+/// The chat of caller k's i-th call: (k + CALLERS·i) mod CHATS spreads
+/// the callers over all the chats, and two of them meet in a chat now and
+/// then, as independent backends do. With `own`, caller k keeps to the
+/// chats k + CALLERS·j, j < CHATS / CALLERS: they never meet.
+fn chat_of(k: u64, i: u64, own: bool) -> u64 {
+    let callers = CALLERS as u64;
+    if own {
+        k + callers * (i % (CHATS / callers))
+    } else {
+        (k + callers * i) % CHATS
+    }
+}
+
+/// `CALLERS` callers sending for `length`; returns calls/s and the
+/// latencies.
+async fn burst(
+    client: &reqwest::Client,
+    url: &str,
+    length: Duration,
+    own_chats: bool,
+) -> (f64, Vec<Duration>) {
     let url: Arc<str> = url.into();
     let start = Instant::now();
     let deadline = start + length;
@@ -170,7 +243,7 @@ async fn burst(client: &reqwest::Client, url: &str, length: Duration) -> (f64, V
             let mut out = Vec::new();
             let mut i = 0u64;
             while Instant::now() < deadline {
-                let chat = (k + CALLERS as u64 * i) % CHATS;
+                let chat = chat_of(k, i, own_chats);
                 out.push(send(&client, &url, message(chat, i)).await);
                 i += 1;
             }
@@ -194,7 +267,9 @@ pub async fn gateway(sizes: Sizes) -> String {
     let access = GatewayAccess {
         port: free_port(),
         methods: &["sendMessage"],
+        admin_port: free_port(),
     };
+    let metrics = format!("http://127.0.0.1:{}/metrics", access.admin_port);
     let urls = Urls {
         direct: format!("http://{api_addr}/bot0:benchtoken/sendMessage"),
         gateway: format!(
@@ -226,6 +301,7 @@ pub async fn gateway(sizes: Sizes) -> String {
 
     // Sequential calls, one at a time, in rounds alternating which path
     // goes first.
+    let waits0 = Waits::read(&client, &metrics).await;
     let per_round = sizes.calls.div_ceil(sizes.rounds);
     let (mut direct, mut through) = (Vec::new(), Vec::new());
     let mut seq_cpu = 0.0;
@@ -270,6 +346,8 @@ pub async fn gateway(sizes: Sizes) -> String {
         pct(&through, 0.99),
     );
     let added99 = g99.saturating_sub(d99);
+    let waits1 = Waits::read(&client, &metrics).await;
+    let seq_waits = waits1.since(waits0);
 
     // Concurrent callers, in bursts alternating which path goes first.
     let (mut d_rates, mut g_rates, mut d_lat, mut g_lat) =
@@ -284,7 +362,7 @@ pub async fn gateway(sizes: Sizes) -> String {
         let (mut d, mut g) = (0.0, 0.0);
         for path in order {
             let cpu0 = child.cpu_seconds();
-            let (rate, lat) = burst(&client, urls.of(path), sizes.burst).await;
+            let (rate, lat) = burst(&client, urls.of(path), sizes.burst, sizes.own_chats).await;
             match path {
                 Path::Direct => {
                     d = rate;
@@ -306,10 +384,16 @@ pub async fn gateway(sizes: Sizes) -> String {
         d_rates.push(d);
         g_rates.push(g);
     }
+    let con_waits = Waits::read(&client, &metrics).await.since(waits1);
     let (d_rate, g_rate) = (median(d_rates), median(g_rates));
     let (d_lat, g_lat) = (sorted(d_lat), sorted(g_lat));
     let (cd99, cg99) = (pct(&d_lat, 0.99), pct(&g_lat, 0.99));
 
+    assert_eq!(
+        (seq_waits.count as usize, con_waits.count as usize),
+        (calls, con_calls),
+        "pollhook_gateway_wait_seconds counts every gateway call"
+    );
     // Every call reached the fake API: the gateway relayed, not answered.
     let expected = 1 + 2 * (WARMUP + calls) + d_lat.len() + g_lat.len();
     let sent = api.sent.load(std::sync::atomic::Ordering::Relaxed);
@@ -321,6 +405,15 @@ pub async fn gateway(sizes: Sizes) -> String {
 
     let us_per_call = |cpu: f64, calls: usize| cpu / calls.max(1) as f64 * 1e6;
     let secs = sizes.burst.as_secs_f64();
+    let chats = if sizes.own_chats {
+        format!(
+            "{} chats, {} each",
+            CHATS / CALLERS as u64 * CALLERS as u64,
+            CHATS / CALLERS as u64
+        )
+    } else {
+        format!("{CHATS} chats")
+    };
     [
         row(
             &format!("gateway: sendMessage one at a time, p50 ({calls} calls each way in {} alternating rounds; baseline: the fake API called directly)", sizes.rounds),
@@ -355,7 +448,21 @@ pub async fn gateway(sizes: Sizes) -> String {
             Some(added99 < TARGET_P99_ADDED),
         ),
         row(
-            &format!("gateway: {CALLERS} callers over {CHATS} chats (calls/s, median of {} bursts of {secs:.0} s each way)", sizes.bursts),
+            "gateway: time waiting for the budget (mean; share over 1 ms), one at a time / 16 callers",
+            "-",
+            &format!(
+                "{:.0} µs / {:.0} µs; {:.2} % / {:.2} %",
+                seq_waits.mean_us(),
+                con_waits.mean_us(),
+                seq_waits.over_1ms_pct(),
+                con_waits.over_1ms_pct()
+            ),
+            None,
+            "-",
+            None,
+        ),
+        row(
+            &format!("gateway: {CALLERS} callers over {chats} (calls/s, median of {} bursts of {secs:.0} s each way)", sizes.bursts),
             &format!("{d_rate:.0}"),
             &format!("{g_rate:.0}"),
             Some(g_rate / d_rate),

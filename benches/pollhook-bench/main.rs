@@ -115,6 +115,10 @@ enum Scenario {
         /// Smaller sizes, and 1 s concurrent bursts instead of 3 s.
         #[arg(long)]
         quick: bool,
+        /// Concurrent callers keep to chats of their own (never one call
+        /// waiting for another's in its chat).
+        #[arg(long)]
+        own_chats: bool,
     },
     /// Every scenario (smaller sizes with --quick).
     All {
@@ -165,9 +169,10 @@ fn main() {
                 calls,
                 rounds,
                 quick,
+                own_chats,
             } => println!(
                 "{}",
-                gateway::gateway(gateway::Sizes::new(quick, calls, rounds)).await
+                gateway::gateway(gateway::Sizes::new(quick, calls, rounds, own_chats)).await
             ),
             Scenario::All { quick } => all(quick).await,
             Scenario::Baseline {
@@ -773,6 +778,6 @@ async fn all(quick: bool) {
     );
     println!(
         "{}",
-        gateway::gateway(gateway::Sizes::new(quick, None, None)).await
+        gateway::gateway(gateway::Sizes::new(quick, None, None, false)).await
     );
 }

@@ -27,6 +27,9 @@ pub struct GatewayAccess {
     pub port: u16,
     /// The client's methods (`[[bot.client]] methods`).
     pub methods: &'static [&'static str],
+    /// The admin API's port, for `/metrics` (the time calls waited for
+    /// the budget).
+    pub admin_port: u16,
 }
 
 impl GatewayAccess {
@@ -89,7 +92,14 @@ impl Child {
             ));
         }
         if let Some(g) = &cfg.gateway {
-            toml.push_str(&format!("[gateway]\nlisten = \"127.0.0.1:{}\"\n", g.port));
+            assert!(
+                cfg.cluster.as_ref().is_none_or(|c| c.admin_port.is_none()),
+                "one [admin] table: the cluster node's or the gateway's"
+            );
+            toml.push_str(&format!(
+                "[gateway]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+                g.port, g.admin_port
+            ));
         }
         let target = match cfg.jetstream {
             Some(nats) => {
