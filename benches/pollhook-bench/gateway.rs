@@ -12,7 +12,7 @@ use bytes::Bytes;
 use reqwest::header::CONTENT_TYPE;
 
 use crate::nats::free_port;
-use crate::proc::{Child, Config, GatewayAccess};
+use crate::proc::{cpu_seconds, Child, Config, GatewayAccess};
 use crate::row;
 use crate::servers::{Api, Backend};
 
@@ -353,6 +353,10 @@ pub async fn gateway(sizes: Sizes) -> String {
     let (mut d_rates, mut g_rates, mut d_lat, mut g_lat) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut con_cpu, mut con_calls) = (0.0, 0usize);
+    // The bench's own CPU too (its client and the fake API): with the
+    // relay's, what a call costs the machine each way.
+    let bench = std::process::id();
+    let (mut d_bench_cpu, mut g_bench_cpu) = (0.0, 0.0);
     for round in 0..sizes.bursts {
         let order = if round % 2 == 0 {
             [Path::Direct, Path::Gateway]
@@ -362,13 +366,17 @@ pub async fn gateway(sizes: Sizes) -> String {
         let (mut d, mut g) = (0.0, 0.0);
         for path in order {
             let cpu0 = child.cpu_seconds();
+            let bench0 = cpu_seconds(bench);
             let (rate, lat) = burst(&client, urls.of(path), sizes.burst, sizes.own_chats).await;
+            let bench_cpu = cpu_seconds(bench) - bench0;
             match path {
                 Path::Direct => {
+                    d_bench_cpu += bench_cpu;
                     d = rate;
                     d_lat.extend(lat);
                 }
                 Path::Gateway => {
+                    g_bench_cpu += bench_cpu;
                     con_cpu += child.cpu_seconds() - cpu0;
                     con_calls += lat.len();
                     g = rate;
@@ -474,6 +482,17 @@ pub async fn gateway(sizes: Sizes) -> String {
             &ms(cd99),
             &ms(cg99),
             Some(cg99.as_secs_f64() / cd99.as_secs_f64()),
+            "-",
+            None,
+        ),
+        row(
+            &format!("gateway: CPU per call with {CALLERS} callers, the bench's client and fake API (+ pollhook through the gateway)"),
+            &format!("{:.0} µs", us_per_call(d_bench_cpu, d_lat.len())),
+            &format!("{:.0} µs", us_per_call(g_bench_cpu + con_cpu, con_calls)),
+            Some(
+                (g_bench_cpu + con_cpu) / con_calls.max(1) as f64
+                    / (d_bench_cpu / d_lat.len().max(1) as f64)
+            ),
             "-",
             None,
         ),
