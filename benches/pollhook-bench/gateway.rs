@@ -261,7 +261,7 @@ async fn burst(
 pub async fn gateway(sizes: Sizes) -> String {
     let api = Api::new();
     let api_addr = api.start().await;
-    // pollhook needs a forward; nothing is polled in this scenario.
+    // pollhook needs a forward; the API holds no updates, so it idles.
     let backend = Backend::new(Duration::ZERO);
     let backend_addr = backend.start().await;
     let access = GatewayAccess {
