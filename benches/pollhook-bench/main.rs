@@ -8,6 +8,7 @@
 
 mod baseline;
 mod cluster;
+mod gateway;
 mod nats;
 mod nats_cluster;
 mod proc;
@@ -101,6 +102,24 @@ enum Scenario {
         #[arg(long)]
         no_replicas1: bool,
     },
+    /// Added latency of a sendMessage through the Bot API gateway (no rate
+    /// limit applies) vs the fake API called directly, interleaved; then
+    /// 16 concurrent callers' throughput.
+    Gateway {
+        /// Sequential calls each way (default 10000, 1000 with --quick).
+        #[arg(long)]
+        calls: Option<usize>,
+        /// Alternating rounds they are split into (default 10, 4 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Smaller sizes, and 1 s concurrent bursts instead of 3 s.
+        #[arg(long)]
+        quick: bool,
+        /// Concurrent callers keep to chats of their own (never one call
+        /// waiting for another's in its chat).
+        #[arg(long)]
+        own_chats: bool,
+    },
     /// Every scenario (smaller sizes with --quick).
     All {
         #[arg(long)]
@@ -145,6 +164,15 @@ fn main() {
             } => println!(
                 "{}",
                 cluster::cluster(updates, rounds, kills, !no_replicas1).await
+            ),
+            Scenario::Gateway {
+                calls,
+                rounds,
+                quick,
+                own_chats,
+            } => println!(
+                "{}",
+                gateway::gateway(gateway::Sizes::new(quick, calls, rounds, own_chats)).await
             ),
             Scenario::All { quick } => all(quick).await,
             Scenario::Baseline {
@@ -747,5 +775,9 @@ async fn all(quick: bool) {
             true
         )
         .await
+    );
+    println!(
+        "{}",
+        gateway::gateway(gateway::Sizes::new(quick, None, None, false)).await
     );
 }

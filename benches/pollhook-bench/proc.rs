@@ -15,6 +15,28 @@ pub struct Config {
     /// Run as a node of a cluster (`[cluster]` and `[nats]`), its queue
     /// in JetStream; the forward still POSTs to the backend.
     pub cluster: Option<ClusterNode>,
+    /// Serve the Bot API gateway, every rate limit off.
+    pub gateway: Option<GatewayAccess>,
+}
+
+/// The gateway's part of the configuration: `[gateway] listen` on this
+/// port and, per bot, one `[[bot.client]]` and `[bot.limits]` with every
+/// scope off (`[]`), so a call waits for no limit and what is measured is
+/// the gateway's own cost.
+pub struct GatewayAccess {
+    pub port: u16,
+    /// The client's methods (`[[bot.client]] methods`).
+    pub methods: &'static [&'static str],
+    /// The admin API's port, for `/metrics` (the time calls waited for
+    /// the budget).
+    pub admin_port: u16,
+}
+
+impl GatewayAccess {
+    /// Bot `bot`'s client key, shaped like a token as the docs advise.
+    pub fn key(&self, bot: usize) -> String {
+        format!("{bot}:bench-gateway-key-0123456789")
+    }
 }
 
 /// A cluster node's part of the configuration.
@@ -36,6 +58,7 @@ impl Default for Config {
             retry_max_delay: "60s",
             jetstream: None,
             cluster: None,
+            gateway: None,
         }
     }
 }
@@ -68,6 +91,16 @@ impl Child {
                 c.lease
             ));
         }
+        if let Some(g) = &cfg.gateway {
+            assert!(
+                cfg.cluster.as_ref().is_none_or(|c| c.admin_port.is_none()),
+                "one [admin] table: the cluster node's or the gateway's"
+            );
+            toml.push_str(&format!(
+                "[gateway]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+                g.port, g.admin_port
+            ));
+        }
         let target = match cfg.jetstream {
             Some(nats) => {
                 toml.push_str(&format!("[nats]\nservers = [\"nats://{nats}\"]\n"));
@@ -82,6 +115,15 @@ impl Child {
                  signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
                 cfg.max_in_flight, cfg.retry_max_delay
             ));
+            if let Some(g) = &cfg.gateway {
+                let methods: Vec<String> = g.methods.iter().map(|m| format!("\"{m}\"")).collect();
+                toml.push_str(&format!(
+                    "[bot.limits]\nper_chat = []\nper_group = []\nper_bot = []\n\
+                     [[bot.client]]\nname = \"bench\"\nkey = \"{}\"\nmethods = [{}]\n",
+                    g.key(i),
+                    methods.join(", ")
+                ));
+            }
         }
         let config = dir.path().join("pollhook.toml");
         std::fs::write(&config, toml).expect("config");
@@ -112,6 +154,11 @@ impl Child {
             state_dir: PathBuf::new(),
             config: PathBuf::new(),
         }
+    }
+
+    /// The exit status, if the process has ended (a refused configuration).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Graceful stop (SIGTERM), waiting for the exit.

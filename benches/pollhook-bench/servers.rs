@@ -1,6 +1,7 @@
 //! Servers for benchmarks: a fake Bot API that serves a prepared backlog (or
-//! updates pushed one at a time) and a backend that answers at once (or after
-//! a delay, or 503 while "down"). Built for speed so they are never the
+//! updates pushed one at a time) and answers `sendMessage` with a small
+//! message, and a backend that answers at once (or after a delay, or 503
+//! while "down"). Built for speed so they are never the
 //! bottleneck: hyper on a listener with a 1024 backlog, TCP_NODELAY,
 //! keep-alive, pre-rendered update bodies.
 
@@ -65,6 +66,22 @@ pub fn update_json(id: i64, chats: i64) -> Bytes {
     ))
 }
 
+/// `sendMessage`'s answer: the message as Telegram returns it, trimmed
+/// to the fields a client reads (~170 bytes), rendered without a JSON
+/// serializer so that the fake stays cheap.
+fn sent_message(id: u64, params: &serde_json::Value) -> Bytes {
+    let chat = match &params["chat_id"] {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) if s.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
+            s.clone()
+        }
+        _ => "0".to_string(),
+    };
+    Bytes::from(format!(
+        r#"{{"ok":true,"result":{{"message_id":{id},"from":{{"id":1,"is_bot":true,"first_name":"bench","username":"bench_bot"}},"chat":{{"id":{chat},"type":"private"}},"date":1764547200,"text":"ok"}}}}"#
+    ))
+}
+
 #[derive(Default)]
 struct ApiState {
     queue: VecDeque<(i64, Bytes)>,
@@ -81,6 +98,8 @@ pub struct Api {
     /// `getUpdates` calls: a relay polls once it is ready (in a cluster,
     /// once a node leads the bot).
     pub polls: Arc<AtomicU64>,
+    /// `sendMessage` calls answered.
+    pub sent: Arc<AtomicU64>,
 }
 
 impl Api {
@@ -90,6 +109,7 @@ impl Api {
             changed: Default::default(),
             calls: Default::default(),
             polls: Default::default(),
+            sent: Default::default(),
         }
     }
 
@@ -141,6 +161,10 @@ impl Api {
             "getUpdates" => {
                 self.polls.fetch_add(1, Ordering::Relaxed);
                 self.get_updates(&params).await
+            }
+            "sendMessage" => {
+                let id = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+                json(200, sent_message(id, &params))
             }
             _ => json(200, Bytes::from_static(br#"{"ok":true,"result":true}"#)),
         }
