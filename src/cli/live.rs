@@ -112,6 +112,8 @@ fn what(w: &What) -> String {
             attempt,
             retry_in_ms,
         } => match retry_in_ms {
+            // The first retry goes at once.
+            Some(0) => format!("failed: {error} (attempt {attempt}, retrying now)"),
             Some(ms) => format!(
                 "failed: {error} (attempt {attempt}, next in {})",
                 span(Duration::from_millis(*ms))
@@ -228,6 +230,14 @@ mod tests {
                     retry_in_ms: Some(4000),
                 },
                 "failed: connection refused (attempt 2, next in 4.0s)",
+            ),
+            (
+                What::Failed {
+                    error: "HTTP 503".into(),
+                    attempt: 1,
+                    retry_in_ms: Some(0),
+                },
+                "failed: HTTP 503 (attempt 1, retrying now)",
             ),
             (
                 What::Failed {

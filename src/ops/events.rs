@@ -130,6 +130,66 @@ fn json_line<T: serde::Serialize>(value: &T) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{Event, Status, What, CAPACITY};
+
+    fn delivered(bot: &str) -> Event {
+        Event {
+            at: 1,
+            bot: bot.into(),
+            forward: Some("app".into()),
+            update_id: Some(1),
+            chat: None,
+            what: What::Delivered {
+                status: Status::Http(200),
+                ms: 1,
+                attempt: 1,
+            },
+        }
+    }
+
+    fn stream(bus: &Bus, filter: Filter) -> Stream {
+        Stream {
+            listener: bus.subscribe(),
+            filter,
+            every: Duration::from_secs(10),
+            quiet_until: Instant::now() + Duration::from_secs(10),
+            stop: CancellationToken::new(),
+            _slot: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_is_told_what_it_missed_and_the_rest_is_filtered() {
+        let bus = Bus::new();
+        let mut s = stream(
+            &bus,
+            Filter {
+                bot: Some("main".into()),
+                forward: None,
+            },
+        );
+        for i in 0..CAPACITY + 7 {
+            bus.emit(|| delivered(if i % 2 == 0 { "main" } else { "other" }));
+        }
+        let line = s.next_line().await.unwrap();
+        assert_eq!(&line[..], b"{\"event\":\"lagged\",\"missed\":7}\n");
+        let line = s.next_line().await.unwrap();
+        assert!(line.starts_with(b"{\"at\":1,\"bot\":\"main\""), "{line:?}");
+        let line = s.next_line().await.unwrap();
+        assert!(line.starts_with(b"{\"at\":1,\"bot\":\"main\""), "{line:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_sends_keepalives_and_a_stop_ends_it() {
+        let bus = Bus::new();
+        let mut s = stream(&bus, Filter::default());
+        let started = Instant::now();
+        let line = s.next_line().await.unwrap();
+        assert_eq!(&line[..], b"{\"event\":\"keepalive\"}\n");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        s.stop.cancel();
+        assert!(s.next_line().await.is_none());
+    }
 
     #[test]
     fn keepalives_come_well_within_the_idle_timeout() {
