@@ -25,20 +25,48 @@ const RESET: &str = "\x1b[0m";
 #[derive(Debug, Clone, Copy)]
 pub struct Style {
     colour: bool,
+    who: Who,
+}
+
+/// How an event names whose it is.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    /// `bot/forward`, padded to this width.
+    Full(usize),
+    /// The forward only (the quick start's one bot), padded to this width.
+    Forward(usize),
+    /// Nothing (the quick start with one forward: there is only one).
+    Hidden,
 }
 
 impl Style {
-    /// Colour when stdout is a terminal and `NO_COLOR` is not set (as the
-    /// log's own colour decides for stderr).
+    /// For `pollhook tail`: `bot/forward` on each line.
     pub fn for_stdout() -> Style {
         Style {
-            colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            colour: colour_on_stdout(),
+            who: Who::Full(14),
+        }
+    }
+
+    /// For the quick start, whose one bot is always `bot`: the forward's
+    /// name (its URL) only when there are several.
+    pub fn for_quick_start(forwards: &[String]) -> Style {
+        let who = match forwards {
+            [] | [_] => Who::Hidden,
+            many => Who::Forward(many.iter().map(|f| f.chars().count()).max().unwrap_or(0)),
+        };
+        Style {
+            colour: colour_on_stdout(),
+            who,
         }
     }
 
     #[cfg(test)]
     pub fn plain() -> Style {
-        Style { colour: false }
+        Style {
+            colour: false,
+            who: Who::Full(14),
+        }
     }
 
     fn paint(self, colour: &str, text: String) -> String {
@@ -51,23 +79,29 @@ impl Style {
 
     /// One event as a line (no newline).
     pub fn event(self, e: &Event) -> String {
-        let mut who = e.bot.clone();
-        if let Some(f) = &e.forward {
-            who.push('/');
-            who.push_str(f);
+        let mut line = clock(e.at);
+        line.push_str("  ");
+        match self.who {
+            Who::Full(width) => {
+                let mut who = e.bot.clone();
+                if let Some(f) = &e.forward {
+                    who.push('/');
+                    who.push_str(f);
+                }
+                let _ = write!(line, "{who:<width$}  ");
+            }
+            Who::Forward(width) => {
+                let who = e.forward.as_deref().unwrap_or("");
+                let _ = write!(line, "{who:<width$}  ");
+            }
+            Who::Hidden => {}
         }
         let id = e.update_id.map_or("#?".to_string(), |id| format!("#{id}"));
         let chat = e
             .chat
             .as_ref()
             .map_or(String::new(), |c| format!("chat {c}"));
-        let mut line = String::new();
-        let _ = write!(
-            line,
-            "{}  {who:<14}  {id:<11}  {chat:<12} {}",
-            clock(e.at),
-            what(&e.what)
-        );
+        let _ = write!(line, "{id:<11}  {chat:<12} {}", what(&e.what));
         let colour = match &e.what {
             What::Received { .. } => DIM,
             What::Delivered { .. } | What::Reply { ok: true, .. } => GREEN,
@@ -146,6 +180,12 @@ fn span(d: Duration) -> String {
         10_000..60_000 => format!("{}s", d.as_secs()),
         _ => format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60),
     }
+}
+
+/// Colour when stdout is a terminal and `NO_COLOR` is not set (as the
+/// log's own colour decides for stderr).
+fn colour_on_stdout() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// `HH:MM:SS.mmm` in local time.
@@ -272,6 +312,30 @@ mod tests {
     }
 
     #[test]
+    fn the_quick_start_names_a_forward_only_when_it_has_several() {
+        let e = event(
+            Some("http://127.0.0.1:3000/hook"),
+            What::Delivered {
+                status: Status::Http(204),
+                ms: 5,
+                attempt: 1,
+            },
+        );
+        let one = Style::for_quick_start(&["http://127.0.0.1:3000/hook".into()]).event(&e);
+        assert!(!one.contains("bot") && !one.contains("http"), "{one}");
+        assert!(one.contains(".123  #244272513  "), "{one}");
+        let two = Style::for_quick_start(&[
+            "http://127.0.0.1:3000/hook".into(),
+            "http://127.0.0.1:4000/x".into(),
+        ])
+        .event(&e);
+        assert!(
+            two.contains("  http://127.0.0.1:3000/hook  #244272513"),
+            "{two}"
+        );
+    }
+
+    #[test]
     fn colour_only_when_asked() {
         let e = event(
             Some("app"),
@@ -280,7 +344,11 @@ mod tests {
                 attempts: 1,
             },
         );
-        let red = Style { colour: true }.event(&e);
+        let red = Style {
+            colour: true,
+            ..Style::plain()
+        }
+        .event(&e);
         assert!(red.starts_with(RED) && red.ends_with(RESET), "{red:?}");
     }
 

@@ -265,7 +265,15 @@ pub fn report(e: &anyhow::Error) {
 /// The relay, with each event printed on stdout as it happens.
 async fn run_watched(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let events = crate::events::Bus::new();
-    let printer = tokio::spawn(live::print(events.subscribe(), live::Style::for_stdout()));
+    let names: Vec<String> = settings
+        .bots
+        .iter()
+        .flat_map(|b| b.forwards.iter().map(|f| f.name.clone()))
+        .collect();
+    let printer = tokio::spawn(live::print(
+        events.subscribe(),
+        live::Style::for_quick_start(&names),
+    ));
     let to: Vec<String> = settings
         .bots
         .iter()

@@ -148,7 +148,15 @@ async fn events_show_each_update_received_then_delivered_with_its_fields() {
         );
         assert!(r_at <= d_at && r_at > 1_600_000_000_000, "{r_at} {d_at}");
     }
+    // A stop ends the open stream at once, rather than at its next
+    // keep-alive (10 s with the default idle timeout).
+    let stopping = Instant::now();
     relay.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stopping with a reader took {:?}",
+        stopping.elapsed()
+    );
     assert_no_secrets(&stream.raw());
 }
 
@@ -199,7 +207,12 @@ async fn events_filter_by_bot_and_forward() {
     let kinds = |events: &[Value]| -> Vec<String> {
         events
             .iter()
-            .map(|e| format!("{} {} {} {}", e["event"], e["bot"], e["forward"], e["update_id"]))
+            .map(|e| {
+                format!(
+                    "{} {} {} {}",
+                    e["event"], e["bot"], e["forward"], e["update_id"]
+                )
+            })
             .collect()
     };
     assert_eq!(
@@ -311,7 +324,10 @@ async fn a_webhook_reply_shows_as_a_reply_event() {
     assert_eq!(made["ok"], true);
     assert_eq!(made["error"], Value::Null);
     assert_eq!(made["chat"], "1");
-    assert_eq!((&made["bot"], &made["forward"]), (&"main".into(), &"app".into()));
+    assert_eq!(
+        (&made["bot"], &made["forward"]),
+        (&"main".into(), &"app".into())
+    );
     let refused = replies.iter().find(|e| e["update_id"] == 2).unwrap();
     assert_eq!(refused["method"], "banChatMember");
     assert_eq!(refused["ok"], false);
@@ -496,7 +512,10 @@ async fn pollhook_tail_prints_a_line_per_event_plain_or_as_json() {
             .lines()
             .find(|l| l.contains(&format!("#{id} ")) && l.contains("received message"))
             .unwrap_or_else(|| panic!("no received line for {id}:\n{out}"));
-        assert!(received.contains(&format!("chat {}", 40 + id)), "{received}");
+        assert!(
+            received.contains(&format!("chat {}", 40 + id)),
+            "{received}"
+        );
         assert!(received.contains("  main  "), "{received}");
         let delivered = out
             .lines()
@@ -523,13 +542,20 @@ async fn pollhook_tail_prints_a_line_per_event_plain_or_as_json() {
     assert_eq!(out.matches("\"event\":\"received\"").count(), 3, "{out}");
 
     // Ctrl-C ends it cleanly.
-    for t in [&mut plain, &mut json] {
-        t.interrupt();
-        let status = t.exit().await;
-        assert!(status.success(), "{status}: {}", t.err());
-        assert_no_secrets(&t.out());
-    }
+    json.interrupt();
+    let status = json.exit().await;
+    assert!(status.success(), "{status}: {}", json.err());
+    assert_no_secrets(&json.out());
+    // A stop of pollhook ends the stream, and tail says so.
     relay.stop().await;
+    let status = plain.exit().await;
+    assert!(!status.success());
+    assert!(
+        plain.err().contains("ended the stream: pollhook stopped"),
+        "{}",
+        plain.err()
+    );
+    assert_no_secrets(&plain.out());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,8 +568,9 @@ async fn pollhook_tail_says_clearly_when_it_cannot_reach_pollhook() {
     let (ok, out, err) = pollhook_async(&["tail", "--config", cfg]).await;
     assert!(!ok && out.is_empty(), "{out}");
     assert!(
-        err.contains(&format!("the admin API at 127.0.0.1:{port} does not answer"))
-            && err.contains("is pollhook running?"),
+        err.contains(&format!(
+            "the admin API at 127.0.0.1:{port} does not answer"
+        )) && err.contains("is pollhook running?"),
         "{err}"
     );
     // No admin API configured at all.
