@@ -51,14 +51,12 @@ impl Streams {
     /// A stream of the events `filter` wants, or 503 when too many are open.
     pub fn open(&self, filter: Filter) -> Response {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{} event streams are open, the most the admin API allows (half its connection cap, so status and metrics stay reachable); close one\n",
-                    self.max
-                ),
-            )
-                .into_response();
+            let why = if self.max == 0 {
+                "the admin API's connection cap (an eighth of the file-handle limit) leaves no room for event streams; raise LimitNOFILE".to_string()
+            } else {
+                format!("{} event streams are open, the most the admin API allows (half its connection cap, so status and metrics stay reachable); close one", self.max)
+            };
+            return (StatusCode::SERVICE_UNAVAILABLE, why + "\n").into_response();
         };
         let stream = Stream {
             listener: self.bus.subscribe(),

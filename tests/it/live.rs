@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::rig::proc::LOG_FILE;
 use crate::rig::*;
 
 const ADMIN_TOKEN: &str = "adm1n-t0ken-for-events";
@@ -17,6 +18,14 @@ struct Events {
     lines: Arc<Mutex<Vec<(Instant, Value)>>>,
     raw: Arc<Mutex<String>>,
     ended: Arc<Mutex<Option<String>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Events {
+    /// Hangs up.
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl Events {
@@ -34,38 +43,33 @@ impl Events {
             "application/x-ndjson",
             "one JSON object per line"
         );
-        let events = Events {
-            lines: Arc::default(),
-            raw: Arc::default(),
-            ended: Arc::default(),
-        };
-        let (lines, raw, ended) = (
-            events.lines.clone(),
-            events.raw.clone(),
-            events.ended.clone(),
-        );
-        tokio::spawn(async move {
-            let mut pending = String::new();
-            let why = loop {
-                match response.chunk().await {
-                    Ok(Some(bytes)) => {
-                        let text = String::from_utf8_lossy(&bytes).into_owned();
-                        raw.lock().unwrap().push_str(&text);
-                        pending.push_str(&text);
-                        while let Some(end) = pending.find('\n') {
-                            let line: String = pending.drain(..=end).collect();
-                            let value: Value = serde_json::from_str(&line)
-                                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
-                            lines.lock().unwrap().push((Instant::now(), value));
+        let (lines, raw, ended) = (Arc::default(), Arc::default(), Arc::default());
+        Events {
+            lines: Arc::clone(&lines),
+            raw: Arc::clone(&raw),
+            ended: Arc::clone(&ended),
+            reader: tokio::spawn(async move {
+                let mut pending = String::new();
+                let why = loop {
+                    match response.chunk().await {
+                        Ok(Some(bytes)) => {
+                            let text = String::from_utf8_lossy(&bytes).into_owned();
+                            raw.lock().unwrap().push_str(&text);
+                            pending.push_str(&text);
+                            while let Some(end) = pending.find('\n') {
+                                let line: String = pending.drain(..=end).collect();
+                                let value: Value = serde_json::from_str(&line)
+                                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+                                lines.lock().unwrap().push((Instant::now(), value));
+                            }
                         }
+                        Ok(None) => break "the stream ended".to_string(),
+                        Err(e) => break format!("the stream broke: {e}"),
                     }
-                    Ok(None) => break "the stream ended".to_string(),
-                    Err(e) => break format!("the stream broke: {e}"),
-                }
-            };
-            *ended.lock().unwrap() = Some(why);
-        });
-        events
+                };
+                *ended.lock().unwrap() = Some(why);
+            }),
+        }
     }
 
     /// Every line but keep-alives.
@@ -354,8 +358,11 @@ async fn the_event_stream_needs_the_admin_token_and_outlives_the_idle_timeout() 
     );
     let mut relay = setup.spawn(&setup.config_full(&admin, "", ""));
     relay.wait_log("admin API on", LONG).await;
-    let (code, body) = get(port, "/events").await;
-    assert_eq!(code, 401, "{body}");
+    // Statuses only: a stream that opened would never end.
+    let none = reqwest::get(format!("http://127.0.0.1:{port}/events"))
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401);
     let wrong = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/events"))
         .bearer_auth("wrong")
@@ -401,6 +408,47 @@ async fn the_event_stream_needs_the_admin_token_and_outlives_the_idle_timeout() 
     })
     .await;
     assert_no_secrets(&stream.raw());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_take_at_most_half_the_admin_connections() {
+    let setup = Setup::new().await;
+    let port = free_port();
+    let config = setup.config_full(&admin_table(port, "idle_timeout = \"1s\""), "", "");
+    // 64 file handles: the admin API takes 8 connections, so 4 streams.
+    let mut relay = Relay::spawn_limited(
+        &["run", "--config", config.to_str().unwrap()],
+        &[],
+        &setup.path().join(LOG_FILE),
+        ProcLimits {
+            nofile: Some(64),
+            umask: None,
+        },
+    );
+    relay.wait_log("admin API on", LONG).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(Events::open(port, "", None).await);
+    }
+    // Only the status is read: a stream that opened would never end.
+    let fifth = reqwest::get(format!("http://127.0.0.1:{port}/events"))
+        .await
+        .unwrap();
+    assert_eq!(fifth.status(), 503, "a fifth stream");
+    let body = fifth.text().await.unwrap();
+    assert!(body.contains("4 event streams are open"), "{body}");
+    // The other half is there for everything else.
+    assert_eq!(get(port, "/status").await.0, 200);
+    assert_eq!(get(port, "/metrics").await.0, 200);
+    // A reader that goes away gives its place back.
+    drop(open.pop());
+    eventually("a stream's place to come back", LONG, async || {
+        reqwest::get(format!("http://127.0.0.1:{port}/events"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    relay.stop().await;
 }
 
 /// A child process whose stdout and stderr are collected by threads.
