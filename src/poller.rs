@@ -277,7 +277,7 @@ impl Poller {
             .filter(|(u, f)| {
                 if f.is_empty() {
                     stats::add(&self.stats.updates_unrouted, 1);
-                    debug!(update_id = ?u.update_id, kind = %u.kind, "no forward wants this update; dropped");
+                    debug!(update_id = %crate::platform::update::LogId(u.update_id), kind = %u.kind, "no forward wants this update; dropped");
                 }
                 !f.is_empty()
             })

@@ -299,7 +299,7 @@ impl Forwarder {
         );
         match self.settings.stale {
             StalePolicy::Drop => {
-                info!(update_id = ?job.update_id, "{why}; dropped");
+                info!(update_id = %crate::platform::update::LogId(job.update_id), "{why}; dropped");
                 stats::add(&self.stats.stale_dropped, 1);
                 if let Err(e) = self.queue.complete(self.fwd_id, job.seq) {
                     error!("cannot drop a stale update: {e}");
@@ -318,7 +318,7 @@ impl Forwarder {
 
     fn bury(&self, job: &Job) {
         warn!(
-            update_id = ?job.update_id, attempts = job.attempts,
+            update_id = %crate::platform::update::LogId(job.update_id), attempts = job.attempts,
             "moved to dead letters: {}; inspect with `pollhook dlq list`, resend with `pollhook dlq replay {}`",
             job.last_error, job.seq
         );
@@ -368,10 +368,10 @@ impl Forwarder {
             Outcome::Delivered { status, reply } => {
                 match status {
                     Some(status) => {
-                        debug!(update_id = ?job.update_id, status, attempt = job.attempts + 1, "delivered")
+                        debug!(update_id = %crate::platform::update::LogId(job.update_id), status, attempt = job.attempts + 1, "delivered")
                     }
                     None => {
-                        debug!(update_id = ?job.update_id, attempt = job.attempts + 1, "delivered (acknowledged)")
+                        debug!(update_id = %crate::platform::update::LogId(job.update_id), attempt = job.attempts + 1, "delivered (acknowledged)")
                     }
                 }
                 stats::add(&self.stats.delivered, 1);
@@ -409,7 +409,7 @@ impl Forwarder {
                         // Every permit for a body of its size is taken: the
                         // chat waits until this reply is read, other chats
                         // go on.
-                        debug!(update_id = ?job.update_id, "webhook reply waits for memory to be read; its chat waits with it");
+                        debug!(update_id = %crate::platform::update::LogId(job.update_id), "webhook reply waits for memory to be read; its chat waits with it");
                         let hold = LaneHold {
                             key: key.clone(),
                             back: inflight.lane_back.clone(),
@@ -440,7 +440,7 @@ impl Forwarder {
                 } else {
                     // Logged once by whatever watches the way there (the
                     // NATS connection), not once per lane per look.
-                    debug!(update_id = ?job.update_id, "not sent: {error}; looking again in {retry_in:?}");
+                    debug!(update_id = %crate::platform::update::LogId(job.update_id), "not sent: {error}; looking again in {retry_in:?}");
                     job.next_at_ms = now + retry_in.as_millis() as u64;
                     lanes.replace_head(&key, job, now);
                 }
@@ -464,7 +464,7 @@ impl Forwarder {
                     self.emit_failed(&job, Some(wait));
                     job.next_at_ms = now + wait.as_millis() as u64;
                     warn!(
-                        update_id = ?job.update_id,
+                        update_id = %crate::platform::update::LogId(job.update_id),
                         attempt = job.attempts, retry_in = %format!("{:.1}s", wait.as_secs_f64()),
                         "delivery failed: {}; the update stays queued", job.last_error
                     );

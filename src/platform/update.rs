@@ -251,6 +251,19 @@ fn lane_of(body: Body) -> (Lane, Option<String>) {
     }
 }
 
+/// An update's id for log fields: `update_id=244272513`, or `none` for an
+/// update that has no readable id.
+pub struct LogId(pub Option<i64>);
+
+impl std::fmt::Display for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

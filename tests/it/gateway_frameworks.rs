@@ -6,7 +6,7 @@
 //!
 //! The scripts are in `tests/it/frameworks/`; their pinned packages are
 //! installed by `bash tests/it/frameworks/install.sh` (run by .ci/run, which
-//! also exports POLLHOOK_TEST_PYTHON and POLLHOOK_TEST_NODE_MODULES), so
+//! also exports FRAMEWORKS_PYTHON and FRAMEWORKS_NODE_MODULES), so
 //! every test here is `#[ignore]`d: `--include-ignored` runs them, and a
 //! missing install fails them naming that command.
 //!
@@ -365,7 +365,7 @@ fn frameworks_dir() -> PathBuf {
 
 /// How to fix a missing install.
 const INSTALL: &str =
-    "run `bash tests/it/frameworks/install.sh` (or .ci/run, which runs it and sets POLLHOOK_TEST_PYTHON and POLLHOOK_TEST_NODE_MODULES)";
+    "run `bash tests/it/frameworks/install.sh` (or .ci/run, which runs it and sets FRAMEWORKS_PYTHON and FRAMEWORKS_NODE_MODULES)";
 
 impl Runtime {
     /// The program, and the environment it needs to find its packages.
@@ -377,7 +377,7 @@ impl Runtime {
         };
         match self {
             Runtime::Python => {
-                let python = from_env("POLLHOOK_TEST_PYTHON", ".venv/bin/python");
+                let python = from_env("FRAMEWORKS_PYTHON", ".venv/bin/python");
                 assert!(
                     python.exists(),
                     "the frameworks' Python ({}) is missing: {INSTALL}",
@@ -389,7 +389,7 @@ impl Runtime {
                 cmd
             }
             Runtime::Node => {
-                let modules = from_env("POLLHOOK_TEST_NODE_MODULES", "node_modules");
+                let modules = from_env("FRAMEWORKS_NODE_MODULES", "node_modules");
                 assert!(
                     modules.join("grammy").is_dir(),
                     "grammy is not installed in {}: {INSTALL}",

@@ -133,7 +133,7 @@ impl Replies {
         let i = &self.inner;
         stats::add(&i.stats.replies_failed, 1);
         warn!(
-            ?update_id,
+            update_id = %crate::platform::update::LogId(update_id),
             "webhook reply not executed: {why}; the update itself was delivered"
         );
         i.emit(update_id, || None, None, Err(&why));
@@ -214,7 +214,7 @@ impl Replies {
         }
         for live in i.live().values() {
             let method = live.method.as_deref().unwrap_or("(body not read yet)");
-            warn!(update_id = ?live.update_id, %method, "stop timeout reached; webhook reply call abandoned: the backend's answer did not reach the platform");
+            warn!(update_id = %crate::platform::update::LogId(live.update_id), %method, "stop timeout reached; webhook reply call abandoned: the backend's answer did not reach the platform");
         }
         i.abandon.cancel();
         i.tasks.wait().await;
@@ -242,7 +242,7 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
                 Err(&"ignored: not executed from a reply"),
             );
             info!(
-                ?update_id,
+                update_id = %crate::platform::update::LogId(update_id),
                 "webhook reply calls {method}, which is not executed from a reply; ignored"
             );
             return;
@@ -255,13 +255,13 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
                 Some(&method),
                 Err(&"not admitted by reply_methods"),
             );
-            info!(?update_id, "webhook reply calls {method}, which reply_methods does not admit; not called (to allow it, add \"{method}\" to reply_methods of forward {fwd:?})");
+            info!(update_id = %crate::platform::update::LogId(update_id), "webhook reply calls {method}, which reply_methods does not admit; not called (to allow it, add \"{method}\" to reply_methods of forward {fwd:?})");
             return;
         }
         Parsed::Invalid(why) => {
             stats::add(&stats.replies_failed, 1);
             inner.emit(update_id, || None, None, Err(&why));
-            warn!(?update_id, "webhook reply not understood: {why}");
+            warn!(update_id = %crate::platform::update::LogId(update_id), "webhook reply not understood: {why}");
             return;
         }
         Parsed::Call(call) => call,
@@ -286,7 +286,7 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         Err(_) => {
             stats::add(&stats.replies_failed, 1);
             emit(Err(&"the bot's rate limits had no room for it"));
-            warn!(?update_id, method = %call.method, "webhook reply call not made: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
+            warn!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, "webhook reply call not made: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
             return;
         }
     };
@@ -295,12 +295,12 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
             Ok(_) => {
                 stats::add(&stats.replies_ok, 1);
                 emit(Ok(()));
-                info!(?update_id, method = %call.method, "webhook reply executed");
+                info!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, "webhook reply executed");
                 return;
             }
             Err(e) => {
                 let retry = attempt < REPLY_ATTEMPTS && retryable(&e);
-                warn!(?update_id, method = %call.method, attempt, "webhook reply call failed: {e}{}", if retry { "; retrying" } else { "" });
+                warn!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, attempt, "webhook reply call failed: {e}{}", if retry { "; retrying" } else { "" });
                 if !retry {
                     emit(Err(&e));
                     break;
@@ -320,7 +320,7 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
                 }
                 if slot.again(Instant::now() + BUDGET_WAIT).await.is_err() {
                     emit(Err(&"the bot's rate limits had no room for it"));
-                    warn!(?update_id, method = %call.method, "webhook reply call given up: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
+                    warn!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, "webhook reply call given up: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
                     break;
                 }
             }

@@ -101,7 +101,7 @@ impl Publisher {
                     // Expected after a crash between the ack and forgetting
                     // the job; anything else (a copied state directory
                     // reusing ids) should be seen.
-                    info!(update_id = ?job.update_id, stream = %ack.stream, webhook_id, "JetStream already held this update (same Nats-Msg-Id within the stream's duplicate window): not stored twice");
+                    info!(update_id = %crate::platform::update::LogId(job.update_id), stream = %ack.stream, webhook_id, "JetStream already held this update (same Nats-Msg-Id within the stream's duplicate window): not stored twice");
                 }
                 Outcome::Delivered {
                     status: None,

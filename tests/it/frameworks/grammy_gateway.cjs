@@ -7,7 +7,7 @@
 // step on stdout; any other failure exits 1.
 //
 // Environment: as aiogram_gateway.py. CommonJS, so NODE_PATH can point at
-// the node_modules holding grammy (POLLHOOK_TEST_NODE_MODULES).
+// the node_modules holding grammy (FRAMEWORKS_NODE_MODULES).
 
 const fs = require("node:fs");
 const path = require("node:path");

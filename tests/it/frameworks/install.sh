@@ -3,8 +3,8 @@
 # gateway, pinned: aiogram and python-telegram-bot (PyPI) into .venv, grammY
 # (npm registry) into node_modules, both here. Skips what is already
 # installed from the same pins; .ci/run runs it and exports
-#   POLLHOOK_TEST_PYTHON=<here>/.venv/bin/python
-#   POLLHOOK_TEST_NODE_MODULES=<here>/node_modules
+#   FRAMEWORKS_PYTHON=<here>/.venv/bin/python
+#   FRAMEWORKS_NODE_MODULES=<here>/node_modules
 set -euo pipefail
 cd "$(dirname "$0")"
 
