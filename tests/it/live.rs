@@ -348,6 +348,40 @@ async fn a_webhook_reply_shows_as_a_reply_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn a_jetstream_delivery_shows_as_acknowledged() {
+    let setup = Setup::new().await;
+    let nats = NatsServer::start().await;
+    nats.create_stream("TG", &["tg.>"]).await;
+    let port = free_port();
+    let toml = format!(
+        "state_dir = \"state\"\n{admin}\n[nats]\nservers = [\"{url}\"]\n\n{bot}\n\
+         [[bot.forward]]\nname = \"js\"\nnats_subject = \"tg.{{bot}}.{{kind}}\"\n",
+        admin = admin_table(port, ""),
+        url = nats.url(),
+        bot = setup.main_bot(),
+    );
+    let mut relay = setup.spawn(&write_config(setup.path(), &toml));
+    relay.wait_log("admin API on", LONG).await;
+    let stream = Events::open(port, "", None).await;
+    setup.api.push_message(TOKEN, 3, 30, "to the stream");
+    let events = stream
+        .wait("the publish acknowledged", |e| {
+            !of(e, "delivered").is_empty()
+        })
+        .await;
+    let acked = of(&events, "delivered")[0];
+    assert_eq!(acked["status"], "ack", "{acked}");
+    assert_eq!(
+        (&acked["forward"], &acked["chat"]),
+        (&"js".into(), &"30".into())
+    );
+    assert_eq!(nats.read_all("TG", 1, LONG).await.len(), 1);
+    relay.stop().await;
+    assert_no_secrets(&stream.raw());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_needs_the_admin_token_and_outlives_the_idle_timeout() {
     let setup = Setup::new().await;
     let port = free_port();
