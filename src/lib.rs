@@ -6,7 +6,8 @@
 //! they are kept) → [`deliver`] (where they go). [`ops`] operates it,
 //! [`relay::run`] wires it together for one [`config::Settings`], and
 //! [`cli`] is the command line; the binary only hands over to it. Leaves:
-//! [`policy`], [`http`], [`signing`], [`redact`], [`stats`], [`clock`].
+//! [`policy`], [`http`], [`signing`], [`redact`], [`stats`], [`events`],
+//! [`clock`].
 
 pub mod budget;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deliver;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod nats;

@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::now_ms;
 use crate::config::BotSettings;
+use crate::events::{self, Bus, Event};
 use crate::platform::api::{ApiError, BotApi, BATCH_LIMIT, POLL_MARGIN};
 use crate::platform::offset::{self, Next};
 use crate::platform::update::Update;
@@ -37,6 +38,8 @@ const SLACK: Duration = Duration::from_secs(15);
 /// A forward as the poller sees it: which updates it wants, whom to wake.
 pub struct Route {
     pub fwd_id: u32,
+    /// For live events.
+    pub name: String,
     pub filter: Filter,
     pub wake: Arc<Notify>,
 }
@@ -51,6 +54,8 @@ pub struct Poller {
     /// getUpdates is sent after that (on MPChat the answer would consume
     /// a batch this node can no longer store).
     pub fence: Option<crate::cluster::fence::Fence>,
+    /// Live events: one `received` per update of each stored batch.
+    pub events: Bus,
 }
 
 enum Stored {
@@ -316,6 +321,9 @@ impl Poller {
             }
         }
         debug!(count = incoming.len(), ?new_offset, "stored batch");
+        if self.events.active() {
+            self.announce(&updates, &fwd_lists, received_ms);
+        }
         for r in &self.routes {
             r.wake.notify_one();
         }
@@ -324,6 +332,30 @@ impl Poller {
 }
 
 impl Poller {
+    /// A `received` event per update of a stored batch, with the forwards
+    /// that want it (none: it was dropped).
+    fn announce(&self, updates: &[Update], fwd_lists: &[Vec<u32>], at: u64) {
+        for (u, ids) in updates.iter().zip(fwd_lists) {
+            let forwards = self
+                .routes
+                .iter()
+                .filter(|r| ids.contains(&r.fwd_id))
+                .map(|r| r.name.clone())
+                .collect();
+            self.events.emit(|| Event {
+                at,
+                bot: self.bot.name.clone(),
+                forward: None,
+                update_id: u.update_id,
+                chat: u.lane.chat().map(str::to_string),
+                what: events::What::Received {
+                    kind: u.kind.clone(),
+                    forwards,
+                },
+            });
+        }
+    }
+
     /// Reads each update's head; one that cannot be read is forwarded as
     /// is, because dropping input is worse than passing it on.
     fn read_updates(&self, batch: &[Bytes]) -> Vec<Update> {

@@ -13,6 +13,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::budget::Budget;
 use crate::config::Settings;
 use crate::deliver::Forwarder;
+use crate::events::Bus;
 use crate::nats::connection::{FirstConnect, Nats};
 use crate::ops::admin::{self, Admin};
 use crate::ops::serve::Limits;
@@ -25,6 +26,16 @@ use crate::store::{Queue, Store};
 /// Runs until `shutdown` is cancelled, then drains in-flight deliveries
 /// (bounded by `shutdown_timeout`), flushes the store and returns.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_events(settings, shutdown, Bus::new()).await
+}
+
+/// Like [`run`], telling `events`' listeners what happens to each update
+/// (the quick start subscribes before it starts; `GET /events` any time).
+pub async fn run_with_events(
+    settings: Settings,
+    shutdown: CancellationToken,
+    events: Bus,
+) -> anyhow::Result<()> {
     crate::store::dir::create(&settings.state_dir).with_context(|| {
         format!(
             "cannot create the state directory {}",
@@ -124,6 +135,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             forwards,
             stats,
             drain_timeout: settings.shutdown_timeout,
+            events: events.clone(),
         }));
     }
     let mut leading = None;
@@ -203,6 +215,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             relay: observed,
             token: settings.admin_token.clone(),
             allowed_hosts: settings.admin_allowed_hosts.clone(),
+            events: events.clone(),
         };
         let limits = Limits {
             max_connections: crate::ops::serve::connection_cap(),
@@ -353,6 +366,7 @@ pub struct BotPlan {
     pub forwards: Vec<ForwardPlan>,
     pub stats: Arc<BotStats>,
     pub drain_timeout: std::time::Duration,
+    pub events: Bus,
 }
 
 impl BotPlan {
@@ -373,6 +387,7 @@ impl BotPlan {
         for f in &self.forwards {
             routes.push(Route {
                 fwd_id: f.id,
+                name: f.settings.name.clone(),
                 filter: f.settings.filter.clone(),
                 wake: f.wake.clone(),
             });
@@ -390,6 +405,7 @@ impl BotPlan {
                 wake: f.wake.clone(),
                 stats: f.stats.clone(),
                 drain_timeout: self.drain_timeout,
+                events: self.events.clone(),
             };
             let span = info_span!("forward", bot = %self.bot.name, forward = %f.settings.name);
             tasks.spawn(forwarder.run(stop.clone()).instrument(span));
@@ -401,6 +417,7 @@ impl BotPlan {
             routes,
             stats: self.stats.clone(),
             fence,
+            events: self.events.clone(),
         };
         let span = info_span!("poller", bot = %self.bot.name);
         tasks.spawn(poller.run(stop.clone()).instrument(span));

@@ -4,8 +4,11 @@
 
 mod check;
 pub mod dlq;
+mod live;
 mod status;
+mod tail;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,7 +40,8 @@ enum Command {
     ///
     /// With --config, relays every bot in the file. Without it, relays one bot
     /// whose token is in the environment variable named by --token-env to the
-    /// --forward URLs.
+    /// --forward URLs, and on a terminal prints each event as it happens
+    /// (as `pollhook tail` does), with only warnings and errors logged.
     Run {
         /// The configuration file (TOML).
         #[arg(long, short, conflicts_with = "quick")]
@@ -62,6 +66,23 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Print the JSON the admin API answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a running pollhook's events as they happen (through its admin
+    /// API): each update received, delivered, failed, dead-lettered, and
+    /// each webhook reply; until Ctrl-C.
+    Tail {
+        /// The configuration file: how to reach the daemon.
+        #[arg(long, short, default_value = "/etc/pollhook/pollhook.toml")]
+        config: PathBuf,
+        /// Only this bot's events.
+        #[arg(long)]
+        bot: Option<String>,
+        /// Only this forward's events (and the updates it receives).
+        #[arg(long)]
+        forward: Option<String>,
+        /// Print each event as the JSON line the admin API sends.
         #[arg(long)]
         json: bool,
     },
@@ -165,12 +186,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Run { config, quick } => {
+            // The quick start at a terminal is a developer watching: events
+            // as lines, the log only for what needs attention.
+            let live = config.is_none() && std::io::stdout().is_terminal();
             let settings = settings_for_run(config, quick)?;
-            crate::ops::logging::init(cli.log_format);
+            crate::ops::logging::init(cli.log_format, live);
             let shutdown = CancellationToken::new();
             tokio::spawn(crate::ops::shutdown::on_signals(shutdown.clone()));
-            crate::relay::run(settings, shutdown).await?;
+            if live {
+                run_watched(settings, shutdown).await?;
+            } else {
+                crate::relay::run(settings, shutdown).await?;
+            }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail {
+            config,
+            bot,
+            forward,
+            json,
+        } => {
+            tail::run(tail::Args {
+                config: &config,
+                bot,
+                forward,
+                json,
+            })
+            .await
         }
         Command::CheckConfig { config, probe } => check::run(&config, probe).await,
         Command::Dlq {
@@ -218,6 +260,33 @@ pub fn report(e: &anyhow::Error) {
     } else {
         eprintln!("error: {e:#}");
     }
+}
+
+/// The relay, with each event printed on stdout as it happens.
+async fn run_watched(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let events = crate::events::Bus::new();
+    let names: Vec<String> = settings
+        .bots
+        .iter()
+        .flat_map(|b| b.forwards.iter().map(|f| f.name.clone()))
+        .collect();
+    let printer = tokio::spawn(live::print(
+        events.subscribe(),
+        live::Style::for_quick_start(&names),
+    ));
+    let to: Vec<String> = settings
+        .bots
+        .iter()
+        .flat_map(|b| b.forwards.iter().map(|f| f.to.describe()))
+        .collect();
+    println!(
+        "pollhook: forwarding updates to {}; each one shows below as it happens (Ctrl-C to stop)",
+        to.join(", ")
+    );
+    let result = crate::relay::run_with_events(settings, shutdown, events).await;
+    // The relay's senders are gone: the printer prints what is left and ends.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), printer).await;
+    result
 }
 
 fn settings_for_run(config: Option<PathBuf>, q: QuickArgs) -> anyhow::Result<Settings> {

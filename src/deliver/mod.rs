@@ -32,6 +32,7 @@ use tracing::{debug, error, info, warn};
 use crate::clock::now_ms;
 use crate::cluster::fence::Fence;
 use crate::config::ForwardSettings;
+use crate::events::{Bus, Event, Status, What};
 use crate::nats::connection::Nats;
 use crate::platform::api::BotApi;
 use crate::platform::flavor::Flavor;
@@ -73,9 +74,12 @@ pub struct Forwarder {
     /// How long a graceful stop waits for requests already in flight and
     /// webhook reply calls still running.
     pub drain_timeout: Duration,
+    /// Live events: each attempt's outcome, dead letters, replies.
+    pub events: Bus,
 }
 
-type Attempt = (String, Job, Outcome);
+/// A finished send: its lane, its job, what became of it, how long it took.
+type Attempt = (String, Job, Outcome, Duration);
 
 /// In-flight sends, each remembered with its lane (whose head is the job in
 /// flight) so that even a task that dies unexpectedly gives its lane back.
@@ -142,7 +146,9 @@ impl Forwarder {
             return;
         };
         let replies = Replies::new(
+            &self.bot,
             &self.settings.name,
+            self.events.clone(),
             self.api.clone(),
             self.budget.clone(),
             self.stats.clone(),
@@ -227,8 +233,9 @@ impl Forwarder {
         let remembered = key.clone();
         stats::add(&self.stats.in_flight, 1);
         let handle = inflight.tasks.spawn(async move {
+            let started = std::time::Instant::now();
             let outcome = target.send(&id, &job, job.attempts + 1).await;
-            (key, job, outcome)
+            (key, job, outcome, started.elapsed())
         });
         inflight.by_task.insert(handle.id(), remembered);
     }
@@ -316,6 +323,10 @@ impl Forwarder {
             job.last_error, job.seq
         );
         stats::add(&self.stats.dead_lettered, 1);
+        self.emit(job, || What::DeadLettered {
+            reason: job.last_error.clone(),
+            attempts: job.attempts,
+        });
         if let Err(e) = self.queue.bury(self.fwd_id, job, now_ms()) {
             error!(
                 "cannot move update {:?} to dead letters: {e}",
@@ -332,7 +343,7 @@ impl Forwarder {
         replies: &Replies,
     ) {
         stats::sub(&self.stats.in_flight, 1);
-        let (key, mut job, outcome) = match done {
+        let (key, mut job, outcome, took) = match done {
             Ok((id, attempt)) => {
                 inflight.by_task.remove(&id);
                 attempt
@@ -349,7 +360,7 @@ impl Forwarder {
                     error: format!("internal error: {e}"),
                     retry_after: None,
                 };
-                (key, job, failed)
+                (key, job, failed, Duration::ZERO)
             }
         };
         let now = now_ms();
@@ -364,6 +375,11 @@ impl Forwarder {
                     }
                 }
                 stats::add(&self.stats.delivered, 1);
+                self.emit(&job, || What::Delivered {
+                    status: status.map_or(Status::ACK, Status::Http),
+                    ms: took.as_millis() as u64,
+                    attempt: job.attempts + 1,
+                });
                 self.stats
                     .latency
                     .observe(Duration::from_millis(now.saturating_sub(job.received_ms)));
@@ -440,10 +456,12 @@ impl Forwarder {
                     .retry
                     .exhausted(job.attempts, job.age_base_ms(), now)
                 {
+                    self.emit_failed(&job, None);
                     self.bury(&job);
                     lanes.finish(&key, now);
                 } else {
                     let wait = self.settings.retry.delay(job.attempts, retry_after);
+                    self.emit_failed(&job, Some(wait));
                     job.next_at_ms = now + wait.as_millis() as u64;
                     warn!(
                         update_id = %crate::platform::update::LogId(job.update_id),
@@ -458,6 +476,27 @@ impl Forwarder {
             }
         }
         self.reload_lane(&key, lanes);
+    }
+
+    /// A live event about `job`, built only if someone listens.
+    fn emit(&self, job: &Job, what: impl FnOnce() -> What) {
+        self.events.emit(|| Event {
+            at: now_ms(),
+            bot: self.bot.clone(),
+            forward: Some(self.settings.name.clone()),
+            update_id: job.update_id,
+            chat: job.lane.chat().map(str::to_string),
+            what: what(),
+        });
+    }
+
+    /// A failed attempt's event; `retry_in` is None when it was the last.
+    fn emit_failed(&self, job: &Job, retry_in: Option<Duration>) {
+        self.emit(job, || What::Failed {
+            error: job.last_error.clone(),
+            attempt: job.attempts,
+            retry_in_ms: retry_in.map(|w| w.as_millis() as u64),
+        });
     }
 
     /// Removes delivered jobs from the store. Not flushed: losing a removal

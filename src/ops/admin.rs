@@ -1,5 +1,6 @@
-//! The admin HTTP API, on loopback by default: health, status, and dead
-//! letters while the daemon runs (sled lets only one process open the
+//! The admin HTTP API, on loopback by default: health, status, live
+//! events (`/events`, see [`crate::ops::events`]) and dead letters while
+//! the daemon runs (sled lets only one process open the
 //! database, so `pollhook dlq` talks to this instead).
 //!
 //! With `admin.token` set, every request but `/healthz` and `/readyz` needs
@@ -22,8 +23,10 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::events::Filter;
 use crate::ops::cluster_dlq;
 use crate::ops::deadletters::{self, Selection};
+use crate::ops::events::Streams;
 use crate::ops::serve::{Limits, LocalAddr};
 use crate::ops::status::{self, Observed};
 
@@ -32,6 +35,8 @@ pub struct Admin {
     pub token: Option<SecretString>,
     /// Host names accepted besides localhost and IP addresses of this API.
     pub allowed_hosts: Vec<String>,
+    /// What `/events` streams.
+    pub events: crate::events::Bus,
 }
 
 type Shared = Arc<Admin>;
@@ -42,8 +47,17 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
+    let streams = Arc::new(Streams::new(
+        admin.events.clone(),
+        &limits,
+        shutdown.clone(),
+    ));
     let admin = Arc::new(admin);
     let guarded = Router::new()
+        .route(
+            "/events",
+            get(move |Query(filter): Query<Filter>| async move { streams.open(filter) }),
+        )
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
         .route("/dlq", get(dlq_list))

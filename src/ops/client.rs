@@ -1,5 +1,5 @@
 //! The one client of the admin API, for the commands that talk to a running
-//! pollhook (`status`, `dlq`). Its errors say which of the three things an
+//! pollhook (`status`, `dlq`, `tail`). Its errors say which of the three things an
 //! operator can fix went wrong: nothing answers, the answer is a refusal,
 //! or the answer cannot be read.
 
@@ -36,6 +36,23 @@ impl AdminClient {
     pub fn new(addr: SocketAddr, token: Option<SecretString>, timeout: Duration) -> AdminClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .expect("a client with static settings always builds");
+        AdminClient { addr, http, token }
+    }
+
+    /// For a stream (`/events`): no bound on the whole response, only on
+    /// the silence between two reads, which the server's keep-alive lines
+    /// keep short while it lives.
+    pub fn streaming(
+        addr: SocketAddr,
+        token: Option<SecretString>,
+        silence: Duration,
+    ) -> AdminClient {
+        let http = reqwest::Client::builder()
+            .read_timeout(silence)
             .connect_timeout(Duration::from_secs(2))
             .no_proxy()
             .build()
@@ -85,6 +102,41 @@ impl AdminClient {
         self.read(response).await
     }
 
+    /// `GET path` whose answer is read as it comes (a 2xx; a refusal is an
+    /// error, as for [`get`](Self::get)).
+    pub async fn open(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = self
+            .send(self.request(reqwest::Method::GET, path).query(query))
+            .await?;
+        self.refusal(response).await
+    }
+
+    /// A non-2xx answer as the error it is.
+    async fn refusal(&self, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(ClientError::Refused {
+            addr: self.addr,
+            status,
+            body: body.trim().to_string(),
+        })
+    }
+
+    /// A stream's read failed (or went silent too long).
+    pub fn broken(&self, e: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            addr: self.addr,
+            detail: crate::http::error_chain(&e.without_url()),
+        }
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self
             .http
@@ -106,15 +158,7 @@ impl AdminClient {
         &self,
         response: reqwest::Response,
     ) -> Result<T, ClientError> {
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(ClientError::Refused {
-                addr: self.addr,
-                status,
-                body: body.trim().to_string(),
-            });
-        }
+        let response = self.refusal(response).await?;
         response.json().await.map_err(|e| ClientError::Unreadable {
             addr: self.addr,
             detail: crate::http::error_chain(&e.without_url()),

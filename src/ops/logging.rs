@@ -51,8 +51,11 @@ where
     }
 }
 
-pub fn init(format: Format) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `quiet`: warnings and errors only, unless `RUST_LOG` says otherwise
+/// (the quick start on a terminal, whose output is its live events).
+pub fn init(format: Format, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

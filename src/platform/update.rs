@@ -40,6 +40,14 @@ pub enum Lane {
 }
 
 impl Lane {
+    /// The chat's id, for a chat's lane.
+    pub fn chat(&self) -> Option<&str> {
+        match self {
+            Lane::Chat(id) => Some(id),
+            _ => None,
+        }
+    }
+
     /// A compact textual form for storage: `c:<id>`, `u:<id>` or empty.
     pub fn encode(&self) -> String {
         match self {

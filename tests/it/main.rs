@@ -17,6 +17,7 @@ mod hostile_replies;
 mod interop;
 mod jetstream;
 mod lifecycle;
+mod live;
 mod nats_cluster;
 mod operations;
 mod platforms;

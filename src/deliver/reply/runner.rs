@@ -15,6 +15,7 @@ use tracing::{info, warn, Instrument};
 
 use super::{Parsed, Pending, ReadReply};
 use crate::budget::{Ask, Budget};
+use crate::events::{Bus, Event, What};
 use crate::platform::api::{ApiError, BotApi};
 use crate::policy::methods::MethodSet;
 use crate::stats::{self, ForwardStats};
@@ -30,7 +31,9 @@ pub struct Replies {
 }
 
 struct Inner {
+    bot: String,
     fwd: String,
+    events: Bus,
     api: Arc<BotApi>,
     budget: Arc<Budget>,
     stats: Arc<ForwardStats>,
@@ -73,11 +76,36 @@ impl Inner {
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// A live `reply` event: `method` made (Ok) or not (Err: why), if
+    /// someone listens.
+    fn emit(
+        &self,
+        update_id: Option<i64>,
+        chat: impl FnOnce() -> Option<String>,
+        method: Option<&str>,
+        result: Result<(), &dyn std::fmt::Display>,
+    ) {
+        self.events.emit(|| Event {
+            at: crate::clock::now_ms(),
+            bot: self.bot.clone(),
+            forward: Some(self.fwd.clone()),
+            update_id,
+            chat: chat(),
+            what: What::Reply {
+                method: method.map(str::to_string),
+                ok: result.is_ok(),
+                error: result.err().map(|e| e.to_string()),
+            },
+        });
+    }
 }
 
 impl Replies {
     pub fn new(
+        bot: &str,
         fwd: &str,
+        events: Bus,
         api: Arc<BotApi>,
         budget: Arc<Budget>,
         stats: Arc<ForwardStats>,
@@ -85,7 +113,9 @@ impl Replies {
     ) -> Replies {
         Replies {
             inner: Arc::new(Inner {
+                bot: bot.to_string(),
                 fwd: fwd.to_string(),
+                events,
                 api,
                 budget,
                 stats,
@@ -106,6 +136,7 @@ impl Replies {
             update_id = %crate::platform::update::LogId(update_id),
             "webhook reply not executed: {why}; the update itself was delivered"
         );
+        i.emit(update_id, || None, None, Err(&why));
     }
 
     /// Runs a reply whose body is in memory.
@@ -204,6 +235,12 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         Parsed::Nothing => return,
         Parsed::Ignored(method) => {
             stats::add(&stats.replies_ignored, 1);
+            inner.emit(
+                update_id,
+                || None,
+                Some(&method),
+                Err(&"ignored: not executed from a reply"),
+            );
             info!(
                 update_id = %crate::platform::update::LogId(update_id),
                 "webhook reply calls {method}, which is not executed from a reply; ignored"
@@ -212,17 +249,32 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         }
         Parsed::Refused(method) => {
             stats::add(&stats.replies_refused, 1);
+            inner.emit(
+                update_id,
+                || None,
+                Some(&method),
+                Err(&"not admitted by reply_methods"),
+            );
             info!(update_id = %crate::platform::update::LogId(update_id), "webhook reply calls {method}, which reply_methods does not admit; not called (to allow it, add \"{method}\" to reply_methods of forward {fwd:?})");
             return;
         }
         Parsed::Invalid(why) => {
             stats::add(&stats.replies_failed, 1);
+            inner.emit(update_id, || None, None, Err(&why));
             warn!(update_id = %crate::platform::update::LogId(update_id), "webhook reply not understood: {why}");
             return;
         }
         Parsed::Call(call) => call,
     };
     entry.set_method(&call.method);
+    let emit = |result: Result<(), &dyn std::fmt::Display>| {
+        inner.emit(
+            update_id,
+            || call.params.chat_id(),
+            Some(&call.method),
+            result,
+        )
+    };
     // The bot's one budget: gateway calls and replies share its limits.
     let ask = Ask::new(inner.budget.limits(), &call.method, call.params.chat_id());
     let mut slot = match inner
@@ -233,6 +285,7 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         Ok(s) => s,
         Err(_) => {
             stats::add(&stats.replies_failed, 1);
+            emit(Err(&"the bot's rate limits had no room for it"));
             warn!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, "webhook reply call not made: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
             return;
         }
@@ -241,6 +294,7 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         match inner.api.call_with(&call.method, &call.params).await {
             Ok(_) => {
                 stats::add(&stats.replies_ok, 1);
+                emit(Ok(()));
                 info!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, "webhook reply executed");
                 return;
             }
@@ -248,6 +302,7 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
                 let retry = attempt < REPLY_ATTEMPTS && retryable(&e);
                 warn!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, attempt, "webhook reply call failed: {e}{}", if retry { "; retrying" } else { "" });
                 if !retry {
+                    emit(Err(&e));
                     break;
                 }
                 // The call keeps its place at the head of its chat, so a
@@ -264,6 +319,7 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
                     }
                 }
                 if slot.again(Instant::now() + BUDGET_WAIT).await.is_err() {
+                    emit(Err(&"the bot's rate limits had no room for it"));
                     warn!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, "webhook reply call given up: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
                     break;
                 }
