@@ -294,11 +294,7 @@ impl Call {
             };
             let status = response.status().as_u16();
             let retry_header = crate::http::retry_after_secs(response.headers());
-            let content_type = response
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let content_type = content_type_of(&response);
             let success = (200..300).contains(&status);
             // getFile's path may hold the token (a local Bot API server
             // answers with a path under a folder named after it): scrubbed.
@@ -308,7 +304,7 @@ impl Call {
                 // so a large answer costs no memory here.
                 drop(slot);
                 count("ok");
-                return streamed(status, content_type, response, bot.api.clone());
+                return with_type(status, content_type, body_of(response, bot.api.clone()));
             }
             let body = match read_capped(
                 response,
@@ -397,9 +393,14 @@ fn retry_after(body: &[u8]) -> Option<u64> {
 }
 
 fn respond(a: Answer) -> Response<Body> {
-    let mut r = Response::new(Body::from(a.body));
-    *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    if let Some(ct) = a.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+    with_type(a.status, a.content_type, Body::from(a.body))
+}
+
+/// The platform's status and content type over `body`.
+fn with_type(status: u16, content_type: Option<String>, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
         r.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     r
@@ -436,13 +437,9 @@ pub async fn file(gw: Arc<Gateway>, caller: Caller, path: String) -> Response<Bo
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
         gw.stats.count(&bot.name, &client.name, "file", "error");
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let content_type = content_type_of(&response);
         // An error page may echo the URL, and the URL holds the token.
-        let body = read_capped(response, 64 * 1024).await.unwrap_or_default();
+        let body = read_capped(response, MAX_ERROR).await.unwrap_or_default();
         return respond(Answer {
             status,
             content_type,
@@ -469,6 +466,14 @@ pub async fn file(gw: Arc<Gateway>, caller: Caller, path: String) -> Response<Bo
         .unwrap_or_else(|_| error(502, "Bad Gateway"))
 }
 
+fn content_type_of(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 /// A platform's answer passed on as it arrives.
 fn body_of(response: reqwest::Response, api: Arc<crate::platform::api::BotApi>) -> Body {
     let stream = response.bytes_stream().map(move |c| {
@@ -477,18 +482,4 @@ fn body_of(response: reqwest::Response, api: Arc<crate::platform::api::BotApi>) 
         })
     });
     Body::from_stream(stream)
-}
-
-fn streamed(
-    status: u16,
-    content_type: Option<String>,
-    response: reqwest::Response,
-    api: Arc<crate::platform::api::BotApi>,
-) -> Response<Body> {
-    let mut r = Response::new(body_of(response, api));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        r.headers_mut().insert(header::CONTENT_TYPE, ct);
-    }
-    r
 }

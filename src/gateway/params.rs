@@ -9,19 +9,17 @@
 //! again), a longer one is streamed on to the platform as it arrives.
 
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
+
+use crate::platform::call::{chat_fields_of_form, chat_fields_of_json, CHAT_PARAMS};
 
 /// Bodies up to this size are held whole; multipart beyond it streams.
 pub const KEEP_WHOLE: usize = 1 << 20;
 /// A JSON or form body larger than this is no Bot API call.
 pub const MAX_PLAIN: usize = 1 << 20;
-/// The parameters naming chats, which a client's `chats` limit.
-const CHAT_PARAMS: [&str; 2] = ["chat_id", "from_chat_id"];
 
 pub type BodyStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>> + Send + 'static>>;
@@ -166,113 +164,38 @@ async fn read_whole(mut body: BodyStream) -> Result<Bytes, ReadError> {
 }
 
 fn form_chats(text: &str) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(text.as_bytes())
-        .filter(|(k, _)| CHAT_PARAMS.contains(&k.as_ref()))
-        .map(|(k, v)| (k.into_owned(), v.trim().to_string()))
-        .collect()
+    chat_fields_of_form(text.as_bytes())
 }
 
 fn json_chats(bytes: &[u8]) -> Result<Vec<(String, String)>, ReadError> {
-    #[derive(Deserialize)]
-    struct Chats {
-        chat_id: Option<serde_json::Value>,
-        from_chat_id: Option<serde_json::Value>,
-    }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Vec::new());
-    }
-    let c: Chats = serde_json::from_slice(bytes).map_err(|e| {
-        ReadError::Invalid(format!("Bad Request: the body is not a JSON object: {e}"))
-    })?;
-    let mut out = Vec::new();
-    for (name, v) in [("chat_id", c.chat_id), ("from_chat_id", c.from_chat_id)] {
-        let v = match v {
-            None | Some(serde_json::Value::Null) => continue,
-            Some(serde_json::Value::String(s)) => s.trim().to_string(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            Some(_) => {
-                return Err(ReadError::Invalid(format!(
-                    "Bad Request: {name} must be a number or a string"
-                )))
-            }
-        };
-        out.push((name.to_string(), v));
-    }
-    Ok(out)
+    chat_fields_of_json(bytes).map_err(ReadError::Invalid)
 }
 
-/// Reads multipart fields until a file begins (or the body ends), noting
-/// chat fields; every byte read is kept, in order, to be sent on.
+/// Holds up to [`KEEP_WHOLE`] of a multipart body. One that ends by then is
+/// held whole and every chat field in it counts; a longer one streams on,
+/// its chat read from the fields before its first file (where frameworks
+/// put it); [`guard`] reads the rest as it passes.
 async fn scan_multipart(
     boundary: String,
     mut body: BodyStream,
-    query_chats: Vec<(String, String)>,
+    mut chats: Vec<(String, String)>,
 ) -> Result<Read, ReadError> {
-    let mut chats = query_chats.clone();
     let mut read: Vec<Bytes> = Vec::new();
     let mut held = 0usize;
-    let mut all_fields_read = false;
-    {
-        // multer reads all the stream has ready, which for a fast client
-        // is much of an upload; past KEEP_WHOLE it is told the body ended,
-        // and the scan stops with what it saw.
-        let recorded = futures_util::stream::poll_fn(|cx| {
-            if held >= KEEP_WHOLE {
-                return Poll::Ready(None);
-            }
-            let next = body.as_mut().poll_next(cx);
-            if let Poll::Ready(Some(Ok(c))) = &next {
-                held += c.len();
-                read.push(c.clone());
-            }
-            next
-        });
-        let mut parts = multer::Multipart::new(recorded, boundary.clone());
-        loop {
-            match parts.next_field().await {
-                Ok(None) => {
-                    all_fields_read = true;
-                    break;
-                }
-                Ok(Some(field)) => {
-                    if field.file_name().is_some() {
-                        break;
-                    }
-                    let name = field.name().unwrap_or("").to_string();
-                    if CHAT_PARAMS.contains(&name.as_str()) {
-                        match field.text().await {
-                            Ok(t) => chats.push((name, t.trim().to_string())),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                // Cut short, or not multipart as we read it: the platform
-                // judges the body itself.
-                Err(_) => break,
-            }
-        }
-    }
-    let _ = all_fields_read;
-    // Hold up to KEEP_WHOLE in all: a small upload can then be sent again.
     while held < KEEP_WHOLE {
         match body.next().await {
             None => {
-                // All of it is here: every field counts, not only those
-                // before the first file.
                 let bytes = if read.len() == 1 {
                     read.pop().unwrap_or_default()
                 } else {
                     Bytes::from(read.concat())
                 };
                 let whole = futures_util::stream::iter([Ok::<_, axum::Error>(bytes.clone())]);
-                let mut all = query_chats;
-                all.extend(
-                    chat_fields(whole, boundary.clone())
-                        .await
-                        .map_err(ReadError::Invalid)?,
-                );
+                chat_fields(whole, boundary.clone(), false, &mut chats)
+                    .await
+                    .map_err(ReadError::Invalid)?;
                 return Ok(Read {
-                    chats: all,
+                    chats,
                     complete: true,
                     boundary: Some(boundary),
                     body: Body::Whole(bytes),
@@ -285,6 +208,10 @@ async fn scan_multipart(
             Some(Err(e)) => return Err(ReadError::Broken(e.to_string())),
         }
     }
+    // The part held ends mid-body, so the scan of it ends in an error;
+    // the fields found before that count.
+    let head = futures_util::stream::iter(read.clone().into_iter().map(Ok::<_, axum::Error>));
+    let _ = chat_fields(head, boundary.clone(), true, &mut chats).await;
     Ok(Read {
         chats,
         complete: false,
@@ -293,30 +220,34 @@ async fn scan_multipart(
     })
 }
 
-/// Every `chat_id` and `from_chat_id` field of a whole multipart body;
-/// an error if it is not readable as multipart.
-async fn chat_fields<S>(stream: S, boundary: String) -> Result<Vec<(String, String)>, String>
+/// Adds each `chat_id` and `from_chat_id` field of a multipart body to
+/// `out`, up to its first file if `to_first_file`; an error if it is not
+/// readable as multipart (what was found before stays in `out`).
+async fn chat_fields<S>(
+    stream: S,
+    boundary: String,
+    to_first_file: bool,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), String>
 where
     S: Stream<Item = Result<Bytes, axum::Error>> + Send,
 {
     let mut parts = multer::Multipart::new(stream, boundary);
-    let mut out = Vec::new();
-    loop {
-        match parts.next_field().await {
-            Ok(None) => return Ok(out),
-            Ok(Some(field)) => {
-                let name = field.name().unwrap_or("").to_string();
-                if CHAT_PARAMS.contains(&name.as_str()) && field.file_name().is_none() {
-                    let text = field
-                        .text()
-                        .await
-                        .map_err(|e| format!("Bad Request: multipart body: {e}"))?;
-                    out.push((name, text.trim().to_string()));
-                }
+    let bad = |e: multer::Error| format!("Bad Request: multipart body: {e}");
+    while let Some(field) = parts.next_field().await.map_err(bad)? {
+        if field.file_name().is_some() {
+            if to_first_file {
+                return Ok(());
             }
-            Err(e) => return Err(format!("Bad Request: multipart body: {e}")),
+            continue;
+        }
+        let name = field.name().unwrap_or("").to_string();
+        if CHAT_PARAMS.contains(&name.as_str()) {
+            let text = field.text().await.map_err(bad)?;
+            out.push((name, text.trim().to_string()));
         }
     }
+    Ok(())
 }
 
 /// The rest of a streamed multipart body, read by a second parser as it
@@ -338,9 +269,10 @@ pub fn guard(
             rx.recv().await.map(|b| (Ok::<_, axum::Error>(b), rx))
         });
         let head = futures_util::stream::iter(seen.into_iter().map(Ok::<_, axum::Error>));
-        let verdict = match chat_fields(head.chain(input), boundary).await {
+        let mut chats = Vec::new();
+        let verdict = match chat_fields(head.chain(input), boundary, false, &mut chats).await {
             Err(e) => Err(e),
-            Ok(chats) => match chats.iter().find(|(_, v)| !allowed.contains(v)) {
+            Ok(()) => match chats.iter().find(|(_, v)| !allowed.contains(v)) {
                 Some((_, v)) => Err(format!("chat {v}")),
                 None => Ok(()),
             },
