@@ -47,19 +47,9 @@ async fn quick_start_needs_no_config_file() {
     let setup = Setup::new().await;
     let log = setup.path().join("quick.log");
     let state = setup.path().join("qs-state");
-    let mut relay = Relay::spawn_args(
-        &[
-            "run",
-            "--forward",
-            &setup.backend.url(),
-            "--api-url",
-            &setup.api.url_template(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-        &[("BOT_TOKEN", TOKEN)],
-        &log,
-    );
+    let args = setup.quick_start_args(&state);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut relay = Relay::spawn_args(&args, &[("BOT_TOKEN", TOKEN)], &log);
     setup.api.push_message(TOKEN, 1, 1, "quick");
     let got = setup.backend.wait_accepted(1, LONG).await;
     assert_eq!(update_id(&got[0]), 1);

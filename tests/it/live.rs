@@ -663,21 +663,6 @@ async fn pollhook_tail_says_clearly_when_it_cannot_reach_pollhook() {
     assert_no_token(&err);
 }
 
-/// The quick start's command line for `setup`, state in `state`.
-fn quick_start_args(setup: &Setup, state: &std::path::Path) -> Vec<String> {
-    [
-        "run",
-        "--forward",
-        &setup.backend.url(),
-        "--api-url",
-        &setup.api.url_template(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs script(1) from util-linux"]
 async fn the_quick_start_on_a_terminal_shows_each_event() {
@@ -692,7 +677,8 @@ async fn the_quick_start_on_a_terminal_shows_each_event() {
     });
     let pid_file = setup.path().join("pid");
     let state = setup.path().join("qs-state");
-    let quoted: Vec<String> = quick_start_args(&setup, &state)
+    let quoted: Vec<String> = setup
+        .quick_start_args(&state)
         .iter()
         .map(|a| format!("'{a}'"))
         .collect();
@@ -753,7 +739,7 @@ async fn the_quick_start_on_a_terminal_shows_each_event() {
 async fn the_quick_start_off_a_terminal_logs_as_before() {
     let setup = Setup::new().await;
     let state = setup.path().join("qs-state");
-    let args = quick_start_args(&setup, &state);
+    let args = setup.quick_start_args(&state);
     let mut quick = Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_pollhook"))
             .args(&args)

@@ -18,6 +18,22 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The quick start's command line against this setup (no config
+    /// file), its state in `state`; the token goes in `BOT_TOKEN`.
+    pub fn quick_start_args(&self, state: &Path) -> Vec<String> {
+        [
+            "run",
+            "--forward",
+            &self.backend.url(),
+            "--api-url",
+            &self.api.url_template(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     pub async fn new() -> Setup {
         Setup::with(Flavor::Telegram).await
     }
