@@ -378,11 +378,7 @@ async fn a_replay_keeps_per_chat_order_with_live_traffic() {
     for id in 1..=EARLIER {
         setup.api.push_message(TOKEN, id, id % CHATS, "earlier");
     }
-    let originals = setup.backend.wait_accepted(EARLIER as usize, LONG).await;
-    let webhook_ids: HashMap<i64, String> = originals
-        .iter()
-        .map(|r| (update_id(r), r.webhook_id().to_string()))
-        .collect();
+    setup.backend.wait_accepted(EARLIER as usize, LONG).await;
     eventually(
         "the history to hold every earlier update",
         LONG,
@@ -456,6 +452,12 @@ async fn a_replay_keeps_per_chat_order_with_live_traffic() {
     );
     assert!(after_done.len() >= 10, "{} live after", after_done.len());
 
+    // The webhook-id each update had on its original delivery.
+    let webhook_ids: HashMap<i64, String> = got
+        .iter()
+        .filter(|r| !r.is_replay())
+        .map(|r| (update_id(r), r.webhook_id().to_string()))
+        .collect();
     let tail = &got[EARLIER as usize..];
     let mut by_chat: BTreeMap<String, Vec<&Received>> = BTreeMap::new();
     for r in tail {
@@ -569,6 +571,8 @@ async fn replaying_100k_updates_is_bounded_in_memory_and_survives_sigkill() {
     api.push_many(TOKEN, (1..=N).map(|id| (id, small_update(id))));
     let started = Instant::now();
     let mut relay = Relay::spawn(&config, &env);
+    relay.wait_log("admin API on", LONG).await;
+    let fresh = vm_rss_kib(relay.pid());
     api.wait_confirmed(TOKEN, N, LONG).await;
     eventually("the history to hold all 100,000", LONG, async || {
         let dry = admin
@@ -580,6 +584,7 @@ async fn replaying_100k_updates_is_bounded_in_memory_and_survives_sigkill() {
     })
     .await;
     let ingest = started.elapsed();
+    let ingested = vm_rss_kib(relay.pid());
     relay.sigterm();
     relay.wait_exit(LONG).await.expect("pollhook stops");
     write_config(
@@ -590,7 +595,7 @@ async fn replaying_100k_updates_is_bounded_in_memory_and_survives_sigkill() {
         ),
     );
     let mut relay = Relay::spawn(&config, &env);
-    relay.wait_log("admin API on", LONG).await;
+    relay.wait_log_count("admin API on", 2, LONG).await;
     let metrics = admin.metrics().await;
     let history_bytes = metric_sum(&metrics, "pollhook_history_bytes", &["bot=\"main\""]);
 
@@ -604,6 +609,7 @@ async fn replaying_100k_updates_is_bounded_in_memory_and_survives_sigkill() {
         .await;
     let (done_at, done) = stream.done().await;
     let queueing = done_at - started;
+    let peak_queueing = peak.load(Ordering::SeqCst);
     mirror
         .wait(
             "every update re-delivered",
@@ -619,7 +625,7 @@ async fn replaying_100k_updates_is_bounded_in_memory_and_survives_sigkill() {
     let lines = stream.lines();
     let progress: Vec<&Value> = lines.iter().filter(|l| l["done"] != true).collect();
     println!(
-        "100k: ingest {ingest:?}; history {history_bytes} bytes; replay queued in {queueing:?}, delivered in {delivering:?}; {} progress lines; RSS {baseline} KiB before, peak {peak} KiB (+{} KiB)",
+        "100k: ingest {ingest:?} (RSS {fresh} KiB before, {ingested} KiB after); history {history_bytes} bytes; replay queued in {queueing:?}, delivered in {delivering:?}; {} progress lines; RSS {baseline} KiB before, peak {peak_queueing} KiB while queueing, {peak} KiB till delivered (+{} KiB)",
         progress.len(),
         peak.saturating_sub(baseline)
     );
@@ -679,7 +685,7 @@ async fn replaying_100k_updates_is_bounded_in_memory_and_survives_sigkill() {
     drop(stream);
     mirror.hold(false);
     let mut relay = Relay::spawn(&config, &env);
-    relay.wait_log("admin API on", LONG).await;
+    relay.wait_log_count("admin API on", 3, LONG).await;
     let resumed = eventually("the replay to resume and finish", LONG, async || {
         let replays = admin.replays().await;
         let ours = replays.iter().find(|r| r["id"] == replay_id).cloned();
@@ -782,7 +788,7 @@ async fn a_forward_starting_from_history_gets_it_before_live_traffic_once() {
 
     relay.stop().await;
     let mut relay = setup.spawn(&config);
-    relay.wait_log("admin API on", LONG).await;
+    relay.wait_log_count("admin API on", 3, LONG).await;
     setup.api.push_message(TOKEN, 61, 1, "after the restart");
     setup.api.push_message(TOKEN, 62, 2, "after the restart");
     let got_b = b.wait_accepted(62, LONG).await;
