@@ -398,6 +398,37 @@ async fn history_and_show_report_each_forwards_outcome() {
         metric_sum(&metrics, "pollhook_history_bytes", &["bot=\"main\""]) > 0.0,
         "{metrics}"
     );
+
+    // A dead letter put back in the queue now carries the replay header too
+    // (and keeps its webhook-id).
+    let original = audit
+        .received()
+        .into_iter()
+        .find(|r| update_id(r) == 5)
+        .expect("update 5 reached audit");
+    assert!(!original.is_replay());
+    let before = audit.received().len();
+    let (code, out, err) = pollhook_code(&[
+        "dlq",
+        "--config",
+        cfg,
+        "replay",
+        "--all",
+        "--bot",
+        "main",
+        "--forward",
+        "audit",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let got = audit.wait_received(before + 1, LONG).await;
+    let again = &got[before];
+    assert_eq!(update_id(again), 5);
+    assert!(
+        again.is_replay(),
+        "a dead-letter replay has x-pollhook-replay"
+    );
+    assert_eq!(again.webhook_id(), original.webhook_id());
     assert_no_token(&relay.logs());
 }
 
