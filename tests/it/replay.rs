@@ -49,16 +49,37 @@ impl<'a> Copies<'a> {
     }
 
     /// Waits for the next `ids.len()` requests and checks they are replayed
-    /// copies of `ids`, in that order: the exact original bytes, the
-    /// original webhook-id, a signature the official verifier accepts, and
-    /// `x-pollhook-replay` saying when they were queued (not before
-    /// `since_secs`).
+    /// copies of `ids`, each chat's in the order given (chats are delivered
+    /// in parallel, so only per chat is the queue's order kept): the exact
+    /// original bytes, the original webhook-id, a signature the official
+    /// verifier accepts, and `x-pollhook-replay` saying when they were
+    /// queued (not before `since_secs`).
     async fn expect(&mut self, ids: &[i64], raws: &BTreeMap<i64, String>, since_secs: u64) {
         let want = self.next + ids.len();
         let got = self.backend.wait_received(want, LONG).await;
         let copies = &got[self.next..want];
         let got_ids: Vec<i64> = copies.iter().map(update_id).collect();
-        assert_eq!(got_ids, ids, "{}: the copies sent, in order", self.name);
+        let (mut sorted_got, mut sorted_want) = (got_ids.clone(), ids.to_vec());
+        sorted_got.sort();
+        sorted_want.sort();
+        assert_eq!(
+            sorted_got, sorted_want,
+            "{}: the copies sent (in arrival order {got_ids:?})",
+            self.name
+        );
+        let per_chat = |ids: &[i64]| -> BTreeMap<String, Vec<i64>> {
+            let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+            for id in ids {
+                out.entry(chat_of(&raws[id])).or_default().push(*id);
+            }
+            out
+        };
+        assert_eq!(
+            per_chat(&got_ids),
+            per_chat(ids),
+            "{}: each chat's copies in order",
+            self.name
+        );
         let verifier = standardwebhooks::Webhook::new(SECRET).unwrap();
         for r in copies {
             let id = update_id(r);
@@ -88,14 +109,23 @@ impl<'a> Copies<'a> {
         }
         self.next = want;
     }
+}
 
-    fn replays(&self) -> usize {
-        self.backend
-            .received()
-            .iter()
-            .filter(|r| r.is_replay())
-            .count()
-    }
+/// The chat of an update's JSON: its message's, or its callback query's
+/// message's ("" for none).
+fn chat_of(raw: &str) -> String {
+    let v: Value = serde_json::from_str(raw).expect("JSON");
+    let inner = v
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| *k != "update_id"))
+        .map(|(_, inner)| inner.clone())
+        .unwrap_or_default();
+    let chat = if inner["chat"].is_object() {
+        &inner["chat"]["id"]
+    } else {
+        &inner["message"]["chat"]["id"]
+    };
+    chat.to_string()
 }
 
 /// `pollhook <args>`, which must succeed; its stdout.
@@ -107,8 +137,9 @@ async fn ok(args: &[&str]) -> String {
 
 /// Replays through the commands and the API, with every filter; resends;
 /// dry runs that queue nothing; the replay's lines, `/history/replays`,
-/// and `pollhook_replayed_total`. Both forwards take one request at a time,
-/// so each backend sees its queue's order.
+/// and `pollhook_replayed_total`. Each step expects exactly its copies;
+/// the replay counter and the copies received add up at the end, so no
+/// copy was queued by mistake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_and_resends_carry_the_original_bytes_and_webhook_id() {
     let setup = Setup::new().await;
@@ -120,8 +151,8 @@ async fn replays_and_resends_carry_the_original_bytes_and_webhook_id() {
         port,
         "",
         &[
-            forward_table("app", &setup.backend.url(), "max_in_flight = 1"),
-            forward_table("audit", &audit_backend.url(), "max_in_flight = 1"),
+            forward_table("app", &setup.backend.url(), ""),
+            forward_table("audit", &audit_backend.url(), ""),
         ],
     );
     let cfg = config.to_str().unwrap();
@@ -332,20 +363,21 @@ async fn replays_and_resends_carry_the_original_bytes_and_webhook_id() {
         );
     }
 
-    // Counted: replays and resends per forward.
-    let (app_copies, audit_copies) = (app.replays(), audit.replays());
-    assert_eq!((app_copies, audit_copies), (19, 22));
+    // Counted: replays and resends per forward, and nothing else arrives.
     let metrics = admin.metrics().await;
-    for (name, copies) in [("app", app_copies), ("audit", audit_copies)] {
-        assert_eq!(
-            metric_sum(
-                &metrics,
-                "pollhook_replayed_total",
-                &["bot=\"main\"", &format!("forward=\"{name}\"")]
-            ),
-            copies as f64,
-            "{metrics}"
+    for (name, backend, copies) in [("app", app.backend, 19), ("audit", audit.backend, 22)] {
+        let counted = metric_sum(
+            &metrics,
+            "pollhook_replayed_total",
+            &["bot=\"main\"", &format!("forward=\"{name}\"")],
         );
+        assert_eq!(counted, copies as f64, "{name}: {metrics}");
+        let replays = || backend.received().iter().filter(|r| r.is_replay()).count();
+        wait_until(&format!("{name}: every copy counted"), LONG, || {
+            replays() >= copies
+        })
+        .await;
+        assert_eq!(replays(), copies, "{name}: no more copies than queued");
     }
     assert!(metric_sum(&metrics, "pollhook_history_bytes", &["bot=\"main\""]) > 0.0);
     assert_no_token(&relay.logs());
@@ -763,28 +795,36 @@ async fn a_forward_starting_from_history_gets_it_before_live_traffic_once() {
         "",
         &[
             app.clone(),
-            forward_table("b", &b.url(), "start_from = \"history\"\nmax_in_flight = 1"),
-            forward_table("c", &c.url(), "max_in_flight = 1"),
+            forward_table("b", &b.url(), "start_from = \"history\""),
+            forward_table("c", &c.url(), ""),
         ],
     );
     let mut relay = setup.spawn(&config);
     let got_b = b.wait_accepted(60, LONG).await;
     let got_c = c.wait_accepted(10, LONG).await;
+    // Per chat (chats go in parallel): the history in order, then live.
+    let wanted: BTreeMap<String, Vec<i64>> = per_chat(&setup.backend.wait_accepted(60, LONG).await);
     assert_eq!(
-        got_b.iter().map(update_id).collect::<Vec<_>>(),
-        (1..=60).collect::<Vec<_>>(),
+        per_chat(&got_b),
+        wanted,
         "b: the history in order, then live"
     );
+    assert_eq!(got_c.len(), 10);
     assert_eq!(
-        got_c.iter().map(update_id).collect::<Vec<_>>(),
-        (51..=60).collect::<Vec<_>>(),
-        "c: live only"
+        per_chat(&got_c),
+        wanted
+            .iter()
+            .map(|(chat, ids)| (
+                chat.clone(),
+                ids.iter().copied().filter(|&id| id > 50).collect()
+            ))
+            .collect::<BTreeMap<_, Vec<_>>>(),
+        "c: live only, in order"
     );
     let verifier = standardwebhooks::Webhook::new(SECRET).unwrap();
     for r in &got_b {
         verifier.verify(&r.body, &r.headers).expect("signed");
     }
-    setup.backend.wait_accepted(60, LONG).await;
 
     relay.stop().await;
     let mut relay = setup.spawn(&config);
@@ -915,4 +955,69 @@ async fn admin_is_gone(port: u16) -> bool {
     reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
         .await
         .is_err()
+}
+
+/// Without `forward`, a replay (and a resend) goes to every configured
+/// forward of the bot, one added after the updates came included: that one
+/// never had them and gets fresh webhook-ids; the others keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_without_a_forward_goes_to_every_configured_forward() {
+    let setup = Setup::new().await;
+    let late = Backend::start().await;
+    let port = free_port();
+    let admin = Admin { port };
+    let app = forward_table("app", &setup.backend.url(), "");
+    let config = history_config(&setup, port, "", std::slice::from_ref(&app));
+    let mut relay = setup.spawn(&config);
+    relay.wait_log("admin API on", LONG).await;
+    let mut raws = BTreeMap::new();
+    for id in 1..=3 {
+        raws.insert(id, setup.api.push_message(TOKEN, id, 7, "before late"));
+    }
+    let mut to_app = Copies::originals("app", &setup.backend, 3).await;
+    wait_history(admin, "bot=main", &[1, 2, 3]).await;
+    relay.stop().await;
+    let config = history_config(
+        &setup,
+        port,
+        "",
+        &[app, forward_table("late", &late.url(), "")],
+    );
+    let cfg = config.to_str().unwrap();
+    let mut relay = setup.spawn(&config);
+    relay.wait_log_count("admin API on", 2, LONG).await;
+
+    let t = now_secs();
+    let lines = admin.replay(json!({"bot": "main", "since": "1h"})).await;
+    let done = lines.last().unwrap();
+    assert_eq!(done["done"], true, "{lines:#?}");
+    assert_eq!(done["matched"], 3, "{done}");
+    assert_eq!(
+        done["forwards"],
+        json!(["app", "late"]),
+        "every configured forward: {done}"
+    );
+    to_app.expect(&[1, 2, 3], &raws, t).await;
+    let got = late.wait_received(3, LONG).await;
+    assert_eq!(got.iter().map(update_id).collect::<Vec<_>>(), [1, 2, 3]);
+    let verifier = standardwebhooks::Webhook::new(SECRET).unwrap();
+    for r in &got {
+        assert!(r.is_replay());
+        assert_eq!(r.body_str(), raws[&update_id(r)]);
+        verifier.verify(&r.body, &r.headers).expect("signed");
+        assert_ne!(r.webhook_id(), to_app.original[&update_id(r)]);
+    }
+    assert_eq!(distinct_ids(&got).len(), 3);
+    let ids: HashSet<&str> = got.iter().map(|r| r.webhook_id()).collect();
+    assert_eq!(ids.len(), 3, "a fresh webhook-id per update");
+
+    let out = ok(&["resend", "--config", cfg, "--bot", "main", "2"]).await;
+    assert!(
+        out.contains("resent update 2 of bot main to app, late"),
+        "{out}"
+    );
+    to_app.expect(&[2], &raws, t).await;
+    let got = late.wait_received(4, LONG).await;
+    assert_eq!(update_id(&got[3]), 2);
+    assert!(got[3].is_replay());
 }
