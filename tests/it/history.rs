@@ -797,3 +797,30 @@ async fn history_off_and_bad_requests_are_refused_naming_the_problem() {
     );
     assert_eq!(setup.backend.received().len(), 3);
 }
+
+/// Bad history settings are refused naming the key and the file, like every
+/// other key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_history_settings_are_refused_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bot_extra, fwd_extra, key) in [
+        ("history = \"soon\"", "", "history"),
+        ("history = \"-1h\"", "", "history"),
+        ("history_max_mb = 0", "", "history_max_mb"),
+        ("history_max_mb = \"big\"", "", "history_max_mb"),
+        ("", "start_from = \"yesterday\"", "start_from"),
+    ] {
+        let toml = format!(
+            "state_dir = \"state\"\n[[bot]]\nname = \"main\"\napi_url = \"http://127.0.0.1:9/bot{{token}}/{{method}}\"\ntoken = \"{TOKEN}\"\n{bot_extra}\n{}",
+            forward_table("app", "http://127.0.0.1:9/hook", fwd_extra)
+        );
+        let config = write_config(dir.path(), &toml);
+        let (code, out, err) =
+            pollhook_code(&["check-config", "--config", config.to_str().unwrap()]).await;
+        assert_eq!(code, 1, "{bot_extra}{fwd_extra} is refused: {out}");
+        assert!(
+            err.contains(key) && err.contains("pollhook.toml"),
+            "{bot_extra}{fwd_extra}: the error names the key and the file: {err}"
+        );
+    }
+}
