@@ -106,10 +106,8 @@ enum Command {
     Show {
         #[command(flatten)]
         at: StateArgs,
-        #[arg(long)]
-        bot: String,
-        #[arg(allow_negative_numbers = true)]
-        update_id: i64,
+        #[command(flatten)]
+        one: OneUpdate,
         /// The admin API's JSON.
         #[arg(long)]
         json: bool,
@@ -133,10 +131,8 @@ enum Command {
     Resend {
         #[command(flatten)]
         at: StateArgs,
-        #[arg(long)]
-        bot: String,
-        #[arg(allow_negative_numbers = true)]
-        update_id: i64,
+        #[command(flatten)]
+        one: OneUpdate,
         /// Only to this forward (default: the forwards it went to).
         #[arg(long)]
         forward: Option<String>,
@@ -167,6 +163,15 @@ struct StateArgs {
     /// The state directory, when there is no configuration file.
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     state_dir: Option<PathBuf>,
+}
+
+/// One update of a bot's history.
+#[derive(clap::Args)]
+struct OneUpdate {
+    #[arg(long)]
+    bot: String,
+    #[arg(allow_negative_numbers = true)]
+    update_id: i64,
 }
 
 /// Which updates of a bot's history.
@@ -337,8 +342,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Show {
             at,
-            bot,
-            update_id,
+            one: OneUpdate { bot, update_id },
             json,
         } => {
             history::command(
@@ -363,8 +367,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resend {
             at,
-            bot,
-            update_id,
+            one: OneUpdate { bot, update_id },
             forward,
         } => {
             history::command(

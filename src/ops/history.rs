@@ -265,7 +265,7 @@ pub async fn post_replay(replays: Option<Arc<Replays>>, body: Bytes) -> Response
         Ok(s) => s,
         Err(e) => return bad(e),
     };
-    replays.history().sync(Duration::from_secs(2));
+    tokio::task::block_in_place(|| replays.history().sync(Duration::from_secs(2)));
     if sel.dry_run {
         return match replays.dry_run(&state) {
             Ok(d) => {
