@@ -334,3 +334,51 @@ fn gateway_calls(out: &mut String, g: &crate::stats::GatewayStats) {
         stats::get(&g.unknown_key)
     );
 }
+
+/// History's size and drops per bot, and what replays queued.
+pub fn history(out: &mut String, replays: &crate::replay::Replays) {
+    use std::sync::atomic::Ordering;
+    let bot_l = |b: &str| format!("bot=\"{}\"", esc(b));
+    header(
+        out,
+        "pollhook_history_bytes",
+        "gauge",
+        "Disk taken by the bot's history (at most history_max_mb).",
+    );
+    for log in replays.history().bots() {
+        let _ = writeln!(
+            out,
+            "pollhook_history_bytes{{{}}} {}",
+            bot_l(&log.name),
+            log.bytes.load(Ordering::Relaxed)
+        );
+    }
+    header(
+        out,
+        "pollhook_history_dropped_total",
+        "counter",
+        "History records not written (the writer was behind, or the disk failed); deliveries are not affected.",
+    );
+    for log in replays.history().bots() {
+        let _ = writeln!(
+            out,
+            "pollhook_history_dropped_total{{{}}} {}",
+            bot_l(&log.name),
+            log.dropped.load(Ordering::Relaxed)
+        );
+    }
+    header(
+        out,
+        "pollhook_replayed_total",
+        "counter",
+        "Updates queued again by replays and resends from history.",
+    );
+    for ((bot, fwd), n) in replays.replayed() {
+        let _ = writeln!(
+            out,
+            "pollhook_replayed_total{{bot=\"{}\",forward=\"{}\"}} {n}",
+            esc(&bot),
+            esc(&fwd)
+        );
+    }
+}

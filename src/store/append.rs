@@ -26,6 +26,9 @@ impl Store {
         received_ms: u64,
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
+        // Each update's seq per forward, for history (its webhook-ids).
+        let keep = self.history.get().is_some();
+        let mut seqs: Vec<(usize, u32, u64)> = Vec::new();
         let last_seq = {
             let _order = self.append_order.lock().unwrap_or_else(|e| e.into_inner());
             let mut last_seq = None;
@@ -40,7 +43,11 @@ impl Store {
             for fwd in fwds {
                 let mut g = group::Builder::new();
                 let mut first = 0;
-                for inc in batch.iter().filter(|i| i.forwards.contains(&fwd)) {
+                for (n, inc) in batch
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| i.forwards.contains(&fwd))
+                {
                     if g.is_full() {
                         let full = std::mem::replace(&mut g, group::Builder::new());
                         b.insert(&key(GROUP, fwd, first)[..], full.finish());
@@ -50,6 +57,9 @@ impl Store {
                         first = seq;
                     }
                     last_seq = Some(seq);
+                    if keep {
+                        seqs.push((n, fwd, seq));
+                    }
                     g.push_with(|buf| record::encode_new_into(buf, inc.update, seq, received_ms));
                 }
                 if !g.is_empty() {
@@ -77,6 +87,10 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(bot.to_string(), offset);
+        }
+        if let Some(history) = self.history.get() {
+            let updates: Vec<&Update> = batch.iter().map(|i| i.update).collect();
+            history.received(bot, &updates, &mut seqs, received_ms);
         }
         Ok(())
     }

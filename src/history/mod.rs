@@ -1,0 +1,182 @@
+//! History: what each bot received, and what became of each update at each
+//! forward, kept for a window after delivery so that an operator can look
+//! (`pollhook history`, `show`) and send it again (`replay`, `resend`).
+//!
+//! Kept apart from the queue on purpose: the queue is sled, durable, and
+//! on the hot path; history is a convenience, written by its own thread
+//! into plain append-only segment files (segment.rs) and forgotten by
+//! deleting whole files. A spike that kept history in the queue's sled tree
+//! cost 5–13 % of throughput and doubled sled's writes (BENCHMARKS.md).
+//!
+//! A leaf beside the stages: the store (what was queued) and the
+//! dispatchers (what became of it) feed it; `replay` and the admin API read
+//! it. It imports none of them.
+
+pub mod query;
+pub mod record;
+pub mod segment;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::platform::update::Update;
+pub use record::{Fate, Outcome};
+
+/// Messages the writer may fall behind by before records are dropped
+/// (each at most one polled batch, so the bound is ~100 updates each).
+const CHANNEL: usize = 4096;
+
+/// How long a bot's history is kept, and how much disk it may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub window: Duration,
+    pub max_bytes: u64,
+}
+
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_MAX_MB: u64 = 512;
+
+/// One bot's history: where it lives and what it holds now.
+pub struct BotLog {
+    pub name: String,
+    pub dir: PathBuf,
+    pub retention: Retention,
+    /// Bytes on disk now (the writer's count).
+    pub bytes: AtomicU64,
+    /// Records not written: the writer was behind, or the disk failed.
+    pub dropped: AtomicU64,
+}
+
+enum Msg {
+    Append {
+        bot: usize,
+        bytes: Vec<u8>,
+        records: u64,
+    },
+    /// Answered once everything sent before it is written.
+    Sync(std::sync::mpsc::Sender<()>),
+}
+
+/// The handle the stages and the admin API share (cheap to clone).
+#[derive(Clone)]
+pub struct History {
+    tx: SyncSender<Msg>,
+    logs: Arc<Vec<Arc<BotLog>>>,
+    by_name: Arc<HashMap<String, usize>>,
+}
+
+impl History {
+    /// Starts the writer for the bots that keep history; `off` are bots
+    /// whose history is turned off (what an earlier run kept is deleted).
+    pub fn start(state_dir: &Path, bots: &[(String, Option<Retention>)]) -> History {
+        let mut logs = Vec::new();
+        let mut off = Vec::new();
+        for (name, retention) in bots {
+            let dir = segment::bot_dir(state_dir, name);
+            match retention {
+                Some(retention) => logs.push(Arc::new(BotLog {
+                    name: name.clone(),
+                    dir,
+                    retention: *retention,
+                    bytes: AtomicU64::new(0),
+                    dropped: AtomicU64::new(0),
+                })),
+                None => off.push(dir),
+            }
+        }
+        let by_name = logs
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.name.clone(), i))
+            .collect();
+        let (tx, rx) = sync_channel(CHANNEL);
+        let for_writer = logs.clone();
+        std::thread::Builder::new()
+            .name("history".into())
+            .spawn(move || writer::run(for_writer, off, rx))
+            .expect("a thread can be started at startup");
+        History {
+            tx,
+            logs: Arc::new(logs),
+            by_name: Arc::new(by_name),
+        }
+    }
+
+    /// The bot's history, if it keeps one.
+    pub fn bot(&self, name: &str) -> Option<&Arc<BotLog>> {
+        self.by_name.get(name).map(|i| &self.logs[*i])
+    }
+
+    pub fn bots(&self) -> &[Arc<BotLog>] {
+        &self.logs
+    }
+
+    /// Records a batch just made durable in the queue: each update with the
+    /// queue sequence number of each forward's copy (`seqs`: update index,
+    /// forward id, seq).
+    pub fn received(
+        &self,
+        bot: &str,
+        batch: &[&Update],
+        seqs: &mut [(usize, u32, u64)],
+        received_ms: u64,
+    ) {
+        let Some(&i) = self.by_name.get(bot) else {
+            return;
+        };
+        seqs.sort_unstable_by_key(|(u, fwd, _)| (*u, *fwd));
+        let size: usize = batch.iter().map(|u| u.payload.len() + 64).sum();
+        let mut bytes = Vec::with_capacity(size + seqs.len() * 12);
+        let mut forwards = Vec::new();
+        let mut at = 0;
+        for (n, u) in batch.iter().enumerate() {
+            forwards.clear();
+            while let Some(&(idx, fwd, seq)) = seqs.get(at) {
+                if idx != n {
+                    break;
+                }
+                forwards.push((fwd, seq));
+                at += 1;
+            }
+            record::encode_received(&mut bytes, u, received_ms, &forwards);
+        }
+        self.send(i, bytes, batch.len() as u64);
+    }
+
+    /// Records what became of one attempt (or of the update) at a forward.
+    pub fn outcome(&self, bot: &str, o: &Outcome) {
+        let Some(&i) = self.by_name.get(bot) else {
+            return;
+        };
+        let mut bytes = Vec::with_capacity(64 + o.forward.len() + o.error.len());
+        record::encode_outcome(&mut bytes, o);
+        self.send(i, bytes, 1);
+    }
+
+    fn send(&self, bot: usize, bytes: Vec<u8>, records: u64) {
+        match self.tx.try_send(Msg::Append {
+            bot,
+            bytes,
+            records,
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.logs[bot].dropped.fetch_add(records, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) until everything recorded so far is
+    /// written, so a reader right after sees it.
+    pub fn sync(&self, timeout: Duration) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.send(Msg::Sync(done)).is_ok() {
+            let _ = wait.recv_timeout(timeout);
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The thread that writes history: the hot path hands it encoded records
+//! through a bounded channel and never waits for it (a full channel drops
+//! history records, counted, never delays a delivery). It coalesces what
+//! arrives into one write per bot, rolls segments by size and age, and
+//! deletes whole segments past the window or over the bot's byte budget.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use tracing::{info, warn};
+
+use super::segment::{self, Segment};
+use super::{BotLog, Msg};
+use crate::clock::now_ms;
+
+/// How long records may wait to be coalesced: what a SIGKILL can lose of
+/// history (never of the queue).
+const LINGER: Duration = Duration::from_millis(100);
+/// How often segments are rolled by age and the window enforced.
+const TICK: Duration = Duration::from_secs(1);
+
+struct Bot {
+    log: Arc<BotLog>,
+    /// Closed segments, oldest first.
+    closed: Vec<Segment>,
+    current: Option<(File, Segment)>,
+    pending: Vec<u8>,
+    pending_records: u64,
+    seg_max: u64,
+    roll_every_ms: u64,
+    last_warning: Option<Instant>,
+}
+
+impl Bot {
+    fn open(log: Arc<BotLog>) -> Bot {
+        let closed = segment::list(&log.dir).unwrap_or_else(|e| {
+            warn!(bot = %log.name, "cannot list history in {}: {e}", log.dir.display());
+            Vec::new()
+        });
+        let max = log.retention.max_bytes;
+        let mut bot = Bot {
+            seg_max: (max / 8).clamp(64 << 10, 64 << 20),
+            roll_every_ms: (log.retention.window.as_millis() as u64 / 24).max(1000),
+            closed,
+            current: None,
+            pending: Vec::new(),
+            pending_records: 0,
+            last_warning: None,
+            log,
+        };
+        bot.trim(0);
+        bot
+    }
+
+    fn total(&self) -> u64 {
+        self.closed.iter().map(|s| s.bytes).sum::<u64>()
+            + self.current.as_ref().map_or(0, |(_, s)| s.bytes)
+    }
+
+    fn publish_size(&self) {
+        self.log.bytes.store(self.total(), Ordering::Relaxed);
+    }
+
+    fn roll(&mut self) {
+        if let Some((_, seg)) = self.current.take() {
+            self.closed.push(seg);
+        }
+    }
+
+    /// Deletes whole segments, oldest first, while they are past the
+    /// window or the bot would hold more than its budget with `incoming`
+    /// more bytes.
+    fn trim(&mut self, incoming: u64) {
+        let cutoff = now_ms().saturating_sub(self.log.retention.window.as_millis() as u64);
+        while let Some(oldest) = self.closed.first().copied() {
+            let over = self.total() + incoming > self.log.retention.max_bytes;
+            if !over && last_write_ms(&self.log.dir, oldest).is_some_and(|t| t >= cutoff) {
+                break;
+            }
+            let path = self.log.dir.join(segment::file_name(oldest.created_ms));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    self.warn(format!("cannot delete {}: {e}", path.display()));
+                    break;
+                }
+            }
+            self.closed.remove(0);
+        }
+        self.publish_size();
+    }
+
+    /// Writes what is pending: into the current segment if it has room,
+    /// else into a new one, after making room within the budget.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let n = self.pending.len() as u64;
+        let records = std::mem::take(&mut self.pending_records);
+        if n > self.log.retention.max_bytes {
+            // One batch larger than the whole budget: nothing to keep.
+            self.pending.clear();
+            self.log.dropped.fetch_add(records, Ordering::Relaxed);
+            return;
+        }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|(_, s)| s.bytes > 0 && s.bytes + n > self.seg_max)
+        {
+            self.roll();
+        }
+        self.trim(n);
+        if self.total() + n > self.log.retention.max_bytes {
+            // Only the current segment is left and it is too full: start
+            // over with a new one.
+            self.roll();
+            self.trim(n);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let result = self.current_file().and_then(|(f, seg)| {
+            f.write_all(&pending)?;
+            seg.bytes += n;
+            Ok(())
+        });
+        self.pending = pending;
+        if let Err(e) = result {
+            // A half-written record is a torn tail: the next write goes to
+            // a fresh segment, so readers stop only at this one's tear.
+            self.roll();
+            self.log.dropped.fetch_add(records, Ordering::Relaxed);
+            self.warn(format!(
+                "cannot write history: {e}; records dropped (deliveries are not affected)"
+            ));
+        }
+        self.pending.clear();
+        self.publish_size();
+    }
+
+    fn current_file(&mut self) -> io::Result<(&mut File, &mut Segment)> {
+        if self.current.is_none() {
+            crate::store::dir::create(&self.log.dir)?;
+            // A name never used before, even if the clock stepped back.
+            let newest = self.closed.last().map_or(0, |s| s.created_ms + 1);
+            let created_ms = now_ms().max(newest);
+            let path = self.log.dir.join(segment::file_name(created_ms));
+            let mut opts = OpenOptions::new();
+            opts.create_new(true).append(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let file = opts.open(path)?;
+            self.current = Some((
+                file,
+                Segment {
+                    created_ms,
+                    bytes: 0,
+                },
+            ));
+        }
+        let (f, s) = self.current.as_mut().expect("just set");
+        Ok((f, s))
+    }
+
+    fn tick(&mut self) {
+        if let Some((_, seg)) = &self.current {
+            if now_ms().saturating_sub(seg.created_ms) >= self.roll_every_ms {
+                self.roll();
+            }
+        }
+        self.trim(0);
+    }
+
+    fn warn(&mut self, what: String) {
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            warn!(bot = %self.log.name, "{what}");
+            self.last_warning = Some(Instant::now());
+        }
+    }
+}
+
+/// When a segment was last written to (its newest record's time).
+fn last_write_ms(dir: &std::path::Path, seg: Segment) -> Option<u64> {
+    let modified = fs::metadata(dir.join(segment::file_name(seg.created_ms)))
+        .and_then(|m| m.modified())
+        .ok()?;
+    Some(modified.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
+/// What pending bytes of one bot may grow to before they are written.
+const COALESCE: usize = 256 << 10;
+
+pub fn run(logs: Vec<Arc<BotLog>>, off: Vec<PathBuf>, rx: Receiver<Msg>) {
+    for dir in off {
+        if dir.exists() {
+            info!(
+                "history is off for a bot (history = \"0s\"); deleting its kept history in {}",
+                dir.display()
+            );
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                warn!("cannot delete {}: {e}", dir.display());
+            }
+        }
+    }
+    let mut bots: Vec<Bot> = logs.into_iter().map(Bot::open).collect();
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        let wait = next_tick
+            .saturating_duration_since(Instant::now())
+            .min(LINGER);
+        let mut syncs = Vec::new();
+        match rx.recv_timeout(wait) {
+            Ok(msg) => {
+                let deadline = Instant::now() + LINGER;
+                let mut msg = Some(msg);
+                while let Some(m) = msg.take() {
+                    match m {
+                        Msg::Append {
+                            bot,
+                            bytes,
+                            records,
+                        } => {
+                            if let Some(b) = bots.get_mut(bot) {
+                                b.pending.extend_from_slice(&bytes);
+                                b.pending_records += records;
+                                if b.pending.len() >= COALESCE.min(b.seg_max as usize / 2) {
+                                    b.flush();
+                                }
+                            }
+                        }
+                        Msg::Sync(done) => syncs.push(done),
+                    }
+                    if Instant::now() < deadline {
+                        msg = rx.try_recv().ok();
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                bots.iter_mut().for_each(Bot::flush);
+                return;
+            }
+        }
+        bots.iter_mut().for_each(Bot::flush);
+        for done in syncs {
+            let _ = done.send(());
+        }
+        if Instant::now() >= next_tick {
+            bots.iter_mut().for_each(Bot::tick);
+            next_tick = Instant::now() + TICK;
+        }
+    }
+}
