@@ -91,8 +91,8 @@ pub async fn history(sizes: Sizes) -> Report {
     let mut table = vec![
         format!("load average before: {load_before}"),
         String::new(),
-        "| pair | first | on (updates/s) | off (updates/s) | on / off | CPU per 100k on / off | disk written on / off | history dir at the end (on) |".to_string(),
-        "|---|---|---|---|---|---|---|---|".to_string(),
+        "| pair | first | on (updates/s) | off (updates/s) | on / off | CPU per 100k on / off | disk written on / off | history dir at the end (on) | `GET /history`: updates / delivered; records dropped (on) |".to_string(),
+        "|---|---|---|---|---|---|---|---|---|".to_string(),
     ];
     let (mut ons, mut offs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for pair in 1..=pairs {
@@ -108,7 +108,7 @@ pub async fn history(sizes: Sizes) -> Report {
         };
         let ratio = on.rate / off.rate;
         let line = format!(
-            "| {pair} | {} | {:.0} | {:.0} | {ratio:.3}× | {:.2} s / {:.2} s | {} / {} | {} |",
+            "| {pair} | {} | {:.0} | {:.0} | {ratio:.3}× | {:.2} s / {:.2} s | {} / {} | {} | {}; {} |",
             if on_first { "on" } else { "off" },
             on.rate,
             off.rate,
@@ -117,6 +117,8 @@ pub async fn history(sizes: Sizes) -> Report {
             mb(on.write_bytes),
             mb(off.write_bytes),
             dir_size(&on),
+            kept_text(on.kept),
+            on.dropped.map_or("-".into(), |d| format!("{d:.0}")),
         );
         eprintln!("{line}");
         table.push(line);
@@ -146,22 +148,9 @@ pub async fn history(sizes: Sizes) -> Report {
         m.kept
             .is_some_and(|k| !k.more && k.updates == updates as u64 && k.delivered == k.updates)
     });
-    let kept_text = {
-        let mut v: Vec<String> = ons
-            .iter()
-            .map(|m| match m.kept {
-                Some(k) => format!(
-                    "{}{}/{}",
-                    k.updates,
-                    if k.more { "+" } else { "" },
-                    k.delivered
-                ),
-                None => "?".into(),
-            })
-            .collect();
-        v.dedup();
-        v.join(", ")
-    };
+    let mut kept_all: Vec<String> = ons.iter().map(|m| kept_text(m.kept)).collect();
+    kept_all.dedup();
+    let kept_all = kept_all.join(", ");
     // None when no on run exported the counter.
     let dropped = ons.iter().filter_map(|m| m.dropped).reduce(|a, b| a + b);
     let dropped_text = dropped.map_or("not exported".into(), |d| format!("{d:.0}"));
@@ -216,7 +205,7 @@ pub async fn history(sizes: Sizes) -> Report {
                 "history kept per on run: `GET /history` updates / delivered (records dropped: {dropped_text})"
             ),
             "-",
-            &kept_text,
+            &kept_all,
             None,
             &format!("{updates}/{updates}, 0 dropped"),
             Some(all_kept && dropped.is_none_or(|d| d == 0.0)),
@@ -228,9 +217,11 @@ pub async fn history(sizes: Sizes) -> Report {
             ),
             "-",
             &format!(
-                "{:.3} MiB ({:.3} MiB)",
+                "{:.3} MiB = {} B ({:.3} MiB = {} B)",
                 trim.max_bytes as f64 / MIB,
-                trim.max_blocks as f64 / MIB
+                trim.max_bytes,
+                trim.max_blocks as f64 / MIB,
+                trim.max_blocks
             ),
             None,
             &format!("≤ {SMALL_MB} MiB"),
@@ -475,6 +466,19 @@ fn per_100k(cpu: f64, updates: i64) -> f64 {
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// `GET /history`'s count: listed / delivered (`+`: `limit` cut it).
+fn kept_text(k: Option<Kept>) -> String {
+    match k {
+        Some(k) => format!(
+            "{}{}/{}",
+            k.updates,
+            if k.more { "+" } else { "" },
+            k.delivered
+        ),
+        None => "?".into(),
+    }
 }
 
 fn dir_size(m: &Measured) -> String {
