@@ -107,6 +107,42 @@ impl History {
         }
     }
 
+    /// For reading a stopped pollhook's history (the command line): the
+    /// bots whose history directory exists, and no writer.
+    pub fn reader(state_dir: &Path) -> History {
+        let mut logs = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(state_dir.join("history")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(bot) = name.strip_prefix("bot-") {
+                    logs.push(Arc::new(BotLog {
+                        name: bot.to_string(),
+                        dir: e.path(),
+                        retention: Retention {
+                            window: Duration::MAX,
+                            max_bytes: u64::MAX,
+                        },
+                        bytes: AtomicU64::new(0),
+                        dropped: AtomicU64::new(0),
+                    }));
+                }
+            }
+        }
+        let by_name = logs
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.name.clone(), i))
+            .collect();
+        // Nobody receives: what is sent is counted as dropped, and `sync`
+        // returns at once.
+        let (tx, _) = sync_channel(1);
+        History {
+            tx,
+            logs: Arc::new(logs),
+            by_name: Arc::new(by_name),
+        }
+    }
+
     /// The bot's history, if it keeps one.
     pub fn bot(&self, name: &str) -> Option<&Arc<BotLog>> {
         self.by_name.get(name).map(|i| &self.logs[*i])

@@ -204,11 +204,13 @@ pub fn list(
             }
         }
         match record::decode(body) {
-            Some(Record::Received(r)) if filter.matches(&r) => {
+            Some(Record::Received(mut r)) if filter.matches(&r) => {
                 if entries.len() >= limit {
                     more = true;
                     continue;
                 }
+                // A listing shows no payloads: `limit` entries stay small.
+                r.payload = Vec::new();
                 let forwards = r
                     .forwards
                     .iter()

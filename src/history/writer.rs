@@ -260,3 +260,98 @@ pub fn run(logs: Vec<Arc<BotLog>>, off: Vec<PathBuf>, rx: Receiver<Msg>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{History, Retention};
+    use crate::platform::update::Update;
+
+    fn dir_bytes(dir: &std::path::Path) -> u64 {
+        segment::list(dir).unwrap().iter().map(|s| s.bytes).sum()
+    }
+
+    #[test]
+    fn the_budget_holds_oldest_first_out() {
+        let state = tempfile::tempdir().unwrap();
+        let max = 256 << 10;
+        let h = History::start(
+            state.path(),
+            &[(
+                "b".into(),
+                Some(Retention {
+                    window: Duration::from_secs(3600),
+                    max_bytes: max,
+                }),
+            )],
+        );
+        let dir = segment::bot_dir(state.path(), "b");
+        let text = "x".repeat(900);
+        let mut peak = 0;
+        for i in 0..2000i64 {
+            let u = Update::from_bytes(
+                format!(r#"{{"update_id":{i},"message":{{"chat":{{"id":1}},"text":"{text}"}}}}"#)
+                    .as_bytes(),
+            )
+            .unwrap();
+            h.received("b", &[&u], &mut [(0, 1, i as u64)], 1);
+            if i % 100 == 0 {
+                h.sync(Duration::from_secs(5));
+                peak = peak.max(dir_bytes(&dir));
+            }
+        }
+        h.sync(Duration::from_secs(5));
+        peak = peak.max(dir_bytes(&dir));
+        assert!(
+            peak <= max,
+            "history took {peak} bytes, more than its {max}"
+        );
+        assert!(
+            peak > max / 2,
+            "the budget is used, not thrown away: {peak}"
+        );
+        let log = h.bot("b").unwrap();
+        assert_eq!(log.bytes.load(Ordering::Relaxed), dir_bytes(&dir));
+        // The newest are kept, the oldest went.
+        let mut scan = crate::history::query::Scan::new(&dir, 0, None).unwrap();
+        let mut ids = Vec::new();
+        while let Some(crate::history::record::Record::Received(r)) = scan.next_record() {
+            ids.push(r.update_id.unwrap());
+        }
+        assert_eq!(ids.last(), Some(&1999));
+        assert!(ids[0] > 1000, "oldest kept: {}", ids[0]);
+        assert!(
+            ids.windows(2).all(|w| w[1] == w[0] + 1),
+            "nothing missing in what is kept"
+        );
+    }
+
+    #[test]
+    fn segments_past_the_window_are_deleted_and_off_deletes_all() {
+        let state = tempfile::tempdir().unwrap();
+        let keep = Some(Retention {
+            window: Duration::from_millis(1500),
+            max_bytes: 1 << 30,
+        });
+        let h = History::start(state.path(), &[("b".into(), keep)]);
+        let dir = segment::bot_dir(state.path(), "b");
+        let u = Update::from_bytes(br#"{"update_id":1}"#).unwrap();
+        h.received("b", &[&u], &mut [], 1);
+        h.sync(Duration::from_secs(5));
+        assert_eq!(segment::list(&dir).unwrap().len(), 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !segment::list(&dir).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the old segment stays");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(h);
+        let h = History::start(state.path(), &[("b".into(), keep)]);
+        h.received("b", &[&u], &mut [], 1);
+        h.sync(Duration::from_secs(5));
+        assert!(dir.exists());
+        let off = History::start(state.path(), &[("b".into(), None)]);
+        drop(h);
+        off.sync(Duration::from_secs(5));
+        assert!(!dir.exists(), "history = 0s forgets what was kept");
+    }
+}

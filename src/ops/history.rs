@@ -257,15 +257,15 @@ pub async fn post_replay(replays: Option<Arc<Replays>>, body: Bytes) -> Response
     let Some(replays) = replays else {
         return no_history();
     };
-    let sel: Selector = match serde_json::from_slice(&body) {
+    let sel: Selector = match from_body(&body, "replay") {
         Ok(s) => s,
-        Err(e) => return bad(BadRequest(format!("the body is not a replay request: {e}"))),
+        Err(e) => return bad(e),
     };
     let state = match sel.replay(now_ms()) {
         Ok(s) => s,
         Err(e) => return bad(e),
     };
-    replays.history().sync(Duration::from_secs(2));
+    tokio::task::block_in_place(|| replays.history().sync(Duration::from_secs(2)));
     if sel.dry_run {
         return match replays.dry_run(&state) {
             Ok(d) => {
@@ -319,6 +319,20 @@ where
     Body::from_stream(stream)
 }
 
+/// A JSON body, or a 400 that names the field at fault.
+fn from_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, BadRequest> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            BadRequest(format!("the body is not a {what} request: {inner}"))
+        } else {
+            BadRequest(format!("{path}: {inner}"))
+        }
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resend {
@@ -332,9 +346,9 @@ pub async fn post_resend(replays: Option<Arc<Replays>>, body: Bytes) -> Response
     let Some(replays) = replays else {
         return no_history();
     };
-    let r: Resend = match serde_json::from_slice(&body) {
+    let r: Resend = match from_body(&body, "resend") {
         Ok(r) => r,
-        Err(e) => return bad(BadRequest(format!("the body is not a resend request: {e}"))),
+        Err(e) => return bad(e),
     };
     match replays.resend(&r.bot, r.update_id, r.forward).await {
         Ok((n, forwards)) => {

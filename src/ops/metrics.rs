@@ -339,33 +339,26 @@ fn gateway_calls(out: &mut String, g: &crate::stats::GatewayStats) {
 pub fn history(out: &mut String, replays: &crate::replay::Replays) {
     use std::sync::atomic::Ordering;
     let bot_l = |b: &str| format!("bot=\"{}\"", esc(b));
-    header(
-        out,
-        "pollhook_history_bytes",
-        "gauge",
-        "Disk taken by the bot's history (at most history_max_mb).",
-    );
-    for log in replays.history().bots() {
-        let _ = writeln!(
-            out,
-            "pollhook_history_bytes{{{}}} {}",
-            bot_l(&log.name),
-            log.bytes.load(Ordering::Relaxed)
-        );
-    }
-    header(
-        out,
-        "pollhook_history_dropped_total",
-        "counter",
-        "History records not written (the writer was behind, or the disk failed); deliveries are not affected.",
-    );
-    for log in replays.history().bots() {
-        let _ = writeln!(
-            out,
-            "pollhook_history_dropped_total{{{}}} {}",
-            bot_l(&log.name),
-            log.dropped.load(Ordering::Relaxed)
-        );
+    type Read = fn(&crate::history::BotLog) -> u64;
+    let per_bot: [(&str, &str, &str, Read); 2] = [
+        (
+            "pollhook_history_bytes",
+            "gauge",
+            "Disk taken by the bot's history (at most history_max_mb).",
+            |l| l.bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "pollhook_history_dropped_total",
+            "counter",
+            "History records not written (the writer was behind, or the disk failed); deliveries are not affected.",
+            |l| l.dropped.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in per_bot {
+        header(out, name, kind, help);
+        for log in replays.history().bots() {
+            let _ = writeln!(out, "{name}{{{}}} {}", bot_l(&log.name), read(log));
+        }
     }
     header(
         out,

@@ -297,7 +297,7 @@ impl Replays {
         update_id: i64,
         forward: Option<String>,
     ) -> Result<(u64, Vec<String>), ReplayError> {
-        self.history.sync(std::time::Duration::from_secs(2));
+        tokio::task::block_in_place(|| self.history.sync(std::time::Duration::from_secs(2)));
         let state = State {
             bot: bot.to_string(),
             forwards: forward.map(|f| vec![f]),
@@ -360,6 +360,13 @@ impl Replays {
                     continue;
                 }
             };
+            if let Err(e) = self.check(&state) {
+                // The bot or forward is gone from the configuration, or
+                // keeps no history any more: nothing to resume it into.
+                tracing::warn!(replay = id, "replay {id} is dropped, not resumed: {e}");
+                self.store.requeue(&[], id, None, now_ms()).await?;
+                continue;
+            }
             info!(bot = %state.bot, replay = id, "resuming replay {id}: {} of its updates were queued before pollhook stopped", state.queued);
             let progress = Progress::new(id, &state);
             if let Err(e) = self.run(id, state, progress).await {

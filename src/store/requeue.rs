@@ -51,18 +51,8 @@ impl Store {
             fwds.sort_unstable();
             fwds.dedup();
             for fwd in fwds {
-                let mut g = group::Builder::new();
-                let mut first = 0;
-                for r in jobs.iter().filter(|j| j.fwd == fwd) {
-                    if g.is_full() {
-                        let full = std::mem::replace(&mut g, group::Builder::new());
-                        b.insert(&key(GROUP, fwd, first)[..], full.finish());
-                    }
-                    let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-                    if g.is_empty() {
-                        first = seq;
-                    }
-                    last_seq = Some(seq);
+                let mine = jobs.iter().filter(|j| j.fwd == fwd);
+                let last = self.group_into(&mut b, fwd, mine, |r, seq, buf| {
                     let job = Job {
                         seq,
                         id_seq: r.id_seq.unwrap_or(seq),
@@ -77,11 +67,9 @@ impl Store {
                         last_error: String::new(),
                         payload: r.payload.clone(),
                     };
-                    g.push_with(|buf| buf.extend_from_slice(&record::encode(&job)));
-                }
-                if !g.is_empty() {
-                    b.insert(&key(GROUP, fwd, first)[..], g.finish());
-                }
+                    buf.extend_from_slice(&record::encode(&job));
+                });
+                last_seq = last.or(last_seq);
             }
             if let Some(seq) = last_seq {
                 b.insert(&b"m/seq"[..], &seq.to_be_bytes()[..]);
