@@ -19,17 +19,18 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::platform::update::Update;
 pub use record::{Fate, Outcome};
 
-/// Messages the writer may fall behind by before records are dropped
-/// (each at most one polled batch, so the bound is ~100 updates each).
-const CHANNEL: usize = 4096;
+/// Bytes of records the writer may fall behind by before records are
+/// dropped (counted): history's memory bound.
+const MAX_QUEUED: usize = 32 << 20;
 
 /// How long a bot's history is kept, and how much disk it may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,9 @@ enum Msg {
 /// The handle the stages and the admin API share (cheap to clone).
 #[derive(Clone)]
 pub struct History {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
+    /// Bytes sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
     logs: Arc<Vec<Arc<BotLog>>>,
     by_name: Arc<HashMap<String, usize>>,
 }
@@ -94,14 +97,17 @@ impl History {
             .enumerate()
             .map(|(i, l)| (l.name.clone(), i))
             .collect();
-        let (tx, rx) = sync_channel(CHANNEL);
+        let (tx, rx) = channel();
         let for_writer = logs.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         std::thread::Builder::new()
             .name("history".into())
-            .spawn(move || writer::run(for_writer, off, rx))
+            .spawn(move || writer::run(for_writer, off, rx, taken))
             .expect("a thread can be started at startup");
         History {
             tx,
+            queued,
             logs: Arc::new(logs),
             by_name: Arc::new(by_name),
         }
@@ -135,9 +141,10 @@ impl History {
             .collect();
         // Nobody receives: what is sent is counted as dropped, and `sync`
         // returns at once.
-        let (tx, _) = sync_channel(1);
+        let (tx, _) = channel();
         History {
             tx,
+            queued: Arc::new(AtomicUsize::new(0)),
             logs: Arc::new(logs),
             by_name: Arc::new(by_name),
         }
@@ -195,15 +202,22 @@ impl History {
     }
 
     fn send(&self, bot: usize, bytes: Vec<u8>, records: u64) {
-        match self.tx.try_send(Msg::Append {
+        let n = bytes.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.logs[bot].dropped.fetch_add(records, Ordering::Relaxed);
+            return;
+        }
+        let msg = Msg::Append {
             bot,
             bytes,
             records,
-        }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.logs[bot].dropped.fetch_add(records, Ordering::Relaxed);
-            }
+        };
+        // An unbounded channel whose receiver (the writer) rarely sleeps in
+        // it: sending wakes nobody; `queued` is the bound.
+        if self.tx.send(msg).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.logs[bot].dropped.fetch_add(records, Ordering::Relaxed);
         }
     }
 

@@ -1,14 +1,20 @@
 //! The thread that writes history: the hot path hands it encoded records
-//! through a bounded channel and never waits for it (a full channel drops
-//! history records, counted, never delays a delivery). It coalesces what
-//! arrives into one write per bot, rolls segments by size and age, and
-//! deletes whole segments past the window or over the bot's byte budget.
+//! and never waits for it (past a byte bound, records are dropped and
+//! counted, never a delivery delayed). It coalesces what arrives into one
+//! write per bot, rolls segments by size and age, and deletes whole
+//! segments past the window or over the bot's byte budget.
+//!
+//! While records flow it wakes on a clock ([`LINGER`]) and drains the
+//! channel without blocking in it, so senders never have a sleeping
+//! receiver to wake: a profile of waking per record showed a futex wake and
+//! two context switches per delivered update, 20 % of the relay's CPU.
+//! Only after a quiet second does it block until the next record.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -20,7 +26,9 @@ use crate::clock::now_ms;
 
 /// How long records may wait to be coalesced: what a SIGKILL can lose of
 /// history (never of the queue).
-const LINGER: Duration = Duration::from_millis(100);
+const LINGER: Duration = Duration::from_millis(50);
+/// Quiet for this long, the writer blocks instead of waking on its clock.
+const IDLE: Duration = Duration::from_secs(1);
 /// How often segments are rolled by age and the window enforced.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -53,13 +61,15 @@ impl Bot {
             last_warning: None,
             log,
         };
-        bot.trim(0);
+        bot.trim(0, true);
         bot
     }
 
+    /// Disk taken, counting each file in whole 4 KiB blocks as the file
+    /// system allocates them: the budget is disk, not bytes written.
     fn total(&self) -> u64 {
-        self.closed.iter().map(|s| s.bytes).sum::<u64>()
-            + self.current.as_ref().map_or(0, |(_, s)| s.bytes)
+        self.closed.iter().map(|s| on_disk(s.bytes)).sum::<u64>()
+            + self.current.as_ref().map_or(0, |(_, s)| on_disk(s.bytes))
     }
 
     fn publish_size(&self) {
@@ -72,14 +82,16 @@ impl Bot {
         }
     }
 
-    /// Deletes whole segments, oldest first, while they are past the
-    /// window or the bot would hold more than its budget with `incoming`
-    /// more bytes.
-    fn trim(&mut self, incoming: u64) {
+    /// Deletes whole segments, oldest first, while the bot would hold more
+    /// than its budget with `incoming` more bytes, or (`by_age`) while they
+    /// are past the window (a stat per look: only on the clock's tick).
+    fn trim(&mut self, incoming: u64, by_age: bool) {
         let cutoff = now_ms().saturating_sub(self.log.retention.window.as_millis() as u64);
         while let Some(oldest) = self.closed.first().copied() {
-            let over = self.total() + incoming > self.log.retention.max_bytes;
-            if !over && last_write_ms(&self.log.dir, oldest).is_some_and(|t| t >= cutoff) {
+            let over = self.total() + on_disk(incoming) > self.log.retention.max_bytes;
+            if !over
+                && (!by_age || last_write_ms(&self.log.dir, oldest).is_some_and(|t| t >= cutoff))
+            {
                 break;
             }
             let path = self.log.dir.join(segment::file_name(oldest.created_ms));
@@ -104,7 +116,7 @@ impl Bot {
         }
         let n = self.pending.len() as u64;
         let records = std::mem::take(&mut self.pending_records);
-        if n > self.log.retention.max_bytes {
+        if on_disk(n) > self.log.retention.max_bytes {
             // One batch larger than the whole budget: nothing to keep.
             self.pending.clear();
             self.log.dropped.fetch_add(records, Ordering::Relaxed);
@@ -113,16 +125,16 @@ impl Bot {
         if self
             .current
             .as_ref()
-            .is_some_and(|(_, s)| s.bytes > 0 && s.bytes + n > self.seg_max)
+            .is_some_and(|(_, s)| s.bytes > 0 && on_disk(s.bytes + n) > self.seg_max)
         {
             self.roll();
         }
-        self.trim(n);
-        if self.total() + n > self.log.retention.max_bytes {
+        self.trim(n, false);
+        if self.total() + on_disk(n) > self.log.retention.max_bytes {
             // Only the current segment is left and it is too full: start
             // over with a new one.
             self.roll();
-            self.trim(n);
+            self.trim(n, false);
         }
         let pending = std::mem::take(&mut self.pending);
         let result = self.current_file().and_then(|(f, seg)| {
@@ -174,7 +186,7 @@ impl Bot {
                 self.roll();
             }
         }
-        self.trim(0);
+        self.trim(0, true);
     }
 
     fn warn(&mut self, what: String) {
@@ -188,6 +200,11 @@ impl Bot {
     }
 }
 
+/// A file of `bytes` in whole blocks.
+fn on_disk(bytes: u64) -> u64 {
+    bytes.div_ceil(4096) * 4096
+}
+
 /// When a segment was last written to (its newest record's time).
 fn last_write_ms(dir: &std::path::Path, seg: Segment) -> Option<u64> {
     let modified = fs::metadata(dir.join(segment::file_name(seg.created_ms)))
@@ -199,7 +216,7 @@ fn last_write_ms(dir: &std::path::Path, seg: Segment) -> Option<u64> {
 /// What pending bytes of one bot may grow to before they are written.
 const COALESCE: usize = 256 << 10;
 
-pub fn run(logs: Vec<Arc<BotLog>>, off: Vec<PathBuf>, rx: Receiver<Msg>) {
+pub fn run(logs: Vec<Arc<BotLog>>, off: Vec<PathBuf>, rx: Receiver<Msg>, queued: Arc<AtomicUsize>) {
     for dir in off {
         if dir.exists() {
             info!(
@@ -213,52 +230,67 @@ pub fn run(logs: Vec<Arc<BotLog>>, off: Vec<PathBuf>, rx: Receiver<Msg>) {
     }
     let mut bots: Vec<Bot> = logs.into_iter().map(Bot::open).collect();
     let mut next_tick = Instant::now() + TICK;
+    let mut last_record = Instant::now();
     loop {
-        let wait = next_tick
-            .saturating_duration_since(Instant::now())
-            .min(LINGER);
         let mut syncs = Vec::new();
-        match rx.recv_timeout(wait) {
-            Ok(msg) => {
-                let deadline = Instant::now() + LINGER;
-                let mut msg = Some(msg);
-                while let Some(m) = msg.take() {
-                    match m {
-                        Msg::Append {
-                            bot,
-                            bytes,
-                            records,
-                        } => {
-                            if let Some(b) = bots.get_mut(bot) {
-                                b.pending.extend_from_slice(&bytes);
-                                b.pending_records += records;
-                                if b.pending.len() >= COALESCE.min(b.seg_max as usize / 2) {
-                                    b.flush();
-                                }
-                            }
-                        }
-                        Msg::Sync(done) => syncs.push(done),
+        let mut first = None;
+        if last_record.elapsed() >= IDLE {
+            // Quiet: block (the one wake-up per burst), but still tick.
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(m) => first = Some(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            std::thread::sleep(LINGER);
+        }
+        let mut ended = false;
+        let mut next = first;
+        loop {
+            let m = match next.take() {
+                Some(m) => m,
+                None => match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        ended = true;
+                        break;
                     }
-                    if Instant::now() < deadline {
-                        msg = rx.try_recv().ok();
+                },
+            };
+            last_record = Instant::now();
+            match m {
+                Msg::Append {
+                    bot,
+                    bytes,
+                    records,
+                } => {
+                    queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                    if let Some(b) = bots.get_mut(bot) {
+                        b.pending.extend_from_slice(&bytes);
+                        b.pending_records += records;
+                        if b.pending.len() >= COALESCE.min(b.seg_max as usize / 2) {
+                            b.flush();
+                        }
                     }
                 }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                bots.iter_mut().for_each(Bot::flush);
-                return;
+                Msg::Sync(done) => syncs.push(done),
             }
         }
         bots.iter_mut().for_each(Bot::flush);
         for done in syncs {
             let _ = done.send(());
         }
+        if ended {
+            return;
+        }
         if Instant::now() >= next_tick {
             bots.iter_mut().for_each(Bot::tick);
             next_tick = Instant::now() + TICK;
         }
     }
+    bots.iter_mut().for_each(Bot::flush);
 }
 
 #[cfg(test)]
