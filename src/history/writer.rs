@@ -299,8 +299,13 @@ mod tests {
     use crate::history::{History, Retention};
     use crate::platform::update::Update;
 
+    /// Disk taken, in whole blocks as the budget counts it.
     fn dir_bytes(dir: &std::path::Path) -> u64 {
-        segment::list(dir).unwrap().iter().map(|s| s.bytes).sum()
+        segment::list(dir)
+            .unwrap()
+            .iter()
+            .map(|s| on_disk(s.bytes))
+            .sum()
     }
 
     #[test]
