@@ -464,7 +464,10 @@ impl BotPlan {
                 stats: f.stats.clone(),
                 drain_timeout: self.drain_timeout,
                 events: self.events.clone(),
-                history: self.history.clone(),
+                history: self
+                    .history
+                    .as_ref()
+                    .and_then(|h| h.recorder(&self.bot.name)),
             };
             let span = info_span!("forward", bot = %self.bot.name, forward = %f.settings.name);
             tasks.spawn(forwarder.run(stop.clone()).instrument(span));

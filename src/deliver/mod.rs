@@ -79,7 +79,7 @@ pub struct Forwarder {
     /// Live events: each attempt's outcome, dead letters, replies.
     pub events: Bus,
     /// Where each attempt's outcome is kept, if the bot keeps history.
-    pub history: Option<crate::history::History>,
+    pub history: Option<crate::history::Recorder>,
 }
 
 /// A finished send: its lane, its job, what became of it, how long it took.
@@ -186,10 +186,11 @@ impl Forwarder {
             let forget_in = inflight
                 .done_since
                 .map(|t| FORGET_AFTER.saturating_sub(t.elapsed()));
-            let wait = match (next_timer, forget_in) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let record_in = self.history.as_ref().and_then(|h| h.due_in());
+            let wait = [next_timer, forget_in, record_in]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match wait {
                     Some(d) => tokio::time::sleep(d).await,
@@ -220,6 +221,9 @@ impl Forwarder {
                     .is_some_and(|t| t.elapsed() >= FORGET_AFTER)
             {
                 self.forget_delivered(&mut inflight);
+            }
+            if let Some(h) = &self.history {
+                h.flush(false);
             }
         }
         // Deliveries and reply calls share one stop timeout.
@@ -512,8 +516,15 @@ impl Forwarder {
         error: &str,
     ) {
         if let Some(history) = &self.history {
-            let o = remember::outcome(job, &self.settings.name, fate, status, attempt, took, error);
-            history.outcome(&self.bot, &o);
+            history.outcome(&remember::outcome(
+                job,
+                &self.settings.name,
+                fate,
+                status,
+                attempt,
+                took,
+                error,
+            ));
         }
     }
 

@@ -8,15 +8,15 @@ use crate::history::{Fate, Outcome};
 use crate::store::Job;
 
 /// The record of one attempt's (or the update's final) outcome.
-pub fn outcome(
+pub fn outcome<'a>(
     job: &Job,
-    forward: &str,
+    forward: &'a str,
     result: Fate,
     status: Option<u16>,
     attempt: u32,
     took: Duration,
-    error: &str,
-) -> Outcome {
+    error: &'a str,
+) -> Outcome<&'a str> {
     Outcome {
         at_ms: now_ms(),
         update_id: job.update_id,
@@ -25,8 +25,8 @@ pub fn outcome(
         attempt,
         ms: took.as_millis().min(u32::MAX as u128) as u32,
         replay: job.replayed_ms != 0,
-        forward: forward.to_string(),
-        error: error.to_string(),
+        forward,
+        error,
     }
 }
 

@@ -191,14 +191,14 @@ impl History {
         self.send(i, bytes, batch.len() as u64);
     }
 
-    /// Records what became of one attempt (or of the update) at a forward.
-    pub fn outcome(&self, bot: &str, o: &Outcome) {
-        let Some(&i) = self.by_name.get(bot) else {
-            return;
-        };
-        let mut bytes = Vec::with_capacity(64 + o.forward.len() + o.error.len());
-        record::encode_outcome(&mut bytes, o);
-        self.send(i, bytes, 1);
+    /// A forward's recorder of outcomes, if its bot keeps history.
+    pub fn recorder(&self, bot: &str) -> Option<Recorder> {
+        let &bot = self.by_name.get(bot)?;
+        Some(Recorder {
+            history: self.clone(),
+            bot,
+            buf: std::sync::Mutex::new(Pending::default()),
+        })
     }
 
     fn send(&self, bot: usize, bytes: Vec<u8>, records: u64) {
@@ -228,5 +228,69 @@ impl History {
         if self.tx.send(Msg::Sync(done)).is_ok() {
             let _ = wait.recv_timeout(timeout);
         }
+    }
+}
+
+/// Outcomes gathered per forward and handed to the writer together (at
+/// most [`Recorder::LINGER`] late): one message per delivered update cost a
+/// channel node and an allocation each on the dispatchers' hot path.
+pub struct Recorder {
+    history: History,
+    bot: usize,
+    buf: std::sync::Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    records: u64,
+    since: Option<std::time::Instant>,
+}
+
+impl Recorder {
+    pub const LINGER: Duration = Duration::from_millis(100);
+    const FULL: usize = 64 << 10;
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records what became of one attempt (or of the update) at the forward.
+    pub fn outcome<S: AsRef<str>>(&self, o: &Outcome<S>) {
+        let mut p = self.pending();
+        record::encode_outcome(&mut p.bytes, o);
+        p.records += 1;
+        p.since.get_or_insert_with(std::time::Instant::now);
+        if p.bytes.len() >= Self::FULL {
+            self.hand_over(&mut p);
+        }
+    }
+
+    /// How long until what is gathered must be handed over, if anything is.
+    pub fn due_in(&self) -> Option<Duration> {
+        self.pending()
+            .since
+            .map(|t| Self::LINGER.saturating_sub(t.elapsed()))
+    }
+
+    /// Hands over what is gathered if it waited long enough (`now`: at once).
+    pub fn flush(&self, now: bool) {
+        let mut p = self.pending();
+        if p.since.is_some_and(|t| now || t.elapsed() >= Self::LINGER) {
+            self.hand_over(&mut p);
+        }
+    }
+
+    fn hand_over(&self, p: &mut Pending) {
+        let bytes = std::mem::take(&mut p.bytes);
+        let records = std::mem::take(&mut p.records);
+        p.since = None;
+        self.history.send(self.bot, bytes, records);
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush(true);
     }
 }

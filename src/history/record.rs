@@ -75,8 +75,10 @@ impl Fate {
     }
 }
 
+/// Generic over its text so that the hot path records one from borrowed
+/// names (no allocation per delivery) and reading owns them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub struct Outcome<S = String> {
     pub at_ms: u64,
     pub update_id: Option<i64>,
     pub result: Fate,
@@ -86,8 +88,8 @@ pub struct Outcome {
     pub attempt: u32,
     pub ms: u32,
     pub replay: bool,
-    pub forward: String,
-    pub error: String,
+    pub forward: S,
+    pub error: S,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,7 +139,7 @@ pub fn encode_received(out: &mut Vec<u8>, u: &Update, received_ms: u64, forwards
     });
 }
 
-pub fn encode_outcome(out: &mut Vec<u8>, o: &Outcome) {
+pub fn encode_outcome<S: AsRef<str>>(out: &mut Vec<u8>, o: &Outcome<S>) {
     framed(out, |b| {
         b.push(b'O');
         b.extend_from_slice(&o.at_ms.to_be_bytes());
@@ -147,8 +149,8 @@ pub fn encode_outcome(out: &mut Vec<u8>, o: &Outcome) {
         b.extend_from_slice(&o.attempt.to_be_bytes());
         b.extend_from_slice(&o.ms.to_be_bytes());
         b.push(o.replay as u8);
-        put_str(b, &o.forward, 256);
-        put_str(b, &o.error, MAX_ERROR);
+        put_str(b, o.forward.as_ref(), 256);
+        put_str(b, o.error.as_ref(), MAX_ERROR);
     });
 }
 
