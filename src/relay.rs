@@ -11,15 +11,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::budget::Budget;
-use crate::config::Settings;
+use crate::config::{Settings, StartFrom};
 use crate::deliver::Forwarder;
 use crate::events::Bus;
+use crate::history::History;
 use crate::nats::connection::{FirstConnect, Nats};
 use crate::ops::admin::{self, Admin};
 use crate::ops::serve::Limits;
 use crate::ops::status::{BotHandle, ForwardHandle, Observed};
 use crate::platform::api::BotApi;
 use crate::poller::{Poller, Route};
+use crate::replay::Replays;
 use crate::stats::{BotStats, ForwardStats};
 use crate::store::{Queue, Store};
 
@@ -66,12 +68,23 @@ pub async fn run_with_events(
     if settings.cluster.is_some() {
         refuse_a_local_backlog(&store)?;
     }
+    let clustered = settings.cluster.is_some();
+    // History is kept beside the sled queue; a cluster's queue is JetStream.
+    let history = (!clustered).then(|| {
+        let bots: Vec<_> = settings
+            .bots
+            .iter()
+            .map(|b| (b.name.clone(), b.history))
+            .collect();
+        let h = History::start(&settings.state_dir, &bots);
+        store.keep_history(h.clone());
+        h
+    });
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
     let mut bot_stats = Vec::new();
     let mut clients = crate::http::Clients::new();
     let client = clients.direct();
-    let clustered = settings.cluster.is_some();
     let mut plans = Vec::with_capacity(settings.bots.len());
     let max_queued = settings
         .gateway
@@ -103,6 +116,15 @@ pub async fn run_with_events(
             let fwd_id = if clustered {
                 crate::cluster::queue::forward_id(&fwd.name)
             } else {
+                if fwd.start_from == StartFrom::History
+                    && bot.history.is_some()
+                    && !store.knows_forward(&bot.name, &fwd.name)?
+                {
+                    // Saved before the forward is known, so that a crash in
+                    // between cannot make it "known" without its history.
+                    crate::replay::save_start_from(&store, &bot.name, &fwd.name, bot.history)
+                        .await?;
+                }
                 store.forward_id(&bot.name, &fwd.name)?
             };
             let plan = ForwardPlan {
@@ -126,7 +148,12 @@ pub async fn run_with_events(
             stats: stats.clone(),
             budget: budget.clone(),
         });
+        let bot_history = history
+            .as_ref()
+            .filter(|h| h.bot(&bot.name).is_some())
+            .cloned();
         plans.push(Arc::new(BotPlan {
+            history: bot_history,
             bot,
             api,
             budget,
@@ -138,6 +165,25 @@ pub async fn run_with_events(
             events: events.clone(),
         }));
     }
+    let replays = history.as_ref().map(|h| {
+        let bots = plans
+            .iter()
+            .map(|p| {
+                let targets = p
+                    .forwards
+                    .iter()
+                    .map(|f| crate::replay::Target {
+                        id: f.id,
+                        name: f.settings.name.clone(),
+                        filter: f.settings.filter.clone(),
+                        wake: f.wake.clone(),
+                    })
+                    .collect();
+                (p.name().to_string(), targets)
+            })
+            .collect();
+        Arc::new(Replays::new(store.clone(), h.clone(), bots))
+    });
     let mut leading = None;
     match (&settings.cluster, &nats) {
         (Some(cluster), Some(conn)) => {
@@ -178,6 +224,11 @@ pub async fn run_with_events(
             ));
         }
         _ => {
+            if let Some(replays) = &replays {
+                // Before any poll: a new forward's history comes before its
+                // live traffic; an interrupted replay finishes first.
+                replays.resume().await?;
+            }
             for plan in plans {
                 tasks.spawn(plan.run(queue.clone(), None, shutdown.clone()));
             }
@@ -208,6 +259,7 @@ pub async fn run_with_events(
         nats: nats.clone(),
         cluster: leading,
         gateway,
+        replays,
     });
     tasks.spawn(crate::ops::notify::run(observed.clone(), shutdown.clone()));
     if let Some(addr) = settings.admin_listen {
@@ -238,6 +290,10 @@ pub async fn run_with_events(
     tasks.spawn(watch_store(store.clone(), broken.clone(), shutdown.clone()));
     tasks.close();
     tasks.wait().await;
+    if let Some(h) = &history {
+        // What history's thread still holds reaches the disk.
+        h.sync(std::time::Duration::from_secs(1));
+    }
     if broken.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!(
             "stopped because the state database kept failing (see above); \
@@ -367,6 +423,8 @@ pub struct BotPlan {
     pub stats: Arc<BotStats>,
     pub drain_timeout: std::time::Duration,
     pub events: Bus,
+    /// The bot's history, if it keeps one.
+    pub history: Option<History>,
 }
 
 impl BotPlan {
@@ -406,6 +464,10 @@ impl BotPlan {
                 stats: f.stats.clone(),
                 drain_timeout: self.drain_timeout,
                 events: self.events.clone(),
+                history: self
+                    .history
+                    .as_ref()
+                    .and_then(|h| h.recorder(&self.bot.name)),
             };
             let span = info_span!("forward", bot = %self.bot.name, forward = %f.settings.name);
             tasks.spawn(forwarder.run(stop.clone()).instrument(span));

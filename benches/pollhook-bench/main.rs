@@ -9,6 +9,7 @@
 mod baseline;
 mod cluster;
 mod gateway;
+mod history;
 mod nats;
 mod nats_cluster;
 mod proc;
@@ -120,6 +121,23 @@ enum Scenario {
         #[arg(long)]
         own_chats: bool,
     },
+    /// The throughput workload with history on (the defaults) vs off
+    /// (`history = "0s"`), paired rounds alternating which goes first; then
+    /// `history_max_mb = 2` against several times that.
+    History {
+        /// Updates per run (default 100000, 20000 with --quick).
+        #[arg(long)]
+        updates: Option<i64>,
+        /// Pairs of runs, one on and one off (default 10, 6 with --quick).
+        #[arg(long)]
+        pairs: Option<usize>,
+        /// Updates of the `history_max_mb = 2` part (default 50000, 20000
+        /// with --quick).
+        #[arg(long)]
+        trim_updates: Option<i64>,
+        #[arg(long)]
+        quick: bool,
+    },
     /// Every scenario (smaller sizes with --quick).
     All {
         #[arg(long)]
@@ -174,6 +192,19 @@ fn main() {
                 "{}",
                 gateway::gateway(gateway::Sizes::new(quick, calls, rounds, own_chats)).await
             ),
+            Scenario::History {
+                updates,
+                pairs,
+                trim_updates,
+                quick,
+            } => {
+                let r = history::history(history::Sizes::new(quick, updates, pairs, trim_updates))
+                    .await;
+                println!(
+                    "{}\n\n| figure | history off | history on | ratio | target | met? |\n|---|---|---|---|---|---|\n{}",
+                    r.pairs, r.rows
+                );
+            }
             Scenario::All { quick } => all(quick).await,
             Scenario::Baseline {
                 api,
@@ -298,6 +329,29 @@ async fn hammer(url: String, body: bytes::Bytes) -> f64 {
 /// `updates` updates over 100 chats; returns updates/s end to end and the
 /// relay's CPU seconds (less sensitive to a busy machine than wall time).
 async fn run_throughput(updates: i64, relay: Relay) -> (f64, f64) {
+    let run = run_throughput_with(updates, relay, &Config::default(), |_| ())
+        .await
+        .0;
+    (run.rate, run.cpu)
+}
+
+/// One run of the throughput workload, measured once the backend has every
+/// update; the relay is still running, its state directory there to look at.
+struct Run {
+    rate: f64,
+    cpu: f64,
+    child: Child,
+}
+
+/// `run_throughput` with the relay's configuration given, and `watch`
+/// called as soon as the relay is spawned (whatever it returns, e.g. a
+/// sampler of the state directory, is handed back with the run).
+async fn run_throughput_with<W>(
+    updates: i64,
+    relay: Relay,
+    cfg: &Config,
+    watch: impl FnOnce(&Child) -> W,
+) -> (Run, W) {
     let api = Api::new();
     for id in 1..=updates {
         api.push(id, update_json(id, 100));
@@ -306,15 +360,30 @@ async fn run_throughput(updates: i64, relay: Relay) -> (f64, f64) {
     let backend = Backend::new(Duration::ZERO);
     let backend_addr = backend.start().await;
     let start = Instant::now();
-    let child = relay.spawn(api_addr, backend_addr, &Config::default());
-    let ok = backend
-        .wait_distinct(updates as u64, Duration::from_secs(1800))
-        .await;
+    let mut child = relay.spawn(api_addr, backend_addr, cfg);
+    let watching = watch(&child);
+    let arrived = backend.wait_distinct(updates as u64, Duration::from_secs(1800));
+    tokio::pin!(arrived);
+    // A relay that exits (a configuration it refuses) fails the run at
+    // once instead of after the 30 minutes.
+    let ok = loop {
+        tokio::select! {
+            ok = &mut arrived => break ok,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some(status) = child.exited() {
+                    panic!("the relay exited ({status}) before delivering every update: a configuration it refuses?");
+                }
+            }
+        }
+    };
     let took = start.elapsed();
     let cpu = child.cpu_seconds();
-    drop(child);
-    assert!(ok, "not all updates arrived");
-    (updates as f64 / took.as_secs_f64(), cpu)
+    if !ok {
+        drop(child);
+        panic!("not all updates arrived");
+    }
+    let rate = updates as f64 / took.as_secs_f64();
+    (Run { rate, cpu, child }, watching)
 }
 
 #[derive(Clone, Copy)]
@@ -780,4 +849,6 @@ async fn all(quick: bool) {
         "{}",
         gateway::gateway(gateway::Sizes::new(quick, None, None, false)).await
     );
+    let history = history::history(history::Sizes::new(quick, None, None, None)).await;
+    println!("{}", history.rows);
 }

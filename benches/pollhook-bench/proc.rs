@@ -17,6 +17,13 @@ pub struct Config {
     pub cluster: Option<ClusterNode>,
     /// Serve the Bot API gateway, every rate limit off.
     pub gateway: Option<GatewayAccess>,
+    /// Each bot's `history` (None: the key left out, the default).
+    pub history: Option<&'static str>,
+    /// Each bot's `history_max_mb` (None: the key left out, the default).
+    pub history_max_mb: Option<u64>,
+    /// Serve the admin API on this port (for `/metrics`, `/history`), when
+    /// neither the gateway nor a cluster node brings an `[admin]` table.
+    pub admin_port: Option<u16>,
 }
 
 /// The gateway's part of the configuration: `[gateway] listen` on this
@@ -59,6 +66,9 @@ impl Default for Config {
             jetstream: None,
             cluster: None,
             gateway: None,
+            history: None,
+            history_max_mb: None,
+            admin_port: None,
         }
     }
 }
@@ -101,6 +111,14 @@ impl Child {
                 g.port, g.admin_port
             ));
         }
+        if let Some(port) = cfg.admin_port {
+            assert!(
+                cfg.gateway.is_none()
+                    && cfg.cluster.as_ref().is_none_or(|c| c.admin_port.is_none()),
+                "one [admin] table"
+            );
+            toml.push_str(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
+        }
         let target = match cfg.jetstream {
             Some(nats) => {
                 toml.push_str(&format!("[nats]\nservers = [\"nats://{nats}\"]\n"));
@@ -110,8 +128,17 @@ impl Child {
         };
         for i in 0..cfg.bots {
             toml.push_str(&format!(
-                "[[bot]]\nname = \"b{i}\"\napi_url = \"http://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"30s\"\n\
-                 [[bot.forward]]\nname = \"f\"\n{target}\nmax_in_flight = {}\nretry_max_delay = \"{}\"\n\
+                "[[bot]]\nname = \"b{i}\"\napi_url = \"http://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"30s\"\n"
+            ));
+            // The bot's own keys before its first sub-table.
+            if let Some(h) = cfg.history {
+                toml.push_str(&format!("history = \"{h}\"\n"));
+            }
+            if let Some(mb) = cfg.history_max_mb {
+                toml.push_str(&format!("history_max_mb = {mb}\n"));
+            }
+            toml.push_str(&format!(
+                "[[bot.forward]]\nname = \"f\"\n{target}\nmax_in_flight = {}\nretry_max_delay = \"{}\"\n\
                  signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
                 cfg.max_in_flight, cfg.retry_max_delay
             ));
@@ -194,12 +221,23 @@ impl Child {
     }
 
     fn status_field(&self, key: &str) -> u64 {
-        self.proc_file("status")
+        self.proc_field("status", key)
+    }
+
+    fn proc_field(&self, file: &str, key: &str) -> u64 {
+        self.proc_file(file)
             .lines()
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// A counter of `/proc/<pid>/io`, e.g. `write_bytes:` (bytes the
+    /// process caused to be written to storage: dirtied page-cache pages,
+    /// counted when dirtied, so writes not yet flushed count too).
+    pub fn io_field(&self, key: &str) -> u64 {
+        self.proc_field("io", key)
     }
 
     pub fn rss_kb(&self) -> u64 {
@@ -246,6 +284,22 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The bytes of a directory's files (their lengths, not their blocks).
+pub fn apparent(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            total += if meta.is_dir() {
+                apparent(&e.path())
+            } else {
+                meta.len()
+            };
+        }
+    }
+    total
 }
 
 /// Bytes a directory occupies on disk (allocated blocks).

@@ -190,18 +190,37 @@ fn colour_on_stdout() -> bool {
 
 /// `HH:MM:SS.mmm` in local time.
 fn clock(ms: u64) -> String {
+    local_time(ms).1
+}
+
+/// `(YYYY-MM-DD, HH:MM:SS.mmm)` in local time (UTC if the local time is
+/// unknown).
+pub(super) fn local_time(ms: u64) -> (String, String) {
     let secs = (ms / 1000) as libc::time_t;
     // SAFETY: an all-zero `tm` is valid (its one pointer is null), and
-    // localtime_r(3) only writes into the struct it is given.
+    // localtime_r(3) / gmtime_r(3) only write into the struct they are given.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let local = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
-    let (h, m, s) = if local {
-        (tm.tm_hour as u64, tm.tm_min as u64, tm.tm_sec as u64)
-    } else {
-        let day = ms / 1000 % 86_400;
-        (day / 3600, day / 60 % 60, day % 60)
+    let ok = unsafe {
+        !libc::localtime_r(&secs, &mut tm).is_null() || !libc::gmtime_r(&secs, &mut tm).is_null()
     };
-    format!("{h:02}:{m:02}:{s:02}.{:03}", ms % 1000)
+    if !ok {
+        return (String::from("????-??-??"), format!("{ms}"));
+    }
+    (
+        format!(
+            "{:04}-{:02}-{:02}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday
+        ),
+        format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec,
+            ms % 1000
+        ),
+    )
 }
 
 /// The quick start's output: prints each event until every sender is gone

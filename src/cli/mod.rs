@@ -4,6 +4,7 @@
 
 mod check;
 pub mod dlq;
+mod history;
 mod live;
 mod status;
 mod tail;
@@ -86,6 +87,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the updates a bot received, with what became of each at each
+    /// forward (from its history, kept for `history`, 24h by default).
+    History {
+        #[command(flatten)]
+        at: StateArgs,
+        #[command(flatten)]
+        select: HistorySelect,
+        /// At most this many updates, oldest first.
+        #[arg(long, default_value_t = crate::ops::history::DEFAULT_LIMIT)]
+        limit: usize,
+        /// One JSON object per line, as the admin API answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one update from history (its exact JSON) and every attempt to
+    /// deliver it.
+    Show {
+        #[command(flatten)]
+        at: StateArgs,
+        #[command(flatten)]
+        one: OneUpdate,
+        /// The admin API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue updates from history again, in the order they came; each keeps
+    /// its webhook-id and carries `x-pollhook-replay`.
+    Replay {
+        #[command(flatten)]
+        at: StateArgs,
+        #[command(flatten)]
+        select: HistorySelect,
+        /// Only to this forward (default: each update to the forwards it
+        /// went to).
+        #[arg(long)]
+        forward: Option<String>,
+        /// Say what would be replayed; queue nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Queue one update from history again.
+    Resend {
+        #[command(flatten)]
+        at: StateArgs,
+        #[command(flatten)]
+        one: OneUpdate,
+        /// Only to this forward (default: the forwards it went to).
+        #[arg(long)]
+        forward: Option<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -100,6 +151,60 @@ enum Command {
         #[arg(long)]
         probe: bool,
     },
+}
+
+/// Where a command finds pollhook: its admin API (from the configuration)
+/// while it runs, its state directory while it is stopped.
+#[derive(clap::Args)]
+struct StateArgs {
+    /// The configuration file: where the state is, how to reach the daemon.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The state directory, when there is no configuration file.
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    state_dir: Option<PathBuf>,
+}
+
+/// One update of a bot's history.
+#[derive(clap::Args)]
+struct OneUpdate {
+    #[arg(long)]
+    bot: String,
+    #[arg(allow_negative_numbers = true)]
+    update_id: i64,
+}
+
+/// Which updates of a bot's history.
+#[derive(clap::Args)]
+struct HistorySelect {
+    #[arg(long)]
+    bot: String,
+    /// From this long ago (`10m`, `2h`) or this time (`2026-12-01T21:00:00Z`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Up to this long ago or this time (default: now).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only updates of this kind (`message`, `callback_query`, …).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only updates of this chat.
+    #[arg(long, allow_hyphen_values = true)]
+    chat: Option<String>,
+}
+
+impl HistorySelect {
+    fn selector(self, forward: Option<String>, dry_run: bool) -> crate::ops::history::Selector {
+        crate::ops::history::Selector {
+            bot: self.bot,
+            forward,
+            since: self.since,
+            until: self.until,
+            kind: self.kind,
+            chat: self.chat,
+            dry_run,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -221,6 +326,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action,
         } => dlq::command(config, state_dir, action.into()).await,
         Command::Status { config, json } => status::run(&config, json).await,
+        Command::History {
+            at,
+            select,
+            limit,
+            json,
+        } => {
+            let sel = select.selector(None, false);
+            history::command(
+                at.config,
+                at.state_dir,
+                history::Command::List { sel, limit, json },
+            )
+            .await
+        }
+        Command::Show {
+            at,
+            one: OneUpdate { bot, update_id },
+            json,
+        } => {
+            history::command(
+                at.config,
+                at.state_dir,
+                history::Command::Show {
+                    bot,
+                    update_id,
+                    json,
+                },
+            )
+            .await
+        }
+        Command::Replay {
+            at,
+            select,
+            forward,
+            dry_run,
+        } => {
+            let sel = select.selector(forward, dry_run);
+            history::command(at.config, at.state_dir, history::Command::Replay(sel)).await
+        }
+        Command::Resend {
+            at,
+            one: OneUpdate { bot, update_id },
+            forward,
+        } => {
+            history::command(
+                at.config,
+                at.state_dir,
+                history::Command::Resend {
+                    bot,
+                    update_id,
+                    forward,
+                },
+            )
+            .await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -126,6 +126,22 @@ pub(super) fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSetting
         }
         clients.push(client);
     }
+    let window = ctx.duration(
+        &format!("{prefix}.history"),
+        rb.history.as_deref(),
+        crate::history::DEFAULT_WINDOW,
+    )?;
+    let max_mb = rb.history_max_mb.unwrap_or(crate::history::DEFAULT_MAX_MB);
+    if max_mb == 0 || max_mb > 1 << 30 {
+        return Err(ctx.err(
+            format!("{prefix}.history_max_mb"),
+            format!("{max_mb}: use 1 or more megabytes (history = \"0s\" turns history off)"),
+        ));
+    }
+    let history = (!window.is_zero()).then_some(crate::history::Retention {
+        window,
+        max_bytes: max_mb << 20,
+    });
     Ok(BotSettings {
         name,
         flavor,
@@ -137,6 +153,7 @@ pub(super) fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSetting
         proxy,
         limits,
         clients,
+        history,
     })
 }
 

@@ -95,6 +95,16 @@ impl fmt::Display for Settings {
                 Some(list) => writeln!(f, "  allowed_updates: {}", list.join(", "))?,
                 None => writeln!(f, "  allowed_updates: (platform default)")?,
             }
+            match (&b.history, self.cluster.is_some()) {
+                (_, true) => writeln!(f, "  history: not kept in a cluster")?,
+                (Some(h), false) => writeln!(
+                    f,
+                    "  history: {}, at most {} MB",
+                    humantime::format_duration(h.window),
+                    h.max_bytes >> 20
+                )?,
+                (None, false) => writeln!(f, "  history: off")?,
+            }
             if self.gateway.is_some() || !b.clients.is_empty() {
                 let l = &b.limits;
                 let show = |w: &[crate::budget::Window]| {
@@ -147,6 +157,12 @@ impl fmt::Display for Settings {
                 writeln!(f, "    routing: {}", fw.filter)?;
                 writeln!(f, "    retry: {}", fw.retry)?;
                 writeln!(f, "    stale interactive updates: {}", fw.stale)?;
+                if fw.start_from == super::StartFrom::History {
+                    writeln!(
+                        f,
+                        "    starts from history (when new to the state directory)"
+                    )?;
+                }
                 writeln!(
                     f,
                     "    webhook reply calls: {}",

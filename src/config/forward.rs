@@ -129,6 +129,16 @@ pub(super) fn validate_forward(
         Some(list) => MethodSet::parse(list),
     }
     .map_err(|m| ctx.err(format!("{prefix}.reply_methods"), m))?;
+    let start_from = match rf.start_from.as_deref() {
+        None | Some("now") => super::StartFrom::Now,
+        Some("history") => super::StartFrom::History,
+        Some(s) => {
+            return Err(ctx.err(
+                format!("{prefix}.start_from"),
+                format!("{s:?} is not one of now, history"),
+            ))
+        }
+    };
     Ok(ForwardSettings {
         name,
         signing_keys,
@@ -141,6 +151,7 @@ pub(super) fn validate_forward(
         // A stream's consumers cannot answer through pollhook.
         reply_calls: matches!(to, Destination::Http(_)) && rf.reply_calls.unwrap_or(true),
         reply_methods,
+        start_from,
         to,
     })
 }

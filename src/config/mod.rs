@@ -196,6 +196,8 @@ pub struct BotSettings {
     /// The platform's rate limits every outgoing call keeps to.
     pub limits: crate::budget::Limits,
     pub clients: Vec<ClientSettings>,
+    /// How long delivered updates are kept for replay; None: not kept.
+    pub history: Option<crate::history::Retention>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +219,15 @@ pub struct ForwardSettings {
     pub reply_calls: bool,
     /// Which methods such a reply may call.
     pub reply_methods: MethodSet,
+    /// Whether a forward new to the state directory gets the bot's
+    /// retained history first.
+    pub start_from: StartFrom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Now,
+    History,
 }
 
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -122,6 +122,8 @@ pub(super) struct RawBot {
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub client: Vec<RawClient>,
+    pub history: Option<String>,
+    pub history_max_mb: Option<u64>,
 }
 
 /// A value written either once or as a list.
@@ -178,4 +180,5 @@ pub(super) struct RawForward {
     pub reply_calls: Option<bool>,
     pub reply_methods: Option<Vec<String>>,
     pub allow_insecure: Option<bool>,
+    pub start_from: Option<String>,
 }

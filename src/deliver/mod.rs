@@ -17,6 +17,7 @@
 //! its behalf by `reply::runner` within the memory budget of `reply::body`.
 
 mod lanes;
+mod remember;
 pub mod reply;
 mod sink;
 
@@ -33,6 +34,7 @@ use crate::clock::now_ms;
 use crate::cluster::fence::Fence;
 use crate::config::ForwardSettings;
 use crate::events::{Bus, Event, Status, What};
+use crate::history::Fate;
 use crate::nats::connection::Nats;
 use crate::platform::api::BotApi;
 use crate::platform::flavor::Flavor;
@@ -76,6 +78,8 @@ pub struct Forwarder {
     pub drain_timeout: Duration,
     /// Live events: each attempt's outcome, dead letters, replies.
     pub events: Bus,
+    /// Where each attempt's outcome is kept, if the bot keeps history.
+    pub history: Option<crate::history::Recorder>,
 }
 
 /// A finished send: its lane, its job, what became of it, how long it took.
@@ -182,10 +186,11 @@ impl Forwarder {
             let forget_in = inflight
                 .done_since
                 .map(|t| FORGET_AFTER.saturating_sub(t.elapsed()));
-            let wait = match (next_timer, forget_in) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let record_in = self.history.as_ref().and_then(|h| h.due_in());
+            let wait = [next_timer, forget_in, record_in]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match wait {
                     Some(d) => tokio::time::sleep(d).await,
@@ -216,6 +221,9 @@ impl Forwarder {
                     .is_some_and(|t| t.elapsed() >= FORGET_AFTER)
             {
                 self.forget_delivered(&mut inflight);
+            }
+            if let Some(h) = &self.history {
+                h.flush(false);
             }
         }
         // Deliveries and reply calls share one stop timeout.
@@ -301,6 +309,7 @@ impl Forwarder {
             StalePolicy::Drop => {
                 info!(update_id = %crate::platform::update::LogId(job.update_id), "{why}; dropped");
                 stats::add(&self.stats.stale_dropped, 1);
+                self.remember(job, Fate::Dropped, None, job.attempts, Duration::ZERO, &why);
                 if let Err(e) = self.queue.complete(self.fwd_id, job.seq) {
                     error!("cannot drop a stale update: {e}");
                 }
@@ -323,6 +332,14 @@ impl Forwarder {
             job.last_error, job.seq
         );
         stats::add(&self.stats.dead_lettered, 1);
+        self.remember(
+            job,
+            Fate::Dead,
+            None,
+            job.attempts,
+            Duration::ZERO,
+            &job.last_error,
+        );
         self.emit(job, || What::DeadLettered {
             reason: job.last_error.clone(),
             attempts: job.attempts,
@@ -375,6 +392,7 @@ impl Forwarder {
                     }
                 }
                 stats::add(&self.stats.delivered, 1);
+                self.remember(&job, Fate::Delivered, status, job.attempts + 1, took, "");
                 self.emit(&job, || What::Delivered {
                     status: status.map_or(Status::ACK, Status::Http),
                     ms: took.as_millis() as u64,
@@ -382,7 +400,7 @@ impl Forwarder {
                 });
                 self.stats
                     .latency
-                    .observe(Duration::from_millis(now.saturating_sub(job.received_ms)));
+                    .observe(Duration::from_millis(now.saturating_sub(job.age_base_ms())));
                 inflight.done.push(job.seq);
                 inflight
                     .done_since
@@ -450,6 +468,15 @@ impl Forwarder {
                 job.attempts += 1;
                 job.last_error = error;
                 stats::add(&self.stats.failed_attempts, 1);
+                let status = remember::status_in(&job.last_error);
+                self.remember(
+                    &job,
+                    Fate::Failed,
+                    status,
+                    job.attempts,
+                    took,
+                    &job.last_error,
+                );
                 stats::set_last(&self.stats.last_error, now, job.last_error.clone());
                 if self
                     .settings
@@ -476,6 +503,29 @@ impl Forwarder {
             }
         }
         self.reload_lane(&key, lanes);
+    }
+
+    /// Tells history (if the bot keeps one) what became of an attempt.
+    fn remember(
+        &self,
+        job: &Job,
+        fate: Fate,
+        status: Option<u16>,
+        attempt: u32,
+        took: Duration,
+        error: &str,
+    ) {
+        if let Some(history) = &self.history {
+            history.outcome(&remember::outcome(
+                job,
+                &self.settings.name,
+                fate,
+                status,
+                attempt,
+                took,
+                error,
+            ));
+        }
     }
 
     /// A live event about `job`, built only if someone listens.

@@ -27,6 +27,7 @@ use crate::events::Filter;
 use crate::ops::cluster_dlq;
 use crate::ops::deadletters::{self, Selection};
 use crate::ops::events::Streams;
+use crate::ops::history;
 use crate::ops::serve::{Limits, LocalAddr};
 use crate::ops::status::{self, Observed};
 
@@ -64,6 +65,40 @@ pub async fn serve(
         .route("/dlq/{id}", get(dlq_show))
         .route("/dlq/replay", post(dlq_replay))
         .route("/dlq/drop", post(dlq_drop))
+        .route(
+            "/history",
+            get(|State(a): State<Shared>, Query(p)| async move {
+                history::get_list(a.relay.replays.clone(), p).await
+            }),
+        )
+        .route(
+            "/history/show",
+            get(|State(a): State<Shared>, Query(p)| async move {
+                history::get_show(a.relay.replays.clone(), p).await
+            }),
+        )
+        .route(
+            "/history/replay",
+            post(
+                |State(a): State<Shared>, body: axum::body::Bytes| async move {
+                    history::post_replay(a.relay.replays.clone(), body).await
+                },
+            ),
+        )
+        .route(
+            "/history/resend",
+            post(
+                |State(a): State<Shared>, body: axum::body::Bytes| async move {
+                    history::post_resend(a.relay.replays.clone(), body).await
+                },
+            ),
+        )
+        .route(
+            "/history/replays",
+            get(|State(a): State<Shared>| async move {
+                history::get_replays(a.relay.replays.clone()).await
+            }),
+        )
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -175,12 +210,15 @@ async fn status_json(State(admin): State<Shared>) -> Response {
 
 async fn metrics(State(admin): State<Shared>) -> Response {
     let snap = admin.relay.snapshot();
-    let body = crate::ops::metrics::render(
+    let mut body = crate::ops::metrics::render(
         &snap,
         &admin.relay.bots,
         &admin.relay.forwards,
         admin.relay.gateway.as_deref(),
     );
+    if let Some(replays) = &admin.relay.replays {
+        crate::ops::metrics::history(&mut body, replays);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

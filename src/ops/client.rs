@@ -115,6 +115,18 @@ impl AdminClient {
         self.refusal(response).await
     }
 
+    /// `POST path` with a JSON body, whose answer is read as it comes.
+    pub async fn post_open<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
+        self.refusal(response).await
+    }
+
     /// A non-2xx answer as the error it is.
     async fn refusal(&self, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
         let status = response.status();

@@ -334,3 +334,44 @@ fn gateway_calls(out: &mut String, g: &crate::stats::GatewayStats) {
         stats::get(&g.unknown_key)
     );
 }
+
+/// History's size and drops per bot, and what replays queued.
+pub fn history(out: &mut String, replays: &crate::replay::Replays) {
+    use std::sync::atomic::Ordering;
+    let bot_l = |b: &str| format!("bot=\"{}\"", esc(b));
+    type Read = fn(&crate::history::BotLog) -> u64;
+    let per_bot: [(&str, &str, &str, Read); 2] = [
+        (
+            "pollhook_history_bytes",
+            "gauge",
+            "Disk taken by the bot's history (at most history_max_mb).",
+            |l| l.bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "pollhook_history_dropped_total",
+            "counter",
+            "History records not written (the writer was behind, or the disk failed); deliveries are not affected.",
+            |l| l.dropped.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in per_bot {
+        header(out, name, kind, help);
+        for log in replays.history().bots() {
+            let _ = writeln!(out, "{name}{{{}}} {}", bot_l(&log.name), read(log));
+        }
+    }
+    header(
+        out,
+        "pollhook_replayed_total",
+        "counter",
+        "Updates queued again by replays and resends from history.",
+    );
+    for ((bot, fwd), n) in replays.replayed() {
+        let _ = writeln!(
+            out,
+            "pollhook_replayed_total{{bot=\"{}\",forward=\"{}\"}} {n}",
+            esc(&bot),
+            esc(&fwd)
+        );
+    }
+}

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster_dlq;
 pub mod deadletters;
 pub mod events;
+pub mod history;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -39,6 +39,8 @@ pub struct Observed {
     pub cluster: Option<ClusterView>,
     /// The gateway's call counts, when `[gateway]` is configured.
     pub gateway: Option<Arc<crate::stats::GatewayStats>>,
+    /// History and its replays (single-node pollhook only).
+    pub replays: Option<Arc<crate::replay::Replays>>,
 }
 
 /// What a cluster node shows: its name, the bots it leads now, who leads

@@ -4,6 +4,38 @@
 use super::*;
 
 impl Store {
+    /// Numbers new jobs of one forward (`items`, in order) with the next
+    /// sequence numbers and adds them to `b` in as few groups as they fit;
+    /// `write` appends one job's record. Called under `append_order`, so
+    /// `m/seq` only grows. Returns the last number handed out.
+    pub(super) fn group_into<T>(
+        &self,
+        b: &mut sled::Batch,
+        fwd: u32,
+        items: impl Iterator<Item = T>,
+        mut write: impl FnMut(T, u64, &mut Vec<u8>),
+    ) -> Option<u64> {
+        let mut g = group::Builder::new();
+        let mut first = 0;
+        let mut last = None;
+        for item in items {
+            if g.is_full() {
+                let full = std::mem::replace(&mut g, group::Builder::new());
+                b.insert(&key(GROUP, fwd, first)[..], full.finish());
+            }
+            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+            if g.is_empty() {
+                first = seq;
+            }
+            last = Some(seq);
+            g.push_with(|buf| write(item, seq, buf));
+        }
+        if !g.is_empty() {
+            b.insert(&key(GROUP, fwd, first)[..], g.finish());
+        }
+        last
+    }
+
     /// The offset to send with the bot's next getUpdates, if one was stored
     /// (flushed: an offset whose flush failed is not reported).
     pub fn offset(&self, bot: &str) -> Result<Option<i64>, StoreError> {
@@ -26,6 +58,9 @@ impl Store {
         received_ms: u64,
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
+        // Each update's seq per forward, for history (its webhook-ids).
+        let keep = self.history.get().is_some();
+        let mut seqs: Vec<(usize, u32, u64)> = Vec::new();
         let last_seq = {
             let _order = self.append_order.lock().unwrap_or_else(|e| e.into_inner());
             let mut last_seq = None;
@@ -38,23 +73,17 @@ impl Store {
             fwds.sort_unstable();
             fwds.dedup();
             for fwd in fwds {
-                let mut g = group::Builder::new();
-                let mut first = 0;
-                for inc in batch.iter().filter(|i| i.forwards.contains(&fwd)) {
-                    if g.is_full() {
-                        let full = std::mem::replace(&mut g, group::Builder::new());
-                        b.insert(&key(GROUP, fwd, first)[..], full.finish());
+                let mine = batch
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| i.forwards.contains(&fwd));
+                let last = self.group_into(&mut b, fwd, mine, |(n, inc), seq, buf| {
+                    if keep {
+                        seqs.push((n, fwd, seq));
                     }
-                    let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-                    if g.is_empty() {
-                        first = seq;
-                    }
-                    last_seq = Some(seq);
-                    g.push_with(|buf| record::encode_new_into(buf, inc.update, seq, received_ms));
-                }
-                if !g.is_empty() {
-                    b.insert(&key(GROUP, fwd, first)[..], g.finish());
-                }
+                    record::encode_new_into(buf, inc.update, seq, received_ms)
+                });
+                last_seq = last.or(last_seq);
             }
             if let Some(seq) = last_seq {
                 b.insert(&b"m/seq"[..], &seq.to_be_bytes()[..]);
@@ -77,6 +106,10 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(bot.to_string(), offset);
+        }
+        if let Some(history) = self.history.get() {
+            let updates: Vec<&Update> = batch.iter().map(|i| i.update).collect();
+            history.received(bot, &updates, &mut seqs, received_ms);
         }
         Ok(())
     }

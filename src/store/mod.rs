@@ -18,6 +18,7 @@
 //!                       (it wins over the entry), or a replayed dead letter
 //! d<fwd u32><seq u64>   a dead letter: a job given up on, kept for replay
 //! x<fwd u32><seq u64>   a damaged record, set aside so the queue moves on
+//! m/replay/<id u64>     a replay from history in progress (requeue.rs)
 //! ```
 //!
 //! Jobs are keyed by a local monotonic sequence number, never by update_id:
@@ -39,10 +40,12 @@ pub mod health;
 mod meta;
 mod queue;
 mod record;
+mod requeue;
 mod scan;
 
 pub use durability::SEGMENT_SIZE;
 pub use queue::Queue;
+pub use requeue::Requeue;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -144,6 +147,8 @@ pub struct Store {
     /// Each bot's offset as last flushed: what `/status` reports. The tree
     /// may hold a newer one whose flush failed, which was never confirmed.
     stored_offsets: Mutex<HashMap<String, i64>>,
+    /// Told about every batch once it is durable (with each forward's seq).
+    history: std::sync::OnceLock<crate::history::History>,
 }
 
 /// What the store keeps in memory about jobs, so that finishing one costs
@@ -230,7 +235,13 @@ impl Store {
             dir: dir.to_path_buf(),
             health: health::Health::default(),
             stored_offsets: Mutex::new(stored_offsets),
+            history: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on, every batch made durable is also recorded in `history`.
+    pub fn keep_history(&self, history: crate::history::History) {
+        let _ = self.history.set(history);
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {

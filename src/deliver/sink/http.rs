@@ -87,6 +87,11 @@ impl Target {
             .header("x-pollhook-attempt", attempt.to_string())
             .header("x-pollhook-received-at", received_at.to_string())
             .body(job.payload.clone());
+        if job.replayed_ms != 0 {
+            // Says "this was sent before"; the webhook-id is the original's,
+            // so a receiver that de-duplicates by it decides what to do.
+            req = req.header("x-pollhook-replay", (job.replayed_ms / 1000).to_string());
+        }
         if !self.keys.is_empty() {
             req = req.header(
                 "webhook-signature",

@@ -151,6 +151,12 @@ impl Publisher {
         }
         h.insert("X-Pollhook-Attempt", attempt.to_string().as_str());
         h.insert("X-Pollhook-Received-At", received_at.to_string().as_str());
+        if job.replayed_ms != 0 {
+            h.insert(
+                "X-Pollhook-Replay",
+                (job.replayed_ms / 1000).to_string().as_str(),
+            );
+        }
         h
     }
 

@@ -38,6 +38,29 @@ impl Received {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("backend: body is not JSON")
     }
+
+    /// The Standard Webhooks id (the same on every retry and replay of an
+    /// update to one forward).
+    pub fn webhook_id(&self) -> &str {
+        self.header("webhook-id")
+            .expect("backend: a delivery without webhook-id")
+    }
+
+    /// `x-pollhook-replay`: the unix seconds a replay (or resend) queued
+    /// this copy; None on an ordinary delivery. Panics on a value that is
+    /// not a number of seconds, which the contract rules out.
+    pub fn replayed_at(&self) -> Option<u64> {
+        let v = self.header("x-pollhook-replay")?;
+        Some(
+            v.parse().unwrap_or_else(|_| {
+                panic!("backend: x-pollhook-replay is {v:?}, not unix seconds")
+            }),
+        )
+    }
+
+    pub fn is_replay(&self) -> bool {
+        self.replayed_at().is_some()
+    }
 }
 
 /// How to answer a request.

@@ -162,6 +162,10 @@ struct Bot {
     applied_offset: Option<i64>,
     /// Rate limits and injected 429s for every method but getUpdates.
     limits: Limiter,
+    /// Serve up to this many updates per getUpdates whatever the client
+    /// asked for (a platform with bigger batches than Telegram's 100): lets
+    /// a test ingest 100,000 updates in a few hundred polls.
+    batch_size: Option<usize>,
     /// Messages sent and files kept (`send*`, `getFile`, downloads).
     content: results::Content,
 }
@@ -260,6 +264,18 @@ impl FakeApi {
         let raw = raw.into();
         self.inner
             .with_bot(token, |b| b.queue.push_back((update_id, raw)));
+    }
+
+    /// Queues many updates at once (one lock, one wake-up): for tests that
+    /// send tens of thousands.
+    pub fn push_many(&self, token: &str, updates: impl IntoIterator<Item = (i64, Bytes)>) {
+        self.inner.with_bot(token, |b| b.queue.extend(updates));
+    }
+
+    /// From now on every getUpdates of `token` is answered with up to `n`
+    /// updates, whatever its `limit` (see `Bot::batch_size`).
+    pub fn serve_batches_of(&self, token: &str, n: usize) {
+        self.inner.with_bot(token, |b| b.batch_size = Some(n));
     }
 
     /// Drops a queued update without confirming it, as Telegram does after
@@ -736,7 +752,7 @@ async fn get_updates(
                 if b.generation != generation {
                     Some(None)
                 } else if !b.queue.is_empty() {
-                    Some(Some(limit))
+                    Some(Some(b.batch_size.unwrap_or(limit)))
                 } else {
                     None
                 }

@@ -14,6 +14,7 @@ pub mod check;
 pub mod fake_api;
 pub mod fake_limits;
 pub mod gateway;
+pub mod history;
 pub mod min_schedule;
 pub mod nats;
 pub mod nats_cluster;
@@ -23,6 +24,7 @@ pub mod proc;
 pub mod serve;
 pub mod setup;
 pub mod state_dir;
+pub mod tally;
 pub mod tools;
 pub mod wait;
 
@@ -35,6 +37,11 @@ pub use gateway::{
     assert_no_secrets, assert_overflow, assert_refusal, client_table, gateway_table, has_metric,
     limits_table, metric_sum, post_json, send, Answer, Gateway,
 };
+pub use history::{
+    admin_with_token, dir_bytes, files_under, forward_table, history_config, history_dir, ids_of,
+    line_of, ndjson, next_second_after, now_ms, now_secs, pollhook_code, rfc3339, segments,
+    vm_rss_kib, wait_history, Admin, Got, Stream, ADMIN_TOKEN,
+};
 pub use min_schedule::{fastest_schedule, min_schedule, ChatCalls};
 pub use nats::{create_key_value, per_subject, read_stream, NatsAuth, NatsServer, StreamMsg};
 pub use nats_cluster::NatsCluster;
@@ -44,4 +51,5 @@ pub use proc::{pollhook, pollhook_async, relay_lines, tail, write_config, ProcLi
 pub use serve::free_port;
 pub use setup::{admin_table, edit_config, flavor_name, Setup, SECRET, SECRET_TOKEN, TOKEN};
 pub use state_dir::{stored_update_ids, stored_update_ids_of, wait_for_sled_to_let_go};
+pub use tally::{Counts, Hit, Tally};
 pub use wait::{eventually, wait_until, LONG};
