@@ -286,6 +286,9 @@ pub fn show(dir: &Path, bot: &str, update_id: i64) -> io::Result<Option<String>>
             _ => {}
         }
     }
+    // Each forward hands its outcomes over on its own (history/mod.rs:
+    // `Recorder`), so the file interleaves forwards out of time order.
+    deliveries.sort_by_key(|d| d["at"].as_u64());
     Ok(found.map(|r| {
         // The update exactly as the platform sent it (byte for byte, key
         // order too); text if it was not JSON at all.
