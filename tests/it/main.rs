@@ -11,6 +11,7 @@ mod delivery;
 mod faults;
 mod gateway;
 mod gateway_frameworks;
+mod grafana;
 mod hostile_admin;
 mod hostile_platform;
 mod hostile_replies;
