@@ -11,6 +11,7 @@ mod delivery;
 mod faults;
 mod gateway;
 mod gateway_frameworks;
+mod grafana;
 mod history;
 mod hostile_admin;
 mod hostile_platform;

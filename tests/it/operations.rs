@@ -410,6 +410,7 @@ fn the_package_holds_binary_unit_config_man_page_and_keeps_state() {
         "./usr/share/bash-completion/completions/pollhook",
         "./usr/share/doc/pollhook/operations.md",
         "./usr/share/doc/pollhook/pollhook-rules.yml",
+        "./usr/share/doc/pollhook/pollhook.json",
     ] {
         assert!(
             list.lines().any(|l| l.ends_with(path)),
