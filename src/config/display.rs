@@ -74,6 +74,15 @@ impl fmt::Display for Settings {
                 g.max_connections
             )?;
         }
+        match &self.tracing {
+            Some(t) => writeln!(
+                f,
+                "tracing: spans to {} (OTLP/HTTP protobuf), service.name {:?}",
+                display_url(&t.traces_url),
+                t.service_name
+            )?,
+            None => writeln!(f, "tracing: off")?,
+        }
         for b in &self.bots {
             writeln!(
                 f,

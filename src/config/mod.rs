@@ -23,6 +23,7 @@ mod load;
 mod nats;
 mod schema;
 mod secrets;
+mod traces;
 mod validate;
 
 use std::net::SocketAddr;
@@ -90,6 +91,18 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
     /// `[gateway]`: None when backends cannot call the Bot API through us.
     pub gateway: Option<GatewaySettings>,
+    /// `[tracing]` (or `OTEL_EXPORTER_OTLP_ENDPOINT`): None when no spans
+    /// are exported, which costs nothing.
+    pub tracing: Option<TracingSettings>,
+}
+
+/// Where spans go, validated.
+#[derive(Debug, Clone)]
+pub struct TracingSettings {
+    /// The full URL spans are POSTed to: the configured base + `/v1/traces`.
+    pub traces_url: Url,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
 }
 
 /// `[gateway]`.

@@ -16,8 +16,17 @@ pub(super) struct RawConfig {
     pub nats: Option<RawNats>,
     pub cluster: Option<RawCluster>,
     pub gateway: Option<RawGateway>,
+    pub tracing: Option<RawTracing>,
     #[serde(default)]
     pub bot: Vec<RawBot>,
+}
+
+/// `[tracing]`: spans exported over OTLP/HTTP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
 }
 
 /// `[gateway]`: backends call the Bot API through pollhook.

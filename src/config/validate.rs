@@ -75,6 +75,7 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
         .map(|g| super::gateway::validate_gateway(&ctx, g))
         .transpose()?;
     check_clients(&ctx, &bots, gateway.is_some())?;
+    let tracing = super::traces::validate_tracing(&ctx, raw.tracing)?;
     let publishes = bots.iter().any(BotSettings::publishes_to_jetstream);
     if nats.is_some() && !publishes && cluster.is_none() {
         ctx.warn(
@@ -96,6 +97,7 @@ pub(super) fn validate(raw: RawConfig, ctx: Ctx) -> Result<Settings, ConfigError
         nats,
         cluster,
         gateway,
+        tracing,
     })
 }
 
