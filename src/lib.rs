@@ -30,3 +30,4 @@ pub mod replay;
 pub mod signing;
 pub mod stats;
 pub mod store;
+pub mod trace;

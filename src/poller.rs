@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, info_span, warn, Instrument, Span};
 
 use crate::clock::now_ms;
 use crate::config::BotSettings;
@@ -31,6 +31,7 @@ use crate::policy::retry::jittered;
 use crate::policy::routing::Filter;
 use crate::stats::{self, BotStats};
 use crate::store::{Incoming, Queue};
+use crate::trace::TARGET;
 
 /// Extra time the watchdog allows beyond a step's own bound.
 const SLACK: Duration = Duration::from_secs(15);
@@ -56,6 +57,9 @@ pub struct Poller {
     pub fence: Option<crate::cluster::fence::Fence>,
     /// Live events: one `received` per update of each stored batch.
     pub events: Bus,
+    /// While tracing is on: where each stored update's trace is noted for
+    /// its deliveries.
+    pub traces: Option<Arc<crate::trace::Batches>>,
 }
 
 enum Stored {
@@ -134,7 +138,16 @@ impl Poller {
                         // become a tight loop.
                         early_empty_pause(started.elapsed(), timeout)
                     } else {
-                        match self.store_batch(&batch, offset, &shutdown).await {
+                        let stored = self.store_batch(&batch, offset, &shutdown);
+                        let stored = match &self.traces {
+                            // The root of this batch's trace.
+                            Some(_) => {
+                                let span = info_span!(target: TARGET, "poll", bot = %name, updates = batch.len());
+                                stored.instrument(span).await
+                            }
+                            None => stored.await,
+                        };
+                        match stored {
                             Stored::Offset(next) => {
                                 offset = next;
                                 stuck = 0;
@@ -284,13 +297,30 @@ impl Poller {
             .map(|(update, forwards)| Incoming { update, forwards })
             .collect();
         let received_ms = now_ms();
+        // Noted before the jobs exist: a dispatcher may read them the
+        // moment they are stored.
+        if let Some(traces) = &self.traces {
+            if let Some(poll) = crate::trace::span_context(&Span::current()) {
+                let jobs = incoming.iter().filter_map(|i| {
+                    let id = i.update.update_id?;
+                    Some(i.forwards.iter().map(move |&f| (f, id)))
+                });
+                traces.remember(&poll, jobs.flatten());
+            }
+        }
         let mut attempt: u32 = 0;
         loop {
-            match self
+            let append = self
                 .queue
-                .append(name, &incoming, new_offset, received_ms)
-                .await
-            {
+                .append(name, &incoming, new_offset, received_ms);
+            let appended = match &self.traces {
+                Some(_) => {
+                    let span = info_span!(target: TARGET, "store.append", updates = incoming.len());
+                    append.instrument(span).await
+                }
+                None => append.await,
+            };
+            match appended {
                 Ok(()) => break,
                 Err(e) => {
                     attempt += 1;

@@ -163,6 +163,11 @@ pub async fn run_with_events(
             stats,
             drain_timeout: settings.shutdown_timeout,
             events: events.clone(),
+            // Only while spans are exported: otherwise no map at all.
+            traces: settings
+                .tracing
+                .is_some()
+                .then(|| Arc::new(crate::trace::Batches::new())),
         }));
     }
     let replays = history.as_ref().map(|h| {
@@ -425,6 +430,8 @@ pub struct BotPlan {
     pub events: Bus,
     /// The bot's history, if it keeps one.
     pub history: Option<History>,
+    /// Each queued update's trace, while tracing is on.
+    pub traces: Option<Arc<crate::trace::Batches>>,
 }
 
 impl BotPlan {
@@ -468,6 +475,7 @@ impl BotPlan {
                     .history
                     .as_ref()
                     .and_then(|h| h.recorder(&self.bot.name)),
+                traces: self.traces.clone(),
             };
             let span = info_span!("forward", bot = %self.bot.name, forward = %f.settings.name);
             tasks.spawn(forwarder.run(stop.clone()).instrument(span));
@@ -480,6 +488,7 @@ impl BotPlan {
             stats: self.stats.clone(),
             fence,
             events: self.events.clone(),
+            traces: self.traces.clone(),
         };
         let span = info_span!("poller", bot = %self.bot.name);
         tasks.spawn(poller.run(stop.clone()).instrument(span));

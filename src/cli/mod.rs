@@ -295,14 +295,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // as lines, the log only for what needs attention.
             let live = config.is_none() && std::io::stdout().is_terminal();
             let settings = settings_for_run(config, quick)?;
-            crate::ops::logging::init(cli.log_format, live);
+            let spans = match &settings.tracing {
+                Some(t) => Some(crate::trace::export::Exporter::start(t)?),
+                None => None,
+            };
+            crate::ops::logging::init(cli.log_format, live, spans.as_ref());
             let shutdown = CancellationToken::new();
             tokio::spawn(crate::ops::shutdown::on_signals(shutdown.clone()));
-            if live {
-                run_watched(settings, shutdown).await?;
+            let result = if live {
+                run_watched(settings, shutdown).await
             } else {
-                crate::relay::run(settings, shutdown).await?;
+                crate::relay::run(settings, shutdown).await
+            };
+            // The last spans (the stop's own deliveries) go out before exit.
+            if let Some(spans) = spans {
+                spans.stop().await;
             }
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail {

@@ -20,6 +20,7 @@ mod lanes;
 mod remember;
 pub mod reply;
 mod sink;
+mod traced;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +29,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use opentelemetry::trace::SpanContext;
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::clock::now_ms;
 use crate::cluster::fence::Fence;
@@ -80,10 +82,13 @@ pub struct Forwarder {
     pub events: Bus,
     /// Where each attempt's outcome is kept, if the bot keeps history.
     pub history: Option<crate::history::Recorder>,
+    /// While tracing is on: the trace each update came with.
+    pub traces: Option<Arc<crate::trace::Batches>>,
 }
 
-/// A finished send: its lane, its job, what became of it, how long it took.
-type Attempt = (String, Job, Outcome, Duration);
+/// A finished send: its lane, its job, what became of it, how long it took,
+/// and (tracing on) its span's identity, the parent of its reply's span.
+type Attempt = (String, Job, Outcome, Duration, Option<SpanContext>);
 
 /// In-flight sends, each remembered with its lane (whose head is the job in
 /// flight) so that even a task that dies unexpectedly gives its lane back.
@@ -144,6 +149,7 @@ impl Forwarder {
             http: &self.client,
             nats: self.nats.as_ref(),
             fence: self.fence.as_ref(),
+            traced: self.traces.is_some(),
         };
         let Some(target) = sink::for_forward(&self.bot, self.flavor, &self.settings, &wires) else {
             error!("a JetStream forward without a [nats] connection; nothing is delivered");
@@ -240,10 +246,22 @@ impl Forwarder {
         let id = self.queue.webhook_id(&job);
         let remembered = key.clone();
         stats::add(&self.stats.in_flight, 1);
+        let span = self.traces.as_ref().map(|t| {
+            let parent = t.parent(self.fwd_id, job.update_id);
+            let (bot, fwd) = (&self.bot, &self.settings.name);
+            traced::attempt_span(bot, fwd, &job, job.attempts + 1, parent.as_ref())
+        });
         let handle = inflight.tasks.spawn(async move {
             let started = std::time::Instant::now();
-            let outcome = target.send(&id, &job, job.attempts + 1).await;
-            (key, job, outcome, started.elapsed())
+            let send = target.send(&id, &job, job.attempts + 1);
+            let Some(span) = span else {
+                let outcome = send.await;
+                return (key, job, outcome, started.elapsed(), None);
+            };
+            let outcome = send.instrument(span.clone()).await;
+            traced::record(&span, &outcome);
+            let cx = crate::trace::span_context(&span);
+            (key, job, outcome, started.elapsed(), cx)
         });
         inflight.by_task.insert(handle.id(), remembered);
     }
@@ -309,6 +327,7 @@ impl Forwarder {
             StalePolicy::Drop => {
                 info!(update_id = %crate::platform::update::LogId(job.update_id), "{why}; dropped");
                 stats::add(&self.stats.stale_dropped, 1);
+                self.forget_trace(job);
                 self.remember(job, Fate::Dropped, None, job.attempts, Duration::ZERO, &why);
                 if let Err(e) = self.queue.complete(self.fwd_id, job.seq) {
                     error!("cannot drop a stale update: {e}");
@@ -317,7 +336,7 @@ impl Forwarder {
             _ => {
                 let mut job = job.clone();
                 job.last_error = why;
-                self.bury(&job);
+                self.bury(&job, None);
             }
         }
         lanes.finish(key, now_ms());
@@ -325,12 +344,15 @@ impl Forwarder {
         true
     }
 
-    fn bury(&self, job: &Job) {
+    /// `attempt`: the span of the attempt that gave up, if traced.
+    fn bury(&self, job: &Job, attempt: Option<&SpanContext>) {
         warn!(
             update_id = %crate::platform::update::LogId(job.update_id), attempts = job.attempts,
+            trace_id = attempt.map(|a| display(a.trace_id())),
             "moved to dead letters: {}; inspect with `pollhook dlq list`, resend with `pollhook dlq replay {}`",
             job.last_error, job.seq
         );
+        self.forget_trace(job);
         stats::add(&self.stats.dead_lettered, 1);
         self.remember(
             job,
@@ -360,7 +382,7 @@ impl Forwarder {
         replies: &Replies,
     ) {
         stats::sub(&self.stats.in_flight, 1);
-        let (key, mut job, outcome, took) = match done {
+        let (key, mut job, outcome, took, span) = match done {
             Ok((id, attempt)) => {
                 inflight.by_task.remove(&id);
                 attempt
@@ -377,7 +399,7 @@ impl Forwarder {
                     error: format!("internal error: {e}"),
                     retry_after: None,
                 };
-                (key, job, failed, Duration::ZERO)
+                (key, job, failed, Duration::ZERO, None)
             }
         };
         let now = now_ms();
@@ -392,6 +414,7 @@ impl Forwarder {
                     }
                 }
                 stats::add(&self.stats.delivered, 1);
+                self.forget_trace(&job);
                 self.remember(&job, Fate::Delivered, status, job.attempts + 1, took, "");
                 self.emit(&job, || What::Delivered {
                     status: status.map_or(Status::ACK, Status::Http),
@@ -420,7 +443,7 @@ impl Forwarder {
                         lanes.finish(&key, now);
                     }
                     ReplyBody::Read(reply) => {
-                        replies.run(reply, job.update_id);
+                        replies.run(reply, job.update_id, span);
                         lanes.finish(&key, now);
                     }
                     ReplyBody::Pending(pending) => {
@@ -433,14 +456,14 @@ impl Forwarder {
                             back: inflight.lane_back.clone(),
                         };
                         inflight.held += 1;
-                        replies.run_when_read(pending, job.update_id, hold);
+                        replies.run_when_read(pending, job.update_id, hold, span);
                     }
                 }
             }
             Outcome::Refused(why) => {
                 job.attempts += 1;
                 job.last_error = why;
-                self.bury(&job);
+                self.bury(&job, span.as_ref());
                 lanes.finish(&key, now);
             }
             Outcome::NotSent { error, retry_in } => {
@@ -453,7 +476,7 @@ impl Forwarder {
                     .exhausted(job.attempts, job.age_base_ms(), now)
                 {
                     job.last_error = error;
-                    self.bury(&job);
+                    self.bury(&job, span.as_ref());
                     lanes.finish(&key, now);
                 } else {
                     // Logged once by whatever watches the way there (the
@@ -484,7 +507,7 @@ impl Forwarder {
                     .exhausted(job.attempts, job.age_base_ms(), now)
                 {
                     self.emit_failed(&job, None);
-                    self.bury(&job);
+                    self.bury(&job, span.as_ref());
                     lanes.finish(&key, now);
                 } else {
                     let wait = self.settings.retry.delay(job.attempts, retry_after);
@@ -493,6 +516,7 @@ impl Forwarder {
                     warn!(
                         update_id = %crate::platform::update::LogId(job.update_id),
                         attempt = job.attempts, retry_in = %format!("{:.1}s", wait.as_secs_f64()),
+                        trace_id = span.as_ref().map(|s| display(s.trace_id())),
                         "delivery failed: {}; the update stays queued", job.last_error
                     );
                     if let Err(e) = self.queue.reschedule(self.fwd_id, &job) {
@@ -503,6 +527,13 @@ impl Forwarder {
             }
         }
         self.reload_lane(&key, lanes);
+    }
+
+    /// The update is done with here: its trace need not be remembered.
+    fn forget_trace(&self, job: &Job) {
+        if let Some(traces) = &self.traces {
+            traces.forget(self.fwd_id, job.update_id);
+        }
     }
 
     /// Tells history (if the bot keeps one) what became of an attempt.

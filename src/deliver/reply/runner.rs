@@ -11,11 +11,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use opentelemetry::trace::SpanContext;
+use tracing::field::Empty;
+use tracing::{info, info_span, warn, Instrument};
 
 use super::{Parsed, Pending, ReadReply};
 use crate::budget::{Ask, Budget};
 use crate::events::{Bus, Event, What};
+use crate::platform::call::BotCall;
+use crate::trace::TARGET;
 use crate::platform::api::{ApiError, BotApi};
 use crate::policy::methods::MethodSet;
 use crate::stats::{self, ForwardStats};
@@ -24,6 +28,7 @@ use crate::stats::{self, ForwardStats};
 const REPLY_ATTEMPTS: u32 = 5;
 /// How long a reply's call may wait for the bot's rate budget, each time.
 const BUDGET_WAIT: Duration = Duration::from_secs(60);
+const NO_ROOM: &str = "the bot's rate limits had no room for it";
 
 #[derive(Clone)]
 pub struct Replies {
@@ -139,11 +144,12 @@ impl Replies {
         i.emit(update_id, || None, None, Err(&why));
     }
 
-    /// Runs a reply whose body is in memory.
-    pub fn run(&self, reply: ReadReply, update_id: Option<i64>) {
+    /// Runs a reply whose body is in memory. `delivery`: the span of the
+    /// attempt it answered (tracing on), the parent of the call's span.
+    pub fn run(&self, reply: ReadReply, update_id: Option<i64>, delivery: Option<SpanContext>) {
         let inner = self.inner.clone();
         self.spawn(update_id, move |entry| {
-            execute(inner, entry, reply, update_id)
+            execute(inner, entry, reply, update_id, delivery)
         });
     }
 
@@ -156,13 +162,14 @@ impl Replies {
         pending: Pending,
         update_id: Option<i64>,
         hold: H,
+        delivery: Option<SpanContext>,
     ) {
         let inner = self.inner.clone();
         self.spawn(update_id, move |entry| async move {
             let read = pending.read().await;
             drop(hold);
             match read {
-                Ok(reply) => execute(inner, entry, reply, update_id).await,
+                Ok(reply) => execute(inner, entry, reply, update_id, delivery).await,
                 Err(why) => Replies { inner }.failed(&why, update_id),
             }
         });
@@ -222,7 +229,13 @@ impl Replies {
 }
 
 /// Parses a reply and makes its call, retrying what may succeed later.
-async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: Option<i64>) {
+async fn execute(
+    inner: Arc<Inner>,
+    entry: Entry,
+    reply: ReadReply,
+    update_id: Option<i64>,
+    delivery: Option<SpanContext>,
+) {
     let (fwd, stats) = (&inner.fwd, &inner.stats);
     // The permit is held (and with it the body's memory accounted for)
     // until the call is done.
@@ -267,6 +280,38 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         Parsed::Call(call) => call,
     };
     entry.set_method(&call.method);
+    let Some(delivery) = delivery else {
+        make_call(&inner, &call, update_id).await;
+        return;
+    };
+    // Not the method's parameters: they are the backend's message to a
+    // user. The URL holds the token, so it is never recorded either.
+    let span = info_span!(
+        target: TARGET,
+        "reply",
+        otel.kind = "client",
+        method = %call.method,
+        ok = Empty,
+        attempts = Empty,
+        error = Empty,
+        otel.status_code = Empty,
+    );
+    crate::trace::set_parent(&span, &delivery);
+    let (attempts, error) = make_call(&inner, &call, update_id)
+        .instrument(span.clone())
+        .await;
+    span.record("ok", error.is_none());
+    span.record("attempts", attempts);
+    if let Some(error) = error {
+        span.record("error", error.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Makes a reply's call, retrying what may succeed later; returns the
+/// attempts made and, if it did not succeed in the end, why.
+async fn make_call(inner: &Inner, call: &BotCall, update_id: Option<i64>) -> (u32, Option<String>) {
+    let stats = &inner.stats;
     let emit = |result: Result<(), &dyn std::fmt::Display>| {
         inner.emit(
             update_id,
@@ -285,21 +330,25 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         Ok(s) => s,
         Err(_) => {
             stats::add(&stats.replies_failed, 1);
-            emit(Err(&"the bot's rate limits had no room for it"));
+            emit(Err(&NO_ROOM));
             warn!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, "webhook reply call not made: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
-            return;
+            return (0, Some(NO_ROOM.into()));
         }
     };
+    let mut made = 0;
+    let mut error = String::new();
     for attempt in 1..=REPLY_ATTEMPTS {
+        made = attempt;
         match inner.api.call_with(&call.method, &call.params).await {
             Ok(_) => {
                 stats::add(&stats.replies_ok, 1);
                 emit(Ok(()));
                 info!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, "webhook reply executed");
-                return;
+                return (made, None);
             }
             Err(e) => {
                 let retry = attempt < REPLY_ATTEMPTS && retryable(&e);
+                error = e.to_string();
                 warn!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, attempt, "webhook reply call failed: {e}{}", if retry { "; retrying" } else { "" });
                 if !retry {
                     emit(Err(&e));
@@ -319,7 +368,8 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
                     }
                 }
                 if slot.again(Instant::now() + BUDGET_WAIT).await.is_err() {
-                    emit(Err(&"the bot's rate limits had no room for it"));
+                    emit(Err(&NO_ROOM));
+                    error = NO_ROOM.into();
                     warn!(update_id = %crate::platform::update::LogId(update_id), method = %call.method, "webhook reply call given up: the bot's rate limits had no room for it within {}s", BUDGET_WAIT.as_secs());
                     break;
                 }
@@ -327,6 +377,7 @@ async fn execute(inner: Arc<Inner>, entry: Entry, reply: ReadReply, update_id: O
         }
     }
     stats::add(&stats.replies_failed, 1);
+    (made, Some(error))
 }
 
 /// Whether a failed reply call may succeed if made again: not when the

@@ -30,6 +30,9 @@ pub struct Target {
     timeout: Duration,
     /// Permits for reply bodies; None when the forward runs no replies.
     replies: Option<ReplyBudget>,
+    /// Tracing is on: each request names its attempt's span in
+    /// `traceparent`, so the backend's own spans join the trace.
+    traced: bool,
 }
 
 impl Target {
@@ -65,7 +68,14 @@ impl Target {
             fixed,
             timeout: fwd.timeout,
             replies: fwd.reply_calls.then_some(replies),
+            traced: false,
         }
+    }
+
+    /// Sends `traceparent` with each request (tracing on).
+    pub fn traced(mut self, on: bool) -> Target {
+        self.traced = on;
+        self
     }
 
     /// Sends `job` as attempt number `attempt` (1 for the first).
@@ -91,6 +101,13 @@ impl Target {
             // Says "this was sent before"; the webhook-id is the original's,
             // so a receiver that de-duplicates by it decides what to do.
             req = req.header("x-pollhook-replay", (job.replayed_ms / 1000).to_string());
+        }
+        if self.traced {
+            // The attempt's span is the current one (the dispatcher runs
+            // each send inside it).
+            for (name, value) in crate::trace::current_headers() {
+                req = req.header(name, value);
+            }
         }
         if !self.keys.is_empty() {
             req = req.header(

@@ -26,6 +26,8 @@ pub struct Wires<'a> {
     pub nats: Option<&'a Nats>,
     /// In a cluster, whether this node still leads the bot.
     pub fence: Option<&'a Fence>,
+    /// Tracing is on: requests carry the attempt's `traceparent`.
+    pub traced: bool,
 }
 
 /// The sink a forward delivers to. The one place that picks the kind of
@@ -46,7 +48,8 @@ pub fn for_forward(
             fwd,
             wires.http.clone(),
             ReplyBudget::default(),
-        )),
+        )
+        .traced(wires.traced)),
         Destination::JetStream(subject) => Arc::new(jetstream::Publisher::new(
             bot,
             subject.clone(),
