@@ -1,7 +1,8 @@
 //! `[tracing]`: where spans are exported (OTLP over HTTP, protobuf) and
-//! under which service name. The standard `OTEL_EXPORTER_OTLP_ENDPOINT` and
-//! `OTEL_SERVICE_NAME` variables fill in what the file leaves out, so a
-//! deployment instrumented the OpenTelemetry way needs no file change.
+//! under which service name. The standard variables fill in what the file
+//! leaves out (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, used as is, else
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`; `OTEL_SERVICE_NAME`), so a
+//! deployment set up the OpenTelemetry way needs no file change.
 
 use url::Url;
 
@@ -14,6 +15,7 @@ pub const DEFAULT_SERVICE_NAME: &str = "pollhook";
 /// specification says for `OTEL_EXPORTER_OTLP_ENDPOINT`.
 const TRACES_PATH: &str = "/v1/traces";
 const ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+const TRACES_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const SERVICE_ENV: &str = "OTEL_SERVICE_NAME";
 
 pub(super) fn validate_tracing(
@@ -23,10 +25,12 @@ pub(super) fn validate_tracing(
     let raw = raw.unwrap_or_default();
     // The specification treats an empty variable as unset.
     let from_env = |name: &str| ctx.env.var(name).filter(|v| !v.trim().is_empty());
-    let (endpoint, key) = match (&raw.otlp_endpoint, from_env(ENDPOINT_ENV)) {
-        (Some(e), _) => (e.as_str(), "tracing.otlp_endpoint"),
-        (None, Some(e)) => (e, ENDPOINT_ENV),
-        (None, None) => {
+    let traces_url = match (&raw.otlp_endpoint, from_env(TRACES_ENDPOINT_ENV), from_env(ENDPOINT_ENV)) {
+        (Some(e), _, _) => traces_url(e).map_err(|m| ctx.err("tracing.otlp_endpoint", m))?,
+        // The signal's own variable is the whole URL, used as it is.
+        (None, Some(e), _) => full_url(e).map_err(|m| ctx.err(TRACES_ENDPOINT_ENV, m))?,
+        (None, None, Some(e)) => traces_url(e).map_err(|m| ctx.err(ENDPOINT_ENV, m))?,
+        (None, None, None) => {
             if raw.service_name.is_some() {
                 ctx.warn(
                     "tracing.service_name is set but no otlp_endpoint (nor OTEL_EXPORTER_OTLP_ENDPOINT): no spans are exported".into(),
@@ -35,7 +39,6 @@ pub(super) fn validate_tracing(
             return Ok(None);
         }
     };
-    let traces_url = traces_url(endpoint).map_err(|m| ctx.err(key, m))?;
     let (name, key) = match (&raw.service_name, from_env(SERVICE_ENV)) {
         (Some(n), _) => (n.as_str(), "tracing.service_name"),
         (None, Some(n)) => (n, SERVICE_ENV),
@@ -56,6 +59,14 @@ pub(super) fn validate_tracing(
 
 /// The base endpoint's URL with `/v1/traces` appended to its path.
 fn traces_url(endpoint: &str) -> Result<Url, String> {
+    let mut url = full_url(endpoint)?;
+    let path = format!("{}{TRACES_PATH}", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// An endpoint URL, checked.
+fn full_url(endpoint: &str) -> Result<Url, String> {
     let example = "e.g. \"http://127.0.0.1:4318\" (the collector's OTLP/HTTP port)";
     let text = endpoint.trim();
     if text.is_empty() {
@@ -63,7 +74,7 @@ fn traces_url(endpoint: &str) -> Result<Url, String> {
             "must not be empty; {example}, or remove it to export no spans"
         ));
     }
-    let mut url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e}); {example}"))?;
+    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e}); {example}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(format!(
             "{text:?}: OTLP is sent over http:// or https:// to a host; {example}"
@@ -81,8 +92,6 @@ fn traces_url(endpoint: &str) -> Result<Url, String> {
             "{text:?}: give the base URL without ?query or #fragment; {example}"
         ));
     }
-    let path = format!("{}{TRACES_PATH}", url.path().trim_end_matches('/'));
-    url.set_path(&path);
     Ok(url)
 }
 

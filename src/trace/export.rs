@@ -85,6 +85,9 @@ impl Exporter {
             .with_location(false)
             .with_threads(false)
             .with_target(false)
+            // busy_ns / idle_ns per span: work on every enter and exit
+            // that says little here.
+            .with_tracked_inactivity(false)
             .with_filter(filter_fn(|meta| meta.target() == TARGET))
     }
 

@@ -27,3 +27,4 @@ mod replay;
 mod replies;
 mod rig;
 mod rig_sanity;
+mod tracing;

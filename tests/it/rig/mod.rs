@@ -20,6 +20,7 @@ pub mod nats;
 pub mod nats_cluster;
 pub mod nodes;
 pub mod notify;
+pub mod otlp;
 pub mod proc;
 pub mod scrape;
 pub mod serve;
@@ -48,6 +49,7 @@ pub use nats::{create_key_value, per_subject, read_stream, NatsAuth, NatsServer,
 pub use nats_cluster::NatsCluster;
 pub use nodes::{ClusterBot, Nodes};
 pub use notify::NotifySocket;
+pub use otlp::{Collector, GotSpan};
 pub use proc::{pollhook, pollhook_async, relay_lines, tail, write_config, ProcLimits, Relay};
 pub use scrape::{exported, metric_names};
 pub use serve::free_port;

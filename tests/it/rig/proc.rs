@@ -101,10 +101,12 @@ impl Relay {
             .env("RUST_BACKTRACE", "1")
             // Plain logs are easier to grep than ANSI-coloured ones.
             .env("NO_COLOR", "1");
-        // Keep tests hermetic: the developer's own POLLHOOK_* settings must
-        // not leak into the relay under test.
+        // Keep tests hermetic: the developer's own POLLHOOK_* settings (and
+        // OpenTelemetry's OTEL_*, which turn traces on) must not leak into
+        // the relay under test.
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("POLLHOOK_") {
+            let name = key.to_string_lossy();
+            if name.starts_with("POLLHOOK_") || name.starts_with("OTEL_") {
                 cmd.env_remove(key);
             }
         }

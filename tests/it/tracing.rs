@@ -1,0 +1,180 @@
+//! Traces over OTLP: the span tree of one update from poll to reply, the
+//! `traceparent` its backend gets, what spans may not hold, and the
+//! standard OpenTelemetry variables (off without them).
+
+use crate::rig::otlp::tree;
+use crate::rig::*;
+
+/// What a message and its reply say: a user's words, kept out of spans.
+const USER_TEXT: &str = "private words of a user";
+const REPLY_TEXT: &str = "private answer to a user";
+
+fn tracing_table(collector: &Collector) -> String {
+    format!(
+        "[tracing]\notlp_endpoint = \"{}\"\n",
+        collector.endpoint()
+    )
+}
+
+/// The one span named `name` among `spans`; fails listing them otherwise.
+fn one<'a>(spans: &'a [GotSpan], name: &str) -> &'a GotSpan {
+    let found: Vec<&GotSpan> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "one {name} span wanted:\n{}", tree(spans));
+    found[0]
+}
+
+fn traceparent(trace_id: &str, span_id: &str) -> String {
+    format!("00-{trace_id}-{span_id}-01")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_update_is_one_trace_from_poll_to_reply() {
+    let setup = Setup::new().await;
+    let collector = Collector::start().await;
+    // The first attempt fails, the second is answered with a Bot API call.
+    setup.backend.set_script(|r, _| match r.header("x-pollhook-attempt") {
+        Some("1") => Reply::Status(502),
+        _ => Reply::Body(
+            200,
+            "application/json".into(),
+            format!(r#"{{"method":"sendMessage","chat_id":7,"text":"{REPLY_TEXT}"}}"#),
+        ),
+    });
+    let config = setup.config_full(&tracing_table(&collector), "", "");
+    // The SDK's default export delay (5 s) is left as it is: the spans
+    // arrive by the stop's final export.
+    let mut relay = setup.spawn(&config);
+    setup.api.push_message(TOKEN, 1, 7, USER_TEXT);
+    let got = setup.backend.wait_received(2, LONG).await;
+    setup
+        .api
+        .wait_method_calls(TOKEN, "sendMessage", 1, LONG)
+        .await;
+    relay.wait_log("webhook reply executed", LONG).await;
+    relay.stop().await;
+
+    // Everything was sent by the time the process exited.
+    let spans = collector.spans();
+    println!("spans of update 1:\n{}", tree(&spans));
+    let poll = one(&spans, "poll");
+    let append = one(&spans, "store.append");
+    let reply = one(&spans, "reply");
+    let mut delivers: Vec<&GotSpan> = spans.iter().filter(|s| s.name == "deliver").collect();
+    delivers.sort_by_key(|s| s.attr("attempt").map(str::to_string));
+    assert_eq!(delivers.len(), 2, "two attempts:\n{}", tree(&spans));
+
+    assert!(poll.is_root(), "poll is the root:\n{}", tree(&spans));
+    assert_eq!(poll.attr("bot"), Some("main"));
+    assert_eq!(poll.attr("updates"), Some("1"));
+    assert_eq!(poll.service, "pollhook");
+    assert_eq!(append.parent_id, poll.span_id, "store.append under poll");
+    for (n, d) in delivers.iter().enumerate() {
+        assert_eq!(d.parent_id, poll.span_id, "deliver under poll");
+        assert_eq!(d.attr("attempt"), Some((n + 1).to_string().as_str()));
+        assert_eq!(d.attr("bot"), Some("main"));
+        assert_eq!(d.attr("forward"), Some("app"));
+        assert_eq!(d.attr("update_id"), Some("1"));
+    }
+    assert_eq!(delivers[0].attr("status"), Some("failed"));
+    assert_eq!(delivers[0].attr("http.response.status_code"), Some("502"));
+    assert_eq!(delivers[0].status_code, 2, "an error status");
+    assert_eq!(delivers[1].attr("status"), Some("delivered"));
+    assert_eq!(delivers[1].attr("http.response.status_code"), Some("200"));
+    assert_eq!(reply.parent_id, delivers[1].span_id, "reply under its delivery");
+    assert_eq!(reply.attr("method"), Some("sendMessage"));
+    assert_eq!(reply.attr("ok"), Some("true"));
+    assert!(
+        spans.iter().all(|s| s.trace_id == poll.trace_id),
+        "one trace:\n{}",
+        tree(&spans)
+    );
+
+    // Each attempt named its own span to the backend.
+    for (request, d) in got.iter().zip(&delivers) {
+        assert_eq!(
+            request.header("traceparent"),
+            Some(traceparent(&d.trace_id, &d.span_id).as_str())
+        );
+    }
+    // The failed attempt's log line names the trace.
+    let logs = relay.logs();
+    let failed = log_line(&logs, "delivery failed");
+    assert!(
+        failed.contains(&format!("trace_id={}", poll.trace_id)),
+        "{failed}"
+    );
+
+    // No secret and no user's words in anything exported.
+    let exported = collector.all_values().join("\n");
+    let secret_part = TOKEN.split_once(':').unwrap().1;
+    for secret in [
+        secret_part,
+        SECRET,
+        SECRET.trim_start_matches("whsec_"),
+        SECRET_TOKEN,
+        USER_TEXT,
+        REPLY_TEXT,
+        setup.api.url_template().as_str(),
+    ] {
+        assert!(
+            !exported.contains(secret),
+            "{secret:?} was exported in:\n{exported}"
+        );
+    }
+    assert_no_token(&exported);
+    assert!(
+        collector
+            .requests()
+            .iter()
+            .all(|ct| ct == "application/x-protobuf"),
+        "{:?}",
+        collector.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_variables_turn_traces_on_and_nothing_is_sent_without_them() {
+    let collector = Collector::start().await;
+    let endpoint = collector.endpoint();
+
+    // On through the environment alone.
+    let on = Setup::new().await;
+    let mut relay = Relay::spawn(
+        &on.config("", ""),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "relay-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    on.api.push_message(TOKEN, 1, 1, "hi");
+    let got = on.backend.wait_accepted(1, LONG).await;
+    let deliver = collector
+        .wait_for("the deliver span", LONG, |spans| {
+            spans.iter().find(|s| s.name == "deliver").cloned()
+        })
+        .await;
+    assert_eq!(deliver.service, "relay-under-test");
+    assert_eq!(
+        got[0].header("traceparent"),
+        Some(traceparent(&deliver.trace_id, &deliver.span_id).as_str())
+    );
+    relay.stop().await;
+    let sent_when_on = collector.requests().len();
+    assert!(sent_when_on > 0);
+
+    // Off: nothing configured, nothing exported, no header.
+    let off = Setup::new().await;
+    let mut relay = Relay::spawn(&off.config("", ""), &[("OTEL_BSP_SCHEDULE_DELAY", "100")]);
+    off.api.push_message(TOKEN, 1, 1, "hi");
+    let got = off.backend.wait_accepted(1, LONG).await;
+    relay.stop().await;
+    assert_eq!(got[0].header("traceparent"), None);
+    assert_eq!(got[0].header("tracestate"), None);
+    assert_eq!(
+        collector.requests().len(),
+        sent_when_on,
+        "a relay without [tracing] exported spans"
+    );
+    assert!(!relay.logs().contains("traces:"), "{}", relay.logs());
+}
