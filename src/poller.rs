@@ -310,9 +310,7 @@ impl Poller {
         }
         let mut attempt: u32 = 0;
         loop {
-            let append = self
-                .queue
-                .append(name, &incoming, new_offset, received_ms);
+            let append = self.queue.append(name, &incoming, new_offset, received_ms);
             let appended = match &self.traces {
                 Some(_) => {
                     let span = info_span!(target: TARGET, "store.append", updates = incoming.len());

@@ -14,6 +14,7 @@ mod nats;
 mod nats_cluster;
 mod proc;
 mod servers;
+mod traces;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -138,6 +139,23 @@ enum Scenario {
         #[arg(long)]
         quick: bool,
     },
+    /// The throughput workload with traces exported (`[tracing]`, to an
+    /// OTLP sink in the bench) vs off, rounds rotating which goes first;
+    /// with --today BIN, also an older pollhook build, off.
+    Tracing {
+        /// Updates per run (default 100000, 20000 with --quick).
+        #[arg(long)]
+        updates: Option<i64>,
+        /// Rounds, each running every variant once (default 10, 4 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// A pollhook binary built from before traces existed, run with
+        /// tracing off in each round (off / today).
+        #[arg(long, value_name = "BIN")]
+        today: Option<std::path::PathBuf>,
+        #[arg(long)]
+        quick: bool,
+    },
     /// Every scenario (smaller sizes with --quick).
     All {
         #[arg(long)]
@@ -203,6 +221,18 @@ fn main() {
                 println!(
                     "{}\n\n| figure | history off | history on | ratio | target | met? |\n|---|---|---|---|---|---|\n{}",
                     r.pairs, r.rows
+                );
+            }
+            Scenario::Tracing {
+                updates,
+                rounds,
+                today,
+                quick,
+            } => {
+                let r = traces::traces(traces::Sizes::new(quick, updates, rounds, today)).await;
+                println!(
+                    "{}\n\n| figure | baseline | measured | ratio | target | met? |\n|---|---|---|---|---|---|\n{}",
+                    r.rounds, r.rows
                 );
             }
             Scenario::All { quick } => all(quick).await,
@@ -851,4 +881,6 @@ async fn all(quick: bool) {
     );
     let history = history::history(history::Sizes::new(quick, None, None, None)).await;
     println!("{}", history.rows);
+    let traces = traces::traces(traces::Sizes::new(quick, None, None, None)).await;
+    println!("{}", traces.rows);
 }

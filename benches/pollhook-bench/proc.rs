@@ -24,6 +24,11 @@ pub struct Config {
     /// Serve the admin API on this port (for `/metrics`, `/history`), when
     /// neither the gateway nor a cluster node brings an `[admin]` table.
     pub admin_port: Option<u16>,
+    /// Export spans to this OTLP/HTTP receiver (`[tracing]`).
+    pub otlp: Option<SocketAddr>,
+    /// Run this pollhook binary instead of the one built with the bench
+    /// (and `BENCH_RELAY_BIN`): an older build, in the same run.
+    pub relay_bin: Option<PathBuf>,
 }
 
 /// The gateway's part of the configuration: `[gateway] listen` on this
@@ -69,6 +74,8 @@ impl Default for Config {
             history: None,
             history_max_mb: None,
             admin_port: None,
+            otlp: None,
+            relay_bin: None,
         }
     }
 }
@@ -84,6 +91,9 @@ impl Child {
     pub fn pollhook(api: SocketAddr, backend: SocketAddr, cfg: &Config) -> Child {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = String::from("state_dir = \"state\"\nshutdown_timeout = \"5s\"\n");
+        if let Some(otlp) = cfg.otlp {
+            toml.push_str(&format!("[tracing]\notlp_endpoint = \"http://{otlp}\"\n"));
+        }
         if let Some(c) = &cfg.cluster {
             assert!(
                 cfg.jetstream.is_none(),
@@ -155,7 +165,7 @@ impl Child {
         let config = dir.path().join("pollhook.toml");
         std::fs::write(&config, toml).expect("config");
         let state_dir = dir.path().join("state");
-        let child = spawn_pollhook(&config);
+        let child = spawn_pollhook(&config, cfg.relay_bin.as_deref());
         Child {
             child,
             _dir: Some(dir),
@@ -208,7 +218,7 @@ impl Child {
 
     /// Starts pollhook again in place (after `stop` or `kill`).
     pub fn respawn(&mut self) {
-        self.child = spawn_pollhook(&self.config);
+        self.child = spawn_pollhook(&self.config, None);
     }
 
     fn proc_file(&self, name: &str) -> String {
@@ -259,9 +269,10 @@ impl Drop for Child {
 /// The relay under test: this build's binary, or `BENCH_RELAY_BIN` to
 /// measure another build (an older commit) against the same servers. (Not
 /// `POLLHOOK_…`: the relay would read that as a configuration override.)
-fn spawn_pollhook(config: &Path) -> std::process::Child {
-    let bin = std::env::var_os("BENCH_RELAY_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_pollhook").into());
+fn spawn_pollhook(config: &Path, bin: Option<&Path>) -> std::process::Child {
+    let bin = bin.map(|b| b.as_os_str().to_owned()).unwrap_or_else(|| {
+        std::env::var_os("BENCH_RELAY_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pollhook").into())
+    });
     let child = Command::new(bin)
         .args(["run", "--config"])
         .arg(config)

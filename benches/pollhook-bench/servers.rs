@@ -27,7 +27,7 @@ pub async fn listen() -> TcpListener {
     socket.listen(1024).expect("listen")
 }
 
-async fn serve<F, Fut>(listener: TcpListener, handler: F)
+pub async fn serve<F, Fut>(listener: TcpListener, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,

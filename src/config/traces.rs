@@ -25,7 +25,11 @@ pub(super) fn validate_tracing(
     let raw = raw.unwrap_or_default();
     // The specification treats an empty variable as unset.
     let from_env = |name: &str| ctx.env.var(name).filter(|v| !v.trim().is_empty());
-    let traces_url = match (&raw.otlp_endpoint, from_env(TRACES_ENDPOINT_ENV), from_env(ENDPOINT_ENV)) {
+    let traces_url = match (
+        &raw.otlp_endpoint,
+        from_env(TRACES_ENDPOINT_ENV),
+        from_env(ENDPOINT_ENV),
+    ) {
         (Some(e), _, _) => traces_url(e).map_err(|m| ctx.err("tracing.otlp_endpoint", m))?,
         // The signal's own variable is the whole URL, used as it is.
         (None, Some(e), _) => full_url(e).map_err(|m| ctx.err(TRACES_ENDPOINT_ENV, m))?,

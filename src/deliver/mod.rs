@@ -26,10 +26,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::trace::SpanContext;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use opentelemetry::trace::SpanContext;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::clock::now_ms;

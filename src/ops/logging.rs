@@ -80,11 +80,7 @@ fn init_logs_only(format: Format, filter: EnvFilter) {
             .with(cap)
             .init(),
         // Colour only for a person at a terminal.
-        Format::Text => builder
-            .with_ansi(colour())
-            .finish()
-            .with(cap)
-            .init(),
+        Format::Text => builder.with_ansi(colour()).finish().with(cap).init(),
     }
 }
 
@@ -101,7 +97,9 @@ fn init_with_spans(format: Format, filter: EnvFilter, exporter: &crate::trace::e
         Format::Text => lines.with_ansi(colour()).boxed(),
     };
     let lines = lines
-        .with_filter(filter_fn(|meta| ours_or_at_most_info(meta) && !exported(meta)))
+        .with_filter(filter_fn(|meta| {
+            ours_or_at_most_info(meta) && !exported(meta)
+        }))
         .with_filter(filter);
     tracing_subscriber::registry()
         .with(lines)
@@ -109,7 +107,8 @@ fn init_with_spans(format: Format, filter: EnvFilter, exporter: &crate::trace::e
         .init();
 }
 
-fn journal_lines() -> tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()> {
+fn journal_lines(
+) -> tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()> {
     tracing_subscriber::fmt::format()
         .with_target(false)
         .without_time()

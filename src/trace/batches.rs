@@ -90,7 +90,10 @@ mod tests {
     fn an_update_is_found_until_it_is_forgotten() {
         let b = Batches::new();
         b.remember(&context(1), [(1, 10), (2, 10)].into_iter());
-        assert_eq!(b.parent(1, Some(10)).unwrap().span_id(), context(1).span_id());
+        assert_eq!(
+            b.parent(1, Some(10)).unwrap().span_id(),
+            context(1).span_id()
+        );
         assert!(b.parent(1, Some(11)).is_none());
         assert!(b.parent(1, None).is_none());
         b.forget(1, Some(10));
@@ -106,6 +109,9 @@ mod tests {
         assert!(b.parent(1, Some(CAP as i64 + 5)).is_none());
         // A known one is still updated (a batch that came again).
         b.remember(&context(2), [(1, 0)].into_iter());
-        assert_eq!(b.parent(1, Some(0)).unwrap().trace_id(), context(2).trace_id());
+        assert_eq!(
+            b.parent(1, Some(0)).unwrap().trace_id(),
+            context(2).trace_id()
+        );
     }
 }

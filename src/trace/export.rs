@@ -136,7 +136,10 @@ impl HttpClient for OnRuntime {
     }
 }
 
-async fn post(client: &reqwest::Client, request: Request<Bytes>) -> Result<Response<Bytes>, String> {
+async fn post(
+    client: &reqwest::Client,
+    request: Request<Bytes>,
+) -> Result<Response<Bytes>, String> {
     let (parts, body) = request.into_parts();
     let answer = client
         .request(parts.method, parts.uri.to_string())

@@ -10,10 +10,7 @@ const USER_TEXT: &str = "private words of a user";
 const REPLY_TEXT: &str = "private answer to a user";
 
 fn tracing_table(collector: &Collector) -> String {
-    format!(
-        "[tracing]\notlp_endpoint = \"{}\"\n",
-        collector.endpoint()
-    )
+    format!("[tracing]\notlp_endpoint = \"{}\"\n", collector.endpoint())
 }
 
 /// The one span named `name` among `spans`; fails listing them otherwise.
@@ -32,14 +29,16 @@ async fn one_update_is_one_trace_from_poll_to_reply() {
     let setup = Setup::new().await;
     let collector = Collector::start().await;
     // The first attempt fails, the second is answered with a Bot API call.
-    setup.backend.set_script(|r, _| match r.header("x-pollhook-attempt") {
-        Some("1") => Reply::Status(502),
-        _ => Reply::Body(
-            200,
-            "application/json".into(),
-            format!(r#"{{"method":"sendMessage","chat_id":7,"text":"{REPLY_TEXT}"}}"#),
-        ),
-    });
+    setup
+        .backend
+        .set_script(|r, _| match r.header("x-pollhook-attempt") {
+            Some("1") => Reply::Status(502),
+            _ => Reply::Body(
+                200,
+                "application/json".into(),
+                format!(r#"{{"method":"sendMessage","chat_id":7,"text":"{REPLY_TEXT}"}}"#),
+            ),
+        });
     let config = setup.config_full(&tracing_table(&collector), "", "");
     // The SDK's default export delay (5 s) is left as it is: the spans
     // arrive by the stop's final export.
@@ -80,7 +79,10 @@ async fn one_update_is_one_trace_from_poll_to_reply() {
     assert_eq!(delivers[0].status_code, 2, "an error status");
     assert_eq!(delivers[1].attr("status"), Some("delivered"));
     assert_eq!(delivers[1].attr("http.response.status_code"), Some("200"));
-    assert_eq!(reply.parent_id, delivers[1].span_id, "reply under its delivery");
+    assert_eq!(
+        reply.parent_id, delivers[1].span_id,
+        "reply under its delivery"
+    );
     assert_eq!(reply.attr("method"), Some("sendMessage"));
     assert_eq!(reply.attr("ok"), Some("true"));
     assert!(

@@ -8,21 +8,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry::trace::SpanContext;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use opentelemetry::trace::SpanContext;
 use tracing::field::Empty;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::{Parsed, Pending, ReadReply};
 use crate::budget::{Ask, Budget};
 use crate::events::{Bus, Event, What};
-use crate::platform::call::BotCall;
-use crate::trace::TARGET;
 use crate::platform::api::{ApiError, BotApi};
+use crate::platform::call::BotCall;
 use crate::policy::methods::MethodSet;
 use crate::stats::{self, ForwardStats};
+use crate::trace::TARGET;
 
 /// Attempts at a webhook reply's Bot API call (1 s, 2 s, 4 s, 8 s apart).
 const REPLY_ATTEMPTS: u32 = 5;

@@ -41,15 +41,17 @@ pub fn for_forward(
     wires: &Wires,
 ) -> Option<Arc<dyn Sink>> {
     let sink: Arc<dyn Sink> = match &fwd.to {
-        Destination::Http(url) => Arc::new(http::Target::new(
-            bot,
-            flavor,
-            url,
-            fwd,
-            wires.http.clone(),
-            ReplyBudget::default(),
-        )
-        .traced(wires.traced)),
+        Destination::Http(url) => Arc::new(
+            http::Target::new(
+                bot,
+                flavor,
+                url,
+                fwd,
+                wires.http.clone(),
+                ReplyBudget::default(),
+            )
+            .traced(wires.traced),
+        ),
         Destination::JetStream(subject) => Arc::new(jetstream::Publisher::new(
             bot,
             subject.clone(),
