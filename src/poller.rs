@@ -313,8 +313,19 @@ impl Poller {
             let append = self.queue.append(name, &incoming, new_offset, received_ms);
             let appended = match &self.traces {
                 Some(_) => {
-                    let span = info_span!(target: TARGET, "store.append", updates = incoming.len());
-                    append.instrument(span).await
+                    let span = info_span!(
+                        target: TARGET,
+                        "store.append",
+                        updates = incoming.len(),
+                        error = tracing::field::Empty,
+                        otel.status_code = tracing::field::Empty,
+                    );
+                    let appended = append.instrument(span.clone()).await;
+                    if let Err(e) = &appended {
+                        span.record("error", tracing::field::display(e));
+                        span.record("otel.status_code", "ERROR");
+                    }
+                    appended
                 }
                 None => append.await,
             };

@@ -17,9 +17,12 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState}
 /// Updates remembered at most; about 40 bytes each.
 pub const CAP: usize = 100_000;
 
+/// (forward, update_id) → the poll span it came with.
+type ByJob = HashMap<(u32, i64), (TraceId, SpanId, TraceFlags)>;
+
 #[derive(Default)]
 pub struct Batches {
-    by_job: Mutex<HashMap<(u32, i64), (TraceId, SpanId, TraceFlags)>>,
+    by_job: Mutex<ByJob>,
 }
 
 impl Batches {
@@ -27,7 +30,7 @@ impl Batches {
         Batches::default()
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<(u32, i64), (TraceId, SpanId, TraceFlags)>> {
+    fn map(&self) -> MutexGuard<'_, ByJob> {
         self.by_job.lock().unwrap_or_else(|e| e.into_inner())
     }
 
