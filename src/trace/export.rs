@@ -88,6 +88,10 @@ impl Exporter {
             // busy_ns / idle_ns per span: work on every enter and exit
             // that says little here.
             .with_tracked_inactivity(false)
+            // Parents come from `tracing`'s own context and `set_parent`;
+            // nothing reads OpenTelemetry's thread-local context, so it is
+            // not swapped in and out at every poll of every span's future.
+            .with_context_activation(false)
             .with_filter(filter_fn(|meta| meta.target() == TARGET))
     }
 
