@@ -252,6 +252,7 @@ pub async fn run_with_events(
                 ),
                 &tasks,
                 shutdown.clone(),
+                settings.tracing.is_some(),
             )
             .await?,
         ),
@@ -331,12 +332,13 @@ async fn start_gateway(
     ),
     tasks: &TaskTracker,
     shutdown: CancellationToken,
+    traced: bool,
 ) -> anyhow::Result<Arc<crate::stats::GatewayStats>> {
     let answers = crate::gateway::answers::Answers::open(
         store.side_tree("gateway_answers")?,
         store.side_tree("gateway_answers_by_time")?,
     );
-    let gateway = Arc::new(crate::gateway::Gateway::new(bots, answers, g));
+    let gateway = Arc::new(crate::gateway::Gateway::new(bots, answers, g).traced(traced));
     let listener = tokio::net::TcpListener::bind(g.listen)
         .await
         .with_context(|| format!("cannot listen on gateway.listen {}", g.listen))?;

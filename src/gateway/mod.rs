@@ -9,6 +9,7 @@
 pub mod answers;
 mod call;
 pub mod params;
+mod traced;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use axum::http::Response;
 use axum::Router;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::budget::Budget;
 use crate::config::{ClientSettings, GatewaySettings};
@@ -58,6 +59,8 @@ pub struct Gateway {
     answers: Arc<Answers>,
     pub stats: Arc<GatewayStats>,
     max_wait: Duration,
+    /// Tracing is on: each method call is a `gateway` span.
+    traced: bool,
 }
 
 /// The client a key belongs to.
@@ -94,7 +97,14 @@ impl Gateway {
             answers: Arc::new(answers),
             stats: Arc::new(GatewayStats::default()),
             max_wait: settings.max_wait,
+            traced: false,
         }
+    }
+
+    /// Each call becomes a span (tracing on).
+    pub fn traced(mut self, on: bool) -> Gateway {
+        self.traced = on;
+        self
     }
 
     fn caller(&self, key: &str) -> Option<Caller> {
@@ -184,15 +194,25 @@ async fn route(State(gw): State<Arc<Gateway>>, request: Request) -> Response<Bod
     if file {
         call::file(gw.clone(), caller, tail.to_string()).await
     } else {
-        call::method(
+        let span = gw
+            .traced
+            .then(|| traced::span(&gw, caller, tail, &parts.headers));
+        let call = call::method(
             gw.clone(),
             caller,
             tail.to_string(),
             query,
             parts.headers,
             body,
-        )
-        .await
+        );
+        match span {
+            None => call.await,
+            Some(span) => {
+                let answer = call.instrument(span.clone()).await;
+                traced::record(&span, &answer);
+                answer
+            }
+        }
     }
 }
 

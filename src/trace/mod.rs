@@ -7,6 +7,10 @@
 //! └── deliver (bot, forward, update_id,    one per attempt, each a child of
 //!     │        attempt, status, …)         the poll that received the update
 //!     └── reply (method, ok, attempts)     a webhook reply's Bot API call
+//!
+//! gateway (bot, client, method, status)    a backend's call through the
+//!                                          gateway: under the caller's
+//!                                          `traceparent`, else a root
 //! ```
 //!
 //! The spans are ordinary `tracing` spans with target [`TARGET`];
@@ -46,6 +50,13 @@ pub fn span_context(span: &tracing::Span) -> Option<SpanContext> {
 pub fn set_parent(span: &tracing::Span, parent: &SpanContext) {
     // Fails only when no exporter is installed: then there is no trace.
     let _ = span.set_parent(Context::new().with_remote_span_context(parent.clone()));
+}
+
+/// The span an incoming request's W3C `traceparent` names, if it is valid.
+pub fn remote_parent(headers: &reqwest::header::HeaderMap) -> Option<SpanContext> {
+    let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
 }
 
 /// The W3C `traceparent` (and `tracestate`, if any) naming the current

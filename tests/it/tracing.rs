@@ -180,3 +180,54 @@ async fn the_standard_variables_turn_traces_on_and_nothing_is_sent_without_them(
     );
     assert!(!relay.logs().contains("traces:"), "{}", relay.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_call_continues_the_callers_trace() {
+    const KEY: &str = "1:trace-gw-k3y-0123456789abcdef";
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    let setup = Setup::new().await;
+    let collector = Collector::start().await;
+    let top = tracing_table(&collector) + &gateway_table("");
+    let config = setup.config_full(&top, &client_table("app", KEY, ""), "");
+    let mut gw = Gateway::start(&setup, &config).await;
+    let http = reqwest::Client::new();
+    let answer = send(
+        http.post(gw.url(KEY, "sendMessage"))
+            .header("traceparent", traceparent(CALLER_TRACE, CALLER_SPAN))
+            .json(&serde_json::json!({"chat_id": 7, "text": USER_TEXT})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // A call without a traceparent starts a trace of its own.
+    let plain = send(http.post(gw.url(KEY, "getMe"))).await;
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    gw.relay.stop().await;
+
+    let spans = collector.spans();
+    println!("gateway spans:\n{}", tree(&spans));
+    let calls: Vec<&GotSpan> = spans.iter().filter(|s| s.name == "gateway").collect();
+    assert_eq!(calls.len(), 2, "{}", tree(&spans));
+    let send_message = calls
+        .iter()
+        .find(|s| s.attr("method") == Some("sendMessage"))
+        .expect("the sendMessage call's span");
+    assert_eq!(send_message.trace_id, CALLER_TRACE);
+    assert_eq!(send_message.parent_id, CALLER_SPAN);
+    assert_eq!(send_message.attr("bot"), Some("main"));
+    assert_eq!(send_message.attr("client"), Some("app"));
+    assert_eq!(send_message.attr("http.response.status_code"), Some("200"));
+    let get_me = calls
+        .iter()
+        .find(|s| s.attr("method") == Some("getMe"))
+        .expect("the getMe call's span");
+    assert!(get_me.is_root() && get_me.trace_id != CALLER_TRACE);
+    let exported = collector.all_values().join("\n");
+    for secret in [KEY, KEY.split_once(':').unwrap().1, USER_TEXT] {
+        assert!(
+            !exported.contains(secret),
+            "{secret:?} was exported in:\n{exported}"
+        );
+    }
+    assert_no_token(&exported);
+}
