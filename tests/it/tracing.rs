@@ -231,3 +231,36 @@ async fn a_gateway_call_continues_the_callers_trace() {
     }
     assert_no_token(&exported);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn a_jetstream_message_names_its_deliver_span() {
+    let setup = Setup::new().await;
+    let collector = Collector::start().await;
+    let nats = NatsServer::start().await;
+    nats.create_stream("TR", &["tr.>"]).await;
+    let toml = format!(
+        "state_dir = \"state\"\nshutdown_timeout = \"5s\"\n{}\n[nats]\nservers = [\"{}\"]\n\n{}\n\
+         [[bot.forward]]\nname = \"stream\"\nnats_subject = \"tr.{{bot}}.{{update_id}}\"\n",
+        tracing_table(&collector),
+        nats.url(),
+        setup.main_bot(),
+    );
+    let config = write_config(setup.path(), &toml);
+    let mut relay = setup.spawn(&config);
+    setup.api.push_message(TOKEN, 1, 7, USER_TEXT);
+    let got = nats.read_all("TR", 1, LONG).await;
+    relay.stop().await;
+
+    let spans = collector.spans();
+    println!("spans of a JetStream delivery:\n{}", tree(&spans));
+    let poll = one(&spans, "poll");
+    let deliver = one(&spans, "deliver");
+    assert_eq!(deliver.parent_id, poll.span_id);
+    assert_eq!(deliver.attr("forward"), Some("stream"));
+    assert_eq!(deliver.attr("status"), Some("delivered"));
+    assert_eq!(
+        got[0].header("traceparent"),
+        Some(traceparent(&deliver.trace_id, &deliver.span_id).as_str())
+    );
+}

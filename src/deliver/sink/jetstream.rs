@@ -38,6 +38,9 @@ pub struct Publisher {
     subject: SubjectTemplate,
     keys: Vec<SigningKey>,
     timeout: Duration,
+    /// Tracing is on: each message names its attempt's span in
+    /// `traceparent`, as the HTTP sink's requests do.
+    traced: bool,
 }
 
 impl Publisher {
@@ -57,7 +60,14 @@ impl Publisher {
             subject,
             keys: fwd.signing_keys.clone(),
             timeout: fwd.timeout,
+            traced: false,
         }
+    }
+
+    /// Sends `traceparent` with each message (tracing on).
+    pub fn traced(mut self, on: bool) -> Publisher {
+        self.traced = on;
+        self
     }
 
     async fn publish(&self, webhook_id: &str, job: &Job, attempt: u32) -> Outcome {
@@ -156,6 +166,11 @@ impl Publisher {
                 "X-Pollhook-Replay",
                 (job.replayed_ms / 1000).to_string().as_str(),
             );
+        }
+        if self.traced {
+            for (name, value) in crate::trace::current_headers() {
+                h.insert(name, value.as_str());
+            }
         }
         h
     }

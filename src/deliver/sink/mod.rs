@@ -52,12 +52,10 @@ pub fn for_forward(
             )
             .traced(wires.traced),
         ),
-        Destination::JetStream(subject) => Arc::new(jetstream::Publisher::new(
-            bot,
-            subject.clone(),
-            fwd,
-            wires.nats?.clone(),
-        )),
+        Destination::JetStream(subject) => Arc::new(
+            jetstream::Publisher::new(bot, subject.clone(), fwd, wires.nats?.clone())
+                .traced(wires.traced),
+        ),
     };
     Some(match wires.fence {
         Some(fence) => Arc::new(Fenced {
