@@ -139,21 +139,40 @@ async fn the_standard_variables_turn_traces_on_and_nothing_is_sent_without_them(
     let collector = Collector::start().await;
     let endpoint = collector.endpoint();
 
-    // On through the environment alone.
+    // On through the environment alone, logging JSON; the first attempt
+    // fails.
     let on = Setup::new().await;
-    let mut relay = Relay::spawn(
-        &on.config("", ""),
+    on.backend.set_script(|_, i| {
+        if i == 0 {
+            Reply::Status(503)
+        } else {
+            Reply::Ok
+        }
+    });
+    let config = on.config("", "");
+    let mut relay = Relay::spawn_args(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+        ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_SERVICE_NAME", "relay-under-test"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
+        &on.path().join("pollhook.log"),
     );
     on.api.push_message(TOKEN, 1, 1, "hi");
     let got = on.backend.wait_accepted(1, LONG).await;
     let deliver = collector
-        .wait_for("the deliver span", LONG, |spans| {
-            spans.iter().find(|s| s.name == "deliver").cloned()
+        .wait_for("the delivered attempt's span", LONG, |spans| {
+            spans
+                .iter()
+                .find(|s| s.name == "deliver" && s.attr("status") == Some("delivered"))
+                .cloned()
         })
         .await;
     assert_eq!(deliver.service, "relay-under-test");
@@ -162,6 +181,11 @@ async fn the_standard_variables_turn_traces_on_and_nothing_is_sent_without_them(
         Some(traceparent(&deliver.trace_id, &deliver.span_id).as_str())
     );
     relay.stop().await;
+    // The JSON log line of the failed attempt holds the trace's id.
+    let logs = relay.logs();
+    let failed: serde_json::Value = serde_json::from_str(log_line(&logs, "delivery failed"))
+        .unwrap_or_else(|e| panic!("not a JSON line ({e}):\n{logs}"));
+    assert_eq!(failed["trace_id"], deliver.trace_id.as_str(), "{failed}");
     let sent_when_on = collector.requests().len();
     assert!(sent_when_on > 0);
 
