@@ -288,3 +288,32 @@ async fn a_jetstream_message_names_its_deliver_span() {
         Some(traceparent(&deliver.trace_id, &deliver.span_id).as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_is_reported_once_and_deliveries_go_on() {
+    let setup = Setup::new().await;
+    // Nothing listens there.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let top = format!("[tracing]\notlp_endpoint = \"{endpoint}\"\n");
+    let config = setup.config_full(&top, "", "");
+    let mut relay = Relay::spawn(&config, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]);
+    for id in 1..=3 {
+        setup.api.push_message(TOKEN, id, id, "hi");
+        // Each in a batch (and an export) of its own.
+        setup.backend.wait_accepted(id as usize, LONG).await;
+        setup.api.wait_confirmed(TOKEN, id, LONG).await;
+    }
+    let warning = format!("traces: cannot export spans to {endpoint}/v1/traces");
+    relay.wait_log(&warning, LONG).await;
+    let started = std::time::Instant::now();
+    relay.stop().await;
+    let stopping = started.elapsed();
+    let logs = relay.logs();
+    println!("stop took {stopping:?}; {}", log_line(&logs, &warning));
+    assert_eq!(logs.matches(&warning).count(), 1, "{logs}");
+    assert!(
+        stopping < std::time::Duration::from_secs(10),
+        "{stopping:?}"
+    );
+    assert_no_token(&logs);
+}
