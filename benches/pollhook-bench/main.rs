@@ -12,10 +12,12 @@ mod gateway;
 mod history;
 mod nats;
 mod nats_cluster;
+mod plots;
 mod proc;
 mod servers;
 mod traces;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,10 @@ struct Args {
     /// `cargo bench` appends this; ignored.
     #[arg(long, hide = true, global = true)]
     bench: bool,
+    /// Where `latency`, `throughput` and `backlog` (alone or in `all`)
+    /// write their plots: latency.svg, throughput.svg, backlog.svg.
+    #[arg(long, global = true, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/bench"))]
+    plots: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -178,16 +184,19 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let plot_dir = args.plots;
     rt.block_on(async move {
         match args.scenario {
             Scenario::ServeApi { backlog, chats } => serve_api(backlog, chats).await,
             Scenario::ServeBackend { delay_ms } => serve_backend(delay_ms).await,
             Scenario::Servers => println!("{}", servers_alone().await),
-            Scenario::Throughput { updates } => println!("{}", throughput(updates).await),
-            Scenario::Latency { samples } => println!("{}", latency(samples).await),
+            Scenario::Throughput { updates } => {
+                println!("{}", throughput(updates, &plot_dir).await)
+            }
+            Scenario::Latency { samples } => println!("{}", latency(samples, &plot_dir).await),
             Scenario::Idle { seconds } => println!("{}", idle(seconds).await),
             Scenario::ManyBots { bots } => println!("{}", many_bots(bots).await),
-            Scenario::Backlog { updates } => println!("{}", backlog(updates).await),
+            Scenario::Backlog { updates } => println!("{}", backlog(updates, &plot_dir).await),
             Scenario::SlowBackend { updates } => println!("{}", slow_backend(updates).await),
             Scenario::Jetstream { updates, rounds } => {
                 println!("{}", jetstream(updates, rounds).await)
@@ -235,7 +244,7 @@ fn main() {
                     r.rounds, r.rows
                 );
             }
-            Scenario::All { quick } => all(quick).await,
+            Scenario::All { quick } => all(quick, &plot_dir).await,
             Scenario::Baseline {
                 api,
                 backend,
@@ -436,13 +445,26 @@ impl Relay {
     }
 }
 
-async fn throughput(updates: i64) -> String {
+/// Draws a plot into `dir` (`draw` given the file's path); a plot that
+/// cannot be written is reported, and the scenario's table still printed.
+fn write_plot(dir: &Path, name: &str, draw: impl FnOnce(&Path) -> plots::Result<()>) {
+    match plots::file(dir, name).and_then(|path| draw(&path).map(|()| path)) {
+        Ok(path) => eprintln!("plot: {}", path.display()),
+        Err(e) => eprintln!("plot {name} not written: {e}"),
+    }
+}
+
+async fn throughput(updates: i64, plot_dir: &Path) -> String {
     // Three rounds, alternating, medians: a shared machine's noise hits both.
     let (mut bases, mut ourss) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         bases.push(run_throughput(updates, Relay::Baseline).await);
         ourss.push(run_throughput(updates, Relay::Pollhook).await);
     }
+    let rates = |v: &[(f64, f64)]| v.iter().map(|r| r.0).collect::<Vec<_>>();
+    write_plot(plot_dir, "throughput.svg", |path| {
+        plots::throughput(path, updates, &rates(&bases), &rates(&ourss))
+    });
     let median = |v: &mut Vec<(f64, f64)>| {
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v[v.len() / 2]
@@ -613,9 +635,12 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn latency(samples: usize) -> String {
+async fn latency(samples: usize, plot_dir: &Path) -> String {
     let base = run_latency(samples, Relay::Baseline).await;
     let ours = run_latency(samples, Relay::Pollhook).await;
+    write_plot(plot_dir, "latency.svg", |path| {
+        plots::latency(path, &base, &ours)
+    });
     let (b50, b99, o50, o99) = (
         pct(&base, 0.5),
         pct(&base, 0.99),
@@ -723,7 +748,36 @@ async fn many_bots(bots: usize) -> String {
     .join("\n")
 }
 
-async fn backlog(updates: i64) -> String {
+/// Samples every 100 ms, from `start` until `stop` fires (and once more
+/// then), how many updates the relay has confirmed to the API (so stored)
+/// and how many the backend has received: the backlog plot's lines.
+fn sample_backlog(
+    api: Api,
+    backend: Backend,
+    updates: i64,
+    start: Instant,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<Vec<plots::BacklogSample>> {
+    tokio::spawn(async move {
+        let sample = || plots::BacklogSample {
+            at: start.elapsed().as_secs_f64(),
+            stored: (updates as u64).saturating_sub(api.pending() as u64),
+            delivered: backend.distinct.load(Ordering::Relaxed),
+        };
+        let mut out = Vec::new();
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = every.tick() => out.push(sample()),
+            }
+        }
+        out.push(sample());
+        out
+    })
+}
+
+async fn backlog(updates: i64, plot_dir: &Path) -> String {
     let api = Api::new();
     let mut payload_bytes = 0u64;
     for id in 1..=updates {
@@ -741,6 +795,8 @@ async fn backlog(updates: i64) -> String {
     };
     let mut child = Child::pollhook(api_addr, backend_addr, &cfg);
     let start = Instant::now();
+    let (stop_sampling, stop) = tokio::sync::oneshot::channel();
+    let sampling = sample_backlog(api.clone(), backend.clone(), updates, start, stop);
     let mut max_rss = 0;
     let mut rss_samples = Vec::new();
     while api.pending() > 0 {
@@ -754,6 +810,7 @@ async fn backlog(updates: i64) -> String {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let disk = proc::du(&child.state_dir);
     child.stop();
+    let stopped = start.elapsed();
     // Restart with the backlog present: time until the relay polls again.
     let calls_before = api.calls.load(Ordering::Relaxed);
     let restart = Instant::now();
@@ -762,14 +819,37 @@ async fn backlog(updates: i64) -> String {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let restart_took = restart.elapsed();
+    let polling = start.elapsed();
     backend.down.store(false, Ordering::Relaxed);
     let drain_start = Instant::now();
+    let backend_up = start.elapsed();
     assert!(
         backend
             .wait_distinct(updates as u64, Duration::from_secs(3600))
             .await
     );
     let drain = updates as f64 / drain_start.elapsed().as_secs_f64();
+    let _ = stop_sampling.send(());
+    let samples = sampling.await.expect("the backlog sampler");
+    let marks = plots::BacklogMarks {
+        stopped: stopped.as_secs_f64(),
+        polling: polling.as_secs_f64(),
+        backend_up: backend_up.as_secs_f64(),
+    };
+    // The plot's time line in words (the drain rate counts from the
+    // backend's return, so includes the wait for the first delivery).
+    let first_delivery = samples.iter().find(|s| s.delivered > 0).map(|s| s.at);
+    eprintln!(
+        "backlog: relay stopped at {:.2} s, polling again at {:.2} s, backend up at {:.2} s, first delivery seen at {} s, all delivered at {:.2} s",
+        marks.stopped,
+        marks.polling,
+        marks.backend_up,
+        first_delivery.map_or("-".into(), |at| format!("{at:.1}")),
+        samples.last().map_or(0.0, |s| s.at),
+    );
+    write_plot(plot_dir, "backlog.svg", |path| {
+        plots::backlog(path, updates, &samples, marks)
+    });
     let half_rss = rss_samples
         .iter()
         .find(|(n, _)| *n as i64 >= updates / 2)
@@ -851,16 +931,22 @@ async fn slow_backend(updates: i64) -> String {
     )
 }
 
-async fn all(quick: bool) {
+async fn all(quick: bool, plot_dir: &Path) {
     println!("| figure | baseline | pollhook | ratio | target | met? |");
     println!("|---|---|---|---|---|---|");
     println!("{}", servers_alone().await);
-    println!("{}", throughput(if quick { 20_000 } else { 100_000 }).await);
-    println!("{}", latency(if quick { 200 } else { 500 }).await);
+    println!(
+        "{}",
+        throughput(if quick { 20_000 } else { 100_000 }, plot_dir).await
+    );
+    println!("{}", latency(if quick { 200 } else { 500 }, plot_dir).await);
     println!("{}", slow_backend(if quick { 1_500 } else { 3_000 }).await);
     println!("{}", idle(if quick { 10 } else { 60 }).await);
     println!("{}", many_bots(if quick { 200 } else { 1000 }).await);
-    println!("{}", backlog(if quick { 100_000 } else { 1_000_000 }).await);
+    println!(
+        "{}",
+        backlog(if quick { 100_000 } else { 1_000_000 }, plot_dir).await
+    );
     println!(
         "{}",
         jetstream(if quick { 20_000 } else { 100_000 }, 3).await

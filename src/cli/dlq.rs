@@ -28,7 +28,9 @@ pub enum Command {
 /// sled's page cache for a one-off command: it reads dead letters once.
 const CACHE_BYTES: u64 = 16 << 20;
 
-enum Via {
+/// How a command reaches pollhook: its admin API, or its stopped state
+/// directory (`dlq`, and `history`/`show`/`replay`/`resend` too).
+pub(super) enum Via {
     Api(AdminClient),
     Store(Box<Store>),
 }
@@ -119,7 +121,7 @@ async fn run(via: &Via, command: Command) -> anyhow::Result<bool> {
     }
 }
 
-async fn connect(api: Option<AdminClient>, state_dir: PathBuf) -> anyhow::Result<Via> {
+pub(super) async fn connect(api: Option<AdminClient>, state_dir: PathBuf) -> anyhow::Result<Via> {
     let addr = api.as_ref().map(AdminClient::addr);
     if let Some(api) = api {
         if api.answers().await {
@@ -142,7 +144,7 @@ async fn connect(api: Option<AdminClient>, state_dir: PathBuf) -> anyhow::Result
         Ok(s) => Ok(Via::Store(Box::new(s))),
         Err(e) => Err(match addr {
             Some(addr) => anyhow::anyhow!("{e}; and the admin API at {addr} does not answer. Is pollhook running with a different admin.listen?"),
-            None => anyhow::anyhow!("{e}. If pollhook is running, set admin.listen in its configuration so `pollhook dlq` can reach it"),
+            None => anyhow::anyhow!("{e}. If pollhook is running, set admin.listen in its configuration so this command can reach it"),
         }),
     }
 }

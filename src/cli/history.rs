@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::{json, Value};
 
 use super::live::local_time;
@@ -18,7 +17,6 @@ use crate::history::History;
 use crate::ops::client::{AdminClient, ClientError};
 use crate::ops::history::{self as api, Selector};
 use crate::replay::{Progress, ReplayError, Replays, Target};
-use crate::store::Store;
 
 pub enum Command {
     List {
@@ -44,9 +42,6 @@ enum Via {
     Local(Arc<Replays>),
 }
 
-/// sled's page cache for a one-off command.
-const CACHE_BYTES: u64 = 16 << 20;
-
 pub async fn command(
     config: Option<PathBuf>,
     state_dir: Option<PathBuf>,
@@ -71,27 +66,9 @@ pub async fn command(
 }
 
 async fn connect(api: Option<AdminClient>, dir: PathBuf) -> anyhow::Result<Via> {
-    let addr = api.as_ref().map(AdminClient::addr);
-    if let Some(api) = api {
-        if api.answers().await {
-            return Ok(Via::Api(api));
-        }
-    }
-    if !dir.join("db").exists() {
-        anyhow::bail!(
-            "no pollhook state in {} (set state_dir in the configuration, or pass --state-dir)",
-            dir.display()
-        );
-    }
-    crate::store::dir::create(&dir).with_context(|| format!("cannot use {}", dir.display()))?;
-    let store = match Store::open(&dir, CACHE_BYTES) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            return Err(match addr {
-                Some(addr) => anyhow::anyhow!("{e}; and the admin API at {addr} does not answer. Is pollhook running with a different admin.listen?"),
-                None => anyhow::anyhow!("{e}. If pollhook is running, set admin.listen in its configuration so this command can reach it"),
-            })
-        }
+    let store = match super::dlq::connect(api, dir.clone()).await? {
+        super::dlq::Via::Api(api) => return Ok(Via::Api(api)),
+        super::dlq::Via::Store(s) => Arc::new(*s),
     };
     let history = History::reader(&dir);
     let mut bots: HashMap<String, Vec<Target>> = history

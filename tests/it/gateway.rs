@@ -974,15 +974,15 @@ async fn a_50_mb_upload_arrives_intact_and_pollhook_stays_small() {
     let sha = Sha256::digest(&data);
 
     let pid = gw.relay.pid();
-    let rss_before = vm_kb(pid, "VmRSS");
-    let hwm_before = vm_kb(pid, "VmHWM");
+    let rss_before = vm_kib(pid, "VmRSS");
+    let hwm_before = vm_kib(pid, "VmHWM");
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = tokio::spawn({
         let sampling = sampling.clone();
         async move {
             let mut peak = 0;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(vm_kb(pid, "VmRSS"));
+                peak = peak.max(vm_kib(pid, "VmRSS"));
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             peak
@@ -1005,7 +1005,7 @@ async fn a_50_mb_upload_arrives_intact_and_pollhook_stays_small() {
     let took = started.elapsed();
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let sampled_peak = sampler.await.unwrap();
-    let hwm_after = vm_kb(pid, "VmHWM");
+    let hwm_after = vm_kib(pid, "VmHWM");
     assert_eq!(a.status, 200, "{}", a.text());
 
     let doc = setup
@@ -1048,17 +1048,6 @@ async fn a_50_mb_upload_arrives_intact_and_pollhook_stays_small() {
     assert_nothing_leaked(&gw, admin, &[APP_KEY]).await;
 }
 
-/// A field of /proc/PID/status in kB.
-fn vm_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// `GET /file/bot{key}/{path}` streams the platform's file back intact
 /// (20 MB of every byte value, without pollhook holding it), a missing
 /// file answers the platform's 404, and the platform sees the token, never
@@ -1098,7 +1087,7 @@ async fn a_download_streams_the_platforms_file_back_intact() {
     assert_eq!((a.status, &a.body), (200, &small));
 
     let pid = gw.relay.pid();
-    let rss_before = vm_kb(pid, "VmRSS");
+    let rss_before = vm_kib(pid, "VmRSS");
     let started = Instant::now();
     let mut resp = http
         .get(gw.file_url(APP_KEY, "documents/file_12.bin"))
@@ -1113,11 +1102,11 @@ async fn a_download_streams_the_platforms_file_back_intact() {
         sha.update(&chunk);
         chunks += 1;
         if chunks % 64 == 0 {
-            peak = peak.max(vm_kb(pid, "VmRSS"));
+            peak = peak.max(vm_kib(pid, "VmRSS"));
         }
     }
     let took = started.elapsed();
-    peak = peak.max(vm_kb(pid, "VmRSS"));
+    peak = peak.max(vm_kib(pid, "VmRSS"));
     assert_eq!(got, SIZE, "every byte came back");
     assert!(
         sha.finalize() == Sha256::digest(&data),

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod api_errors;
+mod bench_plots;
 mod cluster;
 mod cluster_lease;
 mod crash;

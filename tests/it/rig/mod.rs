@@ -42,7 +42,7 @@ pub use gateway::{
 pub use history::{
     admin_with_token, dir_bytes, files_under, forward_table, history_config, history_dir, ids_of,
     line_of, ndjson, next_second_after, now_ms, now_secs, pollhook_code, rfc3339, segments,
-    vm_rss_kib, wait_history, Admin, Got, Stream, ADMIN_TOKEN,
+    wait_history, Admin, Got, Stream, ADMIN_TOKEN,
 };
 pub use min_schedule::{fastest_schedule, min_schedule, ChatCalls};
 pub use nats::{create_key_value, per_subject, read_stream, NatsAuth, NatsServer, StreamMsg};
@@ -50,7 +50,9 @@ pub use nats_cluster::NatsCluster;
 pub use nodes::{ClusterBot, Nodes};
 pub use notify::NotifySocket;
 pub use otlp::{Collector, GotSpan};
-pub use proc::{pollhook, pollhook_async, relay_lines, tail, write_config, ProcLimits, Relay};
+pub use proc::{
+    pollhook, pollhook_async, relay_lines, tail, vm_kib, write_config, ProcLimits, Relay,
+};
 pub use scrape::{exported, metric_names};
 pub use serve::free_port;
 pub use setup::{admin_table, edit_config, flavor_name, Setup, SECRET, SECRET_TOKEN, TOKEN};

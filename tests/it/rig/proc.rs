@@ -294,3 +294,15 @@ pub async fn pollhook_async(args: &[&str]) -> (bool, String, String) {
     .await
     .unwrap()
 }
+
+/// A field of /proc/<pid>/status in KiB: `VmRSS` (resident now), `VmHWM`
+/// (its peak), `RssAnon`, `RssFile`.
+pub fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
