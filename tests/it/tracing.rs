@@ -317,3 +317,41 @@ async fn an_unreachable_collector_is_reported_once_and_deliveries_go_on() {
     );
     assert_no_token(&logs);
 }
+
+/// The SDK's sampler variables apply: with `OTEL_TRACES_SAMPLER=always_off`
+/// nothing is exported, yet each delivery still names its (unsampled)
+/// attempt in `traceparent` (flags `00`), so a backend's own sampler sees
+/// the decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_variables_decide_what_is_exported() {
+    let setup = Setup::new().await;
+    let collector = Collector::start().await;
+    let config = setup.config_full(&tracing_table(&collector), "", "");
+    let mut relay = Relay::spawn(
+        &config,
+        &[
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    for id in 1..=3 {
+        setup.api.push_message(TOKEN, id, id, "hi");
+    }
+    let got = setup.backend.wait_accepted(3, LONG).await;
+    relay.stop().await;
+    for r in &got {
+        let header = r.header("traceparent").expect("traceparent sent");
+        let parts: Vec<&str> = header.split('-').collect();
+        assert_eq!(parts.len(), 4, "{header}");
+        assert_eq!((parts[0], parts[3]), ("00", "00"), "unsampled: {header}");
+        assert!(
+            parts[1].len() == 32 && parts[1] != "0".repeat(32),
+            "{header}"
+        );
+    }
+    assert!(
+        collector.spans().is_empty(),
+        "always_off exported:\n{}",
+        tree(&collector.spans())
+    );
+}
