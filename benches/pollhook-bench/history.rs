@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::figures::{loadavg, per_100k, quantile};
 use crate::nats::free_port;
 use crate::proc::{self, Child, Config};
 use crate::{row, run_throughput_with, Relay};
@@ -451,19 +452,6 @@ fn median(v: Vec<f64>) -> f64 {
     quantile(&v, 0.5)
 }
 
-/// The `q` quantile, interpolated between the two nearest values.
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let at = (v.len() - 1) as f64 * q;
-    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
-}
-
-fn per_100k(cpu: f64, updates: i64) -> f64 {
-    cpu * 100_000.0 / updates as f64
-}
-
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
@@ -493,14 +481,4 @@ fn payload_bytes(updates: i64) -> u64 {
     (1..=updates)
         .map(|id| crate::servers::update_json(id, 100).len() as u64)
         .sum()
-}
-
-/// The load average's three figures, as `uptime` shows them.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

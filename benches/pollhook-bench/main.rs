@@ -8,6 +8,7 @@
 
 mod baseline;
 mod cluster;
+mod figures;
 mod gateway;
 mod history;
 mod nats;

@@ -19,6 +19,7 @@ use hyper::{Request, Response};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use crate::figures::{loadavg, per_100k, quantile};
 use crate::proc::Config;
 use crate::servers::{listen, serve};
 use crate::{row, run_throughput_with, Relay};
@@ -267,26 +268,4 @@ impl Sink {
         ));
         addr
     }
-}
-
-/// The `q` quantile, interpolated between the two nearest values.
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let at = (v.len() - 1) as f64 * q;
-    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
-}
-
-fn per_100k(cpu: f64, updates: i64) -> f64 {
-    cpu * 100_000.0 / updates as f64
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
