@@ -198,9 +198,14 @@ pub async fn run(
 async fn renew_all(leases: &Leases, leading: &mut HashMap<String, Leading>, every: Duration) {
     // All at once: each call is bounded, and one slow answer must not make
     // the others late.
+    // Only while the fence holds: a renewal sent later could reach the
+    // server just before the key expires and be applied after another
+    // node's take (nats-server before 2.9.21 checks the revision before the
+    // write is agreed on), reviving a lease that has passed on. A third of
+    // the lease separates the fence's end from the key's expiry.
     let due: Vec<(String, Held)> = leading
         .iter()
-        .filter(|(_, l)| l.renewed.elapsed() >= every)
+        .filter(|(_, l)| l.renewed.elapsed() >= every && l.fence.valid())
         .map(|(b, l)| (b.clone(), l.held.clone()))
         .collect();
     let results =

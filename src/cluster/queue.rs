@@ -61,6 +61,7 @@ pub async fn prepare(js: &jetstream::Context, replicas: usize) -> Result<(), Str
         "pollhook: each bot's confirmed offset",
         Duration::ZERO,
         replicas,
+        super::stored::Deletes::Denied,
     )
     .await?;
     Ok(())

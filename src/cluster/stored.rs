@@ -7,6 +7,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::StreamExt;
 
+/// Whether a bucket's messages may be deleted one by one (a lease given
+/// back without leaving a delete marker, see `lease`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletes {
+    Denied,
+    Allowed,
+}
+
 /// Opens a key-value bucket of history 1, creating it (its keys living
 /// for `max_age`, zero for ever) if it is missing. By hand: async-nats'
 /// `create_key_value` first reads account information in a shape
@@ -17,6 +25,7 @@ pub async fn bucket(
     description: &str,
     max_age: Duration,
     replicas: usize,
+    deletes: Deletes,
 ) -> Result<kv::Store, String> {
     if let Ok(kv) = js.get_key_value(name).await {
         return Ok(kv);
@@ -30,7 +39,7 @@ pub async fn bucket(
             max_age,
             storage: stream::StorageType::File,
             allow_rollup: true,
-            deny_delete: true,
+            deny_delete: deletes == Deletes::Denied,
             // Every read from the stream's leader: a direct get may go to
             // any replica, and one that hangs never answers.
             allow_direct: false,

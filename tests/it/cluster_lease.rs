@@ -247,3 +247,68 @@ async fn a_graceful_stop_hands_bots_over_without_waiting_for_the_lease() {
     );
     stop(nodes).await;
 }
+
+/// A bot given back is taken by exactly one of the nodes racing for it,
+/// whatever the server: nats-server 2.9.10 (Debian's) lets two writes on
+/// one non-zero revision both succeed when they arrive together
+/// (nats-server#4320), which async-nats' `create` over a delete marker
+/// does. Six nodes, two per server, race for a bot the last winner gave
+/// back, 40 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn a_bot_given_back_is_taken_by_exactly_one_of_the_nodes_racing_for_it() {
+    const ROUNDS: usize = 40;
+    let cluster = NatsCluster::start(3).await;
+    let mut racers = Vec::new();
+    for i in 0..6 {
+        let client = async_nats::connect(cluster.url(i % 3))
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        // A long lease: the key never expires during the test, so only a
+        // release frees it.
+        let leases = Leases::open(
+            &js,
+            BUCKET,
+            &format!("racer-{i}"),
+            Duration::from_secs(60),
+            3,
+        )
+        .await
+        .expect("open the lease bucket");
+        racers.push(leases);
+    }
+    let mut held = racers[0]
+        .try_take("bot")
+        .await
+        .expect("the first take")
+        .expect("nobody holds a new bot");
+    let mut holder = 0;
+    let mut winners = Vec::new();
+    for round in 0..ROUNDS {
+        racers[holder]
+            .release(&held)
+            .await
+            .expect("give the bot back");
+        let takes = futures_util::future::join_all(racers.iter().map(|l| l.try_take("bot"))).await;
+        let mut won = Vec::new();
+        for (i, take) in takes.into_iter().enumerate() {
+            match take {
+                Ok(Some(h)) => won.push((i, h)),
+                Ok(None) => {}
+                Err(e) => panic!("round {round}: racer {i}: {e}"),
+            }
+        }
+        winners.push(won.len());
+        assert!(
+            won.len() == 1,
+            "round {round}: {} racers took the bot at once: {:?}",
+            won.len(),
+            won.iter()
+                .map(|(i, h)| (*i, h.revision))
+                .collect::<Vec<_>>()
+        );
+        (holder, held) = won.pop().expect("one winner");
+    }
+    println!("{ROUNDS} rounds of six racers: winners per round {winners:?}");
+}
