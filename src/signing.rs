@@ -96,4 +96,22 @@ mod tests {
         assert_eq!(h.split(' ').count(), 2);
         assert!(h.split(' ').all(|s| s.starts_with("v1,")));
     }
+
+    /// The keyed state is cloned per signature, never updated in place: a
+    /// second signature with the same key is the same, and during a
+    /// rotation each key's signature is the one it makes alone.
+    #[test]
+    fn each_signature_starts_from_the_bare_key() {
+        let spec = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let other = SigningKey::parse("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let (id, ts) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330);
+        let expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let keys = [other.clone(), spec.clone()];
+        let first = signature_header(&keys, id, ts, body);
+        assert_eq!(first, signature_header(&keys, id, ts, body));
+        let alone = signature_header(std::slice::from_ref(&other), id, ts, body);
+        assert_eq!(first, format!("{alone} {expected}"));
+        assert_eq!(signature_header(&[spec], id, ts, body), expected);
+    }
 }
