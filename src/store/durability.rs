@@ -67,13 +67,27 @@ impl Store {
     /// sled's flush, then the blob files it does not sync itself. Every
     /// flush after `open` goes through here, except `forward_id`'s blocking
     /// one, which syncs the blobs the same way.
+    ///
+    /// Both run on tokio's blocking pool, not through sled's `flush_async`:
+    /// that hands the flush to sled's thread pool, whose every job wakes
+    /// all of its (seven) idle threads (`notify_all`) for one to take it,
+    /// and the blob check's `readdir` ran on a runtime worker. The flush
+    /// itself is the same call (`Db::flush`: write and fsync the log up to
+    /// now), so a batch is as durable when this returns as before.
     pub(super) async fn durable(&self) -> Result<(), StoreError> {
-        let result = async {
-            self.db.flush_async().await?;
-            self.blobs.sync()?;
+        let (db, blobs) = (self.db.clone(), self.blobs.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            db.flush()?;
+            blobs.sync()?;
             Ok::<(), StoreError>(())
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|e| {
+            // A panic in sled, or a runtime shutting down: not flushed.
+            Err(StoreError::Sync(std::io::Error::other(format!(
+                "the flush did not complete: {e}"
+            ))))
+        });
         match &result {
             Ok(()) => self.health.worked(),
             Err(e) => self.health.failed(crate::clock::now_ms(), &e.to_string()),

@@ -50,7 +50,7 @@ pub use requeue::Requeue;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tracing::{error, warn};
@@ -140,7 +140,8 @@ pub struct Store {
     append_order: Mutex<()>,
     instance: String,
     live: Mutex<Live>,
-    blobs: blobs::Blobs,
+    /// Shared with the blocking thread each flush runs on (durability.rs).
+    blobs: Arc<blobs::Blobs>,
     /// The state directory, for free-space checks when writes fail.
     dir: PathBuf,
     health: health::Health,
@@ -199,7 +200,7 @@ impl Store {
         };
         // Covers the flush above, and blobs an earlier run left that may
         // never have reached the disk.
-        let blobs = blobs::Blobs::new(dir.join("db"));
+        let blobs = Arc::new(blobs::Blobs::new(dir.join("db")));
         blobs.sync()?;
         // Every bot's offset as it is on disk now: what `/status` reports
         // until an append is flushed (the tree may later hold an applied
