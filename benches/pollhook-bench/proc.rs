@@ -225,6 +225,10 @@ impl Child {
         std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// User + system CPU time so far.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.child.id())
