@@ -737,7 +737,7 @@ fn raise_nofile() -> u64 {
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 /// `bots` bots long-polling an empty API (30 s poll timeout, one HTTP/1.1
@@ -827,9 +827,7 @@ async fn many_bots(bots: usize, window: u64, history: Option<&'static str>) -> S
         row(
             &format!("{bots} bots idle: CPU, % of a core over {window} s"),
             "-",
-            &format!(
-                "{core:.2} % ({polls_per_s:.0} polls/s, {per_poll_us:.0} µs CPU per poll)"
-            ),
+            &format!("{core:.2} % ({polls_per_s:.0} polls/s, {per_poll_us:.0} µs CPU per poll)"),
             None,
             if bots >= 10_000 { "< 1 %" } else { "-" },
             (bots >= 10_000).then_some(core < 1.0),

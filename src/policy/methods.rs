@@ -164,6 +164,27 @@ mod tests {
     }
 
     #[test]
+    fn equal_lists_share_one_parse_and_clones_share_it_too() {
+        // 10,000 bots with the default reply methods hold one list, not
+        // 10,000 (BENCHMARKS.md, "10,000 idle bots").
+        let a = MethodSet::parse(DEFAULT_REPLY_METHODS).unwrap();
+        let owned: Vec<String> = DEFAULT_REPLY_METHODS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let b = MethodSet::parse(&owned).unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0), "equal lists parsed twice");
+        assert!(Arc::ptr_eq(&a.0, &a.clone().0), "a clone copied the list");
+        let other = MethodSet::parse(&["send*", "!sendGift"]).unwrap();
+        assert!(!Arc::ptr_eq(&a.0, &other.0));
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        // An error is not remembered as a set.
+        assert!(MethodSet::parse(&["!sendGift"]).is_err());
+        assert!(MethodSet::parse(&["!sendGift"]).is_err());
+    }
+
+    #[test]
     fn sets_admit_exclude_and_ignore_case() {
         let set = MethodSet::parse(&["send*", "!sendGift", "answerCallbackQuery"]).unwrap();
         assert!(set.allows("sendMessage"));
