@@ -81,6 +81,9 @@ enum Scenario {
         /// Each bot's `history` (e.g. "0s": off), to measure by subtraction.
         #[arg(long)]
         history: Option<String>,
+        /// Each bot's `poll_timeout` (the fake API holds a poll up to 50 s).
+        #[arg(long, default_value = "30s")]
+        poll_timeout: String,
     },
     /// Backend down while a backlog arrives: disk, RSS, restart, drain.
     Backlog {
@@ -206,10 +209,12 @@ fn main() {
                 bots,
                 window,
                 history,
+                poll_timeout,
             } => {
                 let history: Option<&'static str> = history.map(|h| &*h.leak());
+                let poll_timeout: &'static str = poll_timeout.leak();
                 for n in bots {
-                    println!("{}", many_bots(n, window, history).await)
+                    println!("{}", many_bots(n, window, history, poll_timeout).await)
                 }
             }
             Scenario::Backlog { updates } => println!("{}", backlog(updates, &plot_dir).await),
@@ -740,10 +745,15 @@ fn raise_nofile() -> u64 {
     limit.rlim_cur
 }
 
-/// `bots` bots long-polling an empty API (30 s poll timeout, one HTTP/1.1
+/// `bots` bots long-polling an empty API (`poll_timeout`, 30 s by default; one HTTP/1.1
 /// connection per poll): RSS, threads and CPU over `window` seconds once
 /// every bot polls, against pollhook with one bot.
-async fn many_bots(bots: usize, window: u64, history: Option<&'static str>) -> String {
+async fn many_bots(
+    bots: usize,
+    window: u64,
+    history: Option<&'static str>,
+    poll_timeout: &'static str,
+) -> String {
     let nofile = raise_nofile();
     if (nofile as usize) < bots + 256 {
         eprintln!("warning: RLIMIT_NOFILE {nofile} is low for {bots} bots (the relay and the fake API each hold a socket per bot)");
@@ -766,6 +776,7 @@ async fn many_bots(bots: usize, window: u64, history: Option<&'static str>) -> S
     let cfg = Config {
         bots,
         history,
+        poll_timeout,
         ..Config::default()
     };
     let polls_before = api.polls.load(Ordering::Relaxed);
@@ -825,7 +836,7 @@ async fn many_bots(bots: usize, window: u64, history: Option<&'static str>) -> S
             None,
         ),
         row(
-            &format!("{bots} bots idle: CPU, % of a core over {window} s"),
+            &format!("{bots} bots idle: CPU, % of a core over {window} s (poll_timeout {poll_timeout})"),
             "-",
             &format!("{core:.2} % ({polls_per_s:.0} polls/s, {per_poll_us:.0} µs CPU per poll)"),
             None,
@@ -1049,7 +1060,7 @@ async fn all(quick: bool, plot_dir: &Path) {
     for bots in if quick { vec![200] } else { vec![1000, 10_000] } {
         println!(
             "{}",
-            many_bots(bots, if quick { 10 } else { 60 }, None).await
+            many_bots(bots, if quick { 10 } else { 60 }, None, "30s").await
         );
     }
     println!(
