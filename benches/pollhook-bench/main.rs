@@ -836,7 +836,9 @@ async fn many_bots(
             None,
         ),
         row(
-            &format!("{bots} bots idle: CPU, % of a core over {window} s (poll_timeout {poll_timeout})"),
+            &format!(
+                "{bots} bots idle: CPU, % of a core over {window} s (poll_timeout {poll_timeout})"
+            ),
             "-",
             &format!("{core:.2} % ({polls_per_s:.0} polls/s, {per_poll_us:.0} µs CPU per poll)"),
             None,
