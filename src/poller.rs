@@ -46,7 +46,8 @@ pub struct Route {
 }
 
 pub struct Poller {
-    pub bot: BotSettings,
+    /// Shared with the relay's plan: one copy per bot, not one per task.
+    pub bot: Arc<BotSettings>,
     pub api: Arc<BotApi>,
     pub queue: Arc<dyn Queue>,
     pub routes: Vec<Route>,

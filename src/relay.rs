@@ -129,7 +129,7 @@ pub async fn run_with_events(
             };
             let plan = ForwardPlan {
                 id: fwd_id,
-                settings: fwd.clone(),
+                settings: Arc::new(fwd.clone()),
                 wake: Arc::new(Notify::new()),
                 stats: Arc::new(ForwardStats::default()),
             };
@@ -154,7 +154,7 @@ pub async fn run_with_events(
             .cloned();
         plans.push(Arc::new(BotPlan {
             history: bot_history,
-            bot,
+            bot: Arc::new(bot),
             api,
             budget,
             client: client.clone(),
@@ -412,7 +412,7 @@ async fn watch_store(
 /// One forward of a bot, ready to be started over whichever queue.
 pub struct ForwardPlan {
     pub id: u32,
-    pub settings: crate::config::ForwardSettings,
+    pub settings: Arc<crate::config::ForwardSettings>,
     pub wake: Arc<Notify>,
     pub stats: Arc<ForwardStats>,
 }
@@ -421,7 +421,7 @@ pub struct ForwardPlan {
 /// ready to be started over a queue: the sled store on a single node, the
 /// replicated queue on the node that leads the bot in a cluster.
 pub struct BotPlan {
-    pub bot: crate::config::BotSettings,
+    pub bot: Arc<crate::config::BotSettings>,
     pub api: Arc<BotApi>,
     pub budget: Arc<Budget>,
     pub client: reqwest::Client,

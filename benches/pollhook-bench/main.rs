@@ -78,10 +78,20 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
-    /// Many bots idle-polling in one process: RSS and threads.
+    /// Many bots idle-polling in one process: RSS, CPU and threads.
     ManyBots {
-        #[arg(long, default_value_t = 1000)]
-        bots: usize,
+        /// Bot counts, one run each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10_000])]
+        bots: Vec<usize>,
+        /// The CPU window, once every bot is polling.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+        /// Each bot's `history` (e.g. "0s": off), to measure by subtraction.
+        #[arg(long)]
+        history: Option<String>,
+        /// Each bot's `poll_timeout` (the fake API holds a poll up to 50 s).
+        #[arg(long, default_value = "30s")]
+        poll_timeout: String,
     },
     /// Backend down while a backlog arrives: disk, RSS, restart, drain.
     Backlog {
@@ -208,7 +218,18 @@ fn main() {
             },
             Scenario::Latency { samples } => println!("{}", latency(samples, &plot_dir).await),
             Scenario::Idle { seconds } => println!("{}", idle(seconds).await),
-            Scenario::ManyBots { bots } => println!("{}", many_bots(bots).await),
+            Scenario::ManyBots {
+                bots,
+                window,
+                history,
+                poll_timeout,
+            } => {
+                let history: Option<&'static str> = history.map(|h| &*h.leak());
+                let poll_timeout: &'static str = poll_timeout.leak();
+                for n in bots {
+                    println!("{}", many_bots(n, window, history, poll_timeout).await)
+                }
+            }
             Scenario::Backlog { updates } => println!("{}", backlog(updates, &plot_dir).await),
             Scenario::SlowBackend { updates } => println!("{}", slow_backend(updates).await),
             Scenario::Jetstream { updates, rounds } => {
@@ -786,42 +807,138 @@ async fn idle(seconds: u64) -> String {
     .join("\n")
 }
 
-async fn many_bots(bots: usize) -> String {
+/// Raises this process's soft file-handle limit to its hard limit: the
+/// fake Bot API holds one socket per long poll (10,000 bots, 10,000
+/// sockets), and so does the relay, which inherits the limit.
+fn raise_nofile() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2)/setrlimit(2) read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+/// `bots` bots long-polling an empty API (`poll_timeout`, 30 s by default; one HTTP/1.1
+/// connection per poll): RSS, threads and CPU over `window` seconds once
+/// every bot polls, against pollhook with one bot.
+async fn many_bots(
+    bots: usize,
+    window: u64,
+    history: Option<&'static str>,
+    poll_timeout: &'static str,
+) -> String {
+    let nofile = raise_nofile();
+    if (nofile as usize) < bots + 256 {
+        eprintln!("warning: RLIMIT_NOFILE {nofile} is low for {bots} bots (the relay and the fake API each hold a socket per bot)");
+    }
     let api = Api::new();
     let api_addr = api.start().await;
     let backend = Backend::new(Duration::ZERO);
     let backend_addr = backend.start().await;
-    let one = Child::pollhook(api_addr, backend_addr, &Config::default());
+    let one = Child::pollhook(
+        api_addr,
+        backend_addr,
+        &Config {
+            history,
+            ..Config::default()
+        },
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss1, threads1) = (one.rss_kb(), one.threads());
     drop(one);
     let cfg = Config {
         bots,
+        history,
+        poll_timeout,
         ..Config::default()
     };
+    let polls_before = api.polls.load(Ordering::Relaxed);
+    let started = Instant::now();
     let child = Child::pollhook(api_addr, backend_addr, &cfg);
-    // Every bot is polling once the API has seen a getUpdates from each
-    // (plus its getMe); then give the process a moment to settle.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while api.calls.load(Ordering::Relaxed) < 2 * bots as u64 && Instant::now() < deadline {
+    // Every bot is polling once the API has seen a getUpdates from each;
+    // then give the process a moment to settle.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while api.polls.load(Ordering::Relaxed) - polls_before < bots as u64
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let all_polling = started.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    eprintln!(
+        "{bots} bots polling after {:.1} s; relay pid {}, measuring CPU for {window} s",
+        all_polling.as_secs_f64(),
+        child.pid()
+    );
+    let (cpu0, polls0, t0) = (
+        child.cpu_seconds(),
+        api.polls.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(window)).await;
+    let (cpu1, polls1, secs) = (
+        child.cpu_seconds(),
+        api.polls.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64(),
+    );
     let (rss, threads) = (child.rss_kb(), child.threads());
+    let core = 100.0 * (cpu1 - cpu0) / secs;
+    let polls_per_s = (polls1 - polls0) as f64 / secs;
+    let per_poll_us = 1e6 * (cpu1 - cpu0) / (polls1 - polls0).max(1) as f64;
+    let per_bot_kb = rss.saturating_sub(rss1) as f64 / (bots.max(2) - 1) as f64;
+    let (rss_target, rss_limit_mb) = if bots >= 10_000 {
+        ("< 300 MB", 300)
+    } else {
+        ("< 150 MB", 150)
+    };
     [
         row(
             &format!("{bots} bots idle: RSS"),
             &format!("{:.1} MB (1 bot)", rss1 as f64 / 1024.0),
             &format!("{:.1} MB", rss as f64 / 1024.0),
             Some(rss as f64 / rss1 as f64),
-            "< 150 MB",
-            Some(rss < 150 * 1024),
+            rss_target,
+            Some(rss < rss_limit_mb * 1024),
+        ),
+        row(
+            &format!("{bots} bots idle: RSS per added bot"),
+            "-",
+            &format!("{per_bot_kb:.1} KB"),
+            None,
+            "-",
+            None,
+        ),
+        row(
+            &format!(
+                "{bots} bots idle: CPU, % of a core over {window} s (poll_timeout {poll_timeout})"
+            ),
+            "-",
+            &format!("{core:.2} % ({polls_per_s:.0} polls/s, {per_poll_us:.0} µs CPU per poll)"),
+            None,
+            if bots >= 10_000 { "< 1 %" } else { "-" },
+            (bots >= 10_000).then_some(core < 1.0),
         ),
         row(
             &format!("{bots} bots idle: threads"),
             &format!("{threads1} (1 bot)"),
             &format!("{threads}"),
             Some(threads as f64 / threads1 as f64),
+            "-",
+            None,
+        ),
+        row(
+            &format!("{bots} bots: start until every bot polls"),
+            "-",
+            &format!("{:.1} s", all_polling.as_secs_f64()),
+            None,
             "-",
             None,
         ),
@@ -1023,7 +1140,12 @@ async fn all(quick: bool, plot_dir: &Path) {
     println!("{}", latency(if quick { 200 } else { 500 }, plot_dir).await);
     println!("{}", slow_backend(if quick { 1_500 } else { 3_000 }).await);
     println!("{}", idle(if quick { 10 } else { 60 }).await);
-    println!("{}", many_bots(if quick { 200 } else { 1000 }).await);
+    for bots in if quick { vec![200] } else { vec![1000, 10_000] } {
+        println!(
+            "{}",
+            many_bots(bots, if quick { 10 } else { 60 }, None, "30s").await
+        );
+    }
     println!(
         "{}",
         backlog(if quick { 100_000 } else { 1_000_000 }, plot_dir).await

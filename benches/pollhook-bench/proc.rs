@@ -7,6 +7,8 @@ use std::time::Duration;
 
 pub struct Config {
     pub bots: usize,
+    /// Each bot's `poll_timeout`.
+    pub poll_timeout: &'static str,
     pub max_in_flight: usize,
     pub retry_max_delay: &'static str,
     /// Publish to JetStream on this NATS server instead of POSTing to the
@@ -66,6 +68,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bots: 1,
+            poll_timeout: "30s",
             max_in_flight: 16,
             retry_max_delay: "60s",
             jetstream: None,
@@ -138,7 +141,8 @@ impl Child {
         };
         for i in 0..cfg.bots {
             toml.push_str(&format!(
-                "[[bot]]\nname = \"b{i}\"\napi_url = \"http://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"30s\"\n"
+                "[[bot]]\nname = \"b{i}\"\napi_url = \"http://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"{}\"\n",
+                cfg.poll_timeout
             ));
             // The bot's own keys before its first sub-table.
             if let Some(h) = cfg.history {
@@ -223,6 +227,10 @@ impl Child {
 
     fn proc_file(&self, name: &str) -> String {
         std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// User + system CPU time so far.

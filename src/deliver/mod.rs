@@ -57,7 +57,8 @@ const FORGET_AFTER: Duration = Duration::from_millis(100);
 pub struct Forwarder {
     pub bot: String,
     pub fwd_id: u32,
-    pub settings: ForwardSettings,
+    /// Shared with the relay's plan: one copy per forward, not one per task.
+    pub settings: Arc<ForwardSettings>,
     pub flavor: Flavor,
     pub queue: Arc<dyn Queue>,
     /// The bot's API, for calls a backend returns in its reply.

@@ -286,7 +286,13 @@ pub fn run(logs: Vec<Arc<BotLog>>, off: Vec<PathBuf>, rx: Receiver<Msg>, queued:
             return;
         }
         if Instant::now() >= next_tick {
-            bots.iter_mut().for_each(Bot::tick);
+            // A bot that has written nothing has nothing to roll or trim
+            // (Bot::open trimmed what it found): with 10,000 idle bots,
+            // ticking every bot each second was a steady share of the
+            // relay's idle CPU (perf, BENCHMARKS.md).
+            bots.iter_mut()
+                .filter(|b| b.current.is_some() || !b.closed.is_empty())
+                .for_each(Bot::tick);
             next_tick = Instant::now() + TICK;
         }
     }

@@ -8,16 +8,33 @@
 //! A leaf: it knows nothing of replies or configuration, so anything that
 //! grants a subset of methods (webhook replies, a client's scope) can use it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Which methods are admitted: those matching some pattern and no
 /// exclusion.
+///
+/// Shared, not copied: every forward and every bot's budget holds one and
+/// the configuration is cloned into each task, so with 10,000 bots owned
+/// copies of the default lists were ~4 KB a bot (a heap profile,
+/// BENCHMARKS.md); equal lists now share one parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MethodSet {
+pub struct MethodSet(Arc<Sets>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Sets {
     /// As written, for display.
     written: Vec<String>,
     admit: Vec<String>,
     exclude: Vec<String>,
+}
+
+/// Each list parsed so far, by its patterns as written: a configuration
+/// names few distinct lists however many bots it has.
+fn parsed() -> &'static Mutex<HashMap<Vec<String>, Arc<Sets>>> {
+    static PARSED: OnceLock<Mutex<HashMap<Vec<String>, Arc<Sets>>>> = OnceLock::new();
+    PARSED.get_or_init(Default::default)
 }
 
 impl MethodSet {
@@ -25,7 +42,26 @@ impl MethodSet {
     /// optionally led by `!` for an exclusion. At least one pattern must
     /// admit something.
     pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<MethodSet, String> {
-        let mut set = MethodSet {
+        let key: Vec<String> = patterns.iter().map(|p| p.as_ref().to_string()).collect();
+        let mut known = parsed().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sets) = known.get(&key) {
+            return Ok(MethodSet(sets.clone()));
+        }
+        let sets = Arc::new(Sets::parse(patterns)?);
+        known.insert(key, sets.clone());
+        Ok(MethodSet(sets))
+    }
+
+    pub fn allows(&self, method: &str) -> bool {
+        let method = method.to_ascii_lowercase();
+        self.0.admit.iter().any(|p| glob(p, &method))
+            && !self.0.exclude.iter().any(|p| glob(p, &method))
+    }
+}
+
+impl Sets {
+    fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Sets, String> {
+        let mut set = Sets {
             written: Vec::new(),
             admit: Vec::new(),
             exclude: Vec::new(),
@@ -49,17 +85,11 @@ impl MethodSet {
         }
         Ok(set)
     }
-
-    pub fn allows(&self, method: &str) -> bool {
-        let method = method.to_ascii_lowercase();
-        self.admit.iter().any(|p| glob(p, &method))
-            && !self.exclude.iter().any(|p| glob(p, &method))
-    }
 }
 
 impl fmt::Display for MethodSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.written.join(", "))
+        f.write_str(&self.0.written.join(", "))
     }
 }
 
@@ -131,6 +161,27 @@ mod tests {
         ] {
             assert!(!glob(p, n), "{p} !~ {n}");
         }
+    }
+
+    #[test]
+    fn equal_lists_share_one_parse_and_clones_share_it_too() {
+        // 10,000 bots with the default reply methods hold one list, not
+        // 10,000 (BENCHMARKS.md, "10,000 idle bots").
+        let a = MethodSet::parse(DEFAULT_REPLY_METHODS).unwrap();
+        let owned: Vec<String> = DEFAULT_REPLY_METHODS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let b = MethodSet::parse(&owned).unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0), "equal lists parsed twice");
+        assert!(Arc::ptr_eq(&a.0, &a.clone().0), "a clone copied the list");
+        let other = MethodSet::parse(&["send*", "!sendGift"]).unwrap();
+        assert!(!Arc::ptr_eq(&a.0, &other.0));
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        // An error is not remembered as a set.
+        assert!(MethodSet::parse(&["!sendGift"]).is_err());
+        assert!(MethodSet::parse(&["!sendGift"]).is_err());
     }
 
     #[test]
