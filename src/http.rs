@@ -77,10 +77,19 @@ fn builder() -> reqwest::ClientBuilder {
 }
 
 /// The process's HTTP clients: the shared direct one, and one per distinct
-/// configured proxy (bots behind the same proxy share it).
+/// (proxy, ca_file) a bot names: bots behind the same proxy and trusting the
+/// same extra CAs share a client, its pool and its TLS configuration.
 pub struct Clients {
     direct: reqwest::Client,
-    via: std::collections::HashMap<String, reqwest::Client>,
+    via: std::collections::HashMap<ClientKey, reqwest::Client>,
+}
+
+/// What sets a bot's client apart from the direct one. The CA file is keyed
+/// by its path: two bots naming the same file share the client.
+#[derive(PartialEq, Eq, Hash)]
+struct ClientKey {
+    proxy: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Clients {
@@ -96,20 +105,47 @@ impl Clients {
         self.direct.clone()
     }
 
-    /// The client for a bot's Bot API calls: through `proxy` if it has one.
-    /// The proxy URL was checked by configuration validation; an error
-    /// here names the scheme or address reqwest refused.
-    pub fn for_bot(&mut self, proxy: Option<&url::Url>) -> Result<reqwest::Client, String> {
-        let Some(proxy) = proxy else {
+    /// The client for a bot's Bot API calls (long polls, webhook replies,
+    /// gateway calls): through `proxy` if it has one, trusting `ca_file`'s
+    /// certificates beside the system's. Both were checked by configuration
+    /// validation; an error here names what reqwest refused.
+    pub fn for_bot(
+        &mut self,
+        proxy: Option<&url::Url>,
+        ca_file: Option<&crate::config::CaFile>,
+    ) -> Result<reqwest::Client, String> {
+        if proxy.is_none() && ca_file.is_none() {
             return Ok(self.direct.clone());
+        }
+        let key = ClientKey {
+            proxy: proxy.map(|p| p.to_string()),
+            ca_file: ca_file.map(|c| c.path.clone()),
         };
-        if let Some(c) = self.via.get(proxy.as_str()) {
+        if let Some(c) = self.via.get(&key) {
             return Ok(c.clone());
         }
-        let client = reqwest::Proxy::all(proxy.as_str())
-            .and_then(|p| builder().proxy(p).build())
-            .map_err(|e| error_chain(&e.without_url()))?;
-        self.via.insert(proxy.to_string(), client.clone());
+        let mut b = builder();
+        b = match proxy {
+            Some(p) => b.proxy(
+                reqwest::Proxy::all(p.as_str())
+                    .map_err(|e| format!("proxy: {}", error_chain(&e.without_url())))?,
+            ),
+            None => b.no_proxy(),
+        };
+        if let Some(ca) = ca_file {
+            let certs = ca
+                .certs
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der));
+            // Merged with the system's roots, never instead of them, and
+            // never a switch that turns verification off.
+            let certs: Vec<_> = certs
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("ca_file: {}", error_chain(&e)))?;
+            b = b.tls_certs_merge(certs);
+        }
+        let client = b.build().map_err(|e| error_chain(&e.without_url()))?;
+        self.via.insert(key, client.clone());
         Ok(client)
     }
 }

@@ -93,8 +93,8 @@ pub async fn run_with_events(
     let mut gateway_bots = Vec::new();
     for bot in settings.bots {
         let via = clients
-            .for_bot(bot.proxy.as_ref())
-            .map_err(|e| anyhow::anyhow!("bot {}: proxy: {e}", bot.name))?;
+            .for_bot(bot.proxy.as_ref(), bot.ca_file.as_ref())
+            .map_err(|e| anyhow::anyhow!("bot {}: {e}", bot.name))?;
         let api = Arc::new(BotApi::new(&bot.api_url, bot.token.clone(), via));
         // One budget per bot: its gateway calls and webhook replies share it.
         let budget = Arc::new(Budget::new(bot.limits.clone(), max_queued));

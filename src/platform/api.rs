@@ -73,6 +73,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => "waiting as the platform asks",
             ApiError::NotImplemented { .. } => "the platform does not offer this method; not retried",
             ApiError::Rejected { .. } => "the platform refused the request; check the bot's settings (allowed_updates, api_url); retrying slowly",
+            ApiError::Transport(text) if text.contains("certificate") => {
+                "the API's TLS certificate is not trusted; if it is served under a private or self-signed CA, name that CA's certificate in this bot's ca_file (verification is never turned off); nothing was confirmed, so nothing is lost; retrying with backoff"
+            }
             ApiError::Server { .. } | ApiError::BadResponse { .. } | ApiError::TooLarge { .. } | ApiError::Timeout { .. } | ApiError::Transport(_) => {
                 "nothing was confirmed, so nothing is lost; retrying with backoff"
             }
