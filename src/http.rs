@@ -90,6 +90,8 @@ pub struct Clients {
 struct ClientKey {
     proxy: Option<String>,
     ca_file: Option<std::path::PathBuf>,
+    /// HTTP/1.1 only (long polls, see `crate::longpoll`).
+    h1_only: bool,
 }
 
 impl Clients {
@@ -117,14 +119,38 @@ impl Clients {
         if proxy.is_none() && ca_file.is_none() {
             return Ok(self.direct.clone());
         }
+        self.client(proxy, ca_file, false)
+    }
+
+    /// Like `for_bot`, but HTTP/1.1 only: a long poll then has a
+    /// connection of its own and never queues behind an HTTP/2 server's
+    /// stream limit (see `crate::longpoll`).
+    pub fn for_long_polls(
+        &mut self,
+        proxy: Option<&url::Url>,
+        ca_file: Option<&crate::config::CaFile>,
+    ) -> Result<reqwest::Client, String> {
+        self.client(proxy, ca_file, true)
+    }
+
+    fn client(
+        &mut self,
+        proxy: Option<&url::Url>,
+        ca_file: Option<&crate::config::CaFile>,
+        h1_only: bool,
+    ) -> Result<reqwest::Client, String> {
         let key = ClientKey {
             proxy: proxy.map(|p| p.to_string()),
             ca_file: ca_file.map(|c| c.path.clone()),
+            h1_only,
         };
         if let Some(c) = self.via.get(&key) {
             return Ok(c.clone());
         }
         let mut b = builder();
+        if h1_only {
+            b = b.http1_only();
+        }
         b = match proxy {
             Some(p) => b.proxy(
                 reqwest::Proxy::all(p.as_str())

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::http::{error_chain, read_capped, BodyError};
+use crate::longpoll::{LongPolls, PollError, Pool};
 use crate::platform::call::Params;
 use crate::platform::utf8::{readable, span_in};
 use crate::redact::Redactor;
@@ -214,6 +215,8 @@ struct Parameters {
 
 pub struct BotApi {
     client: reqwest::Client,
+    /// The path `getUpdates` takes; `client` unless set.
+    polls: Option<LongPolls>,
     url_template: String,
     token: SecretString,
     redactor: Redactor,
@@ -225,10 +228,17 @@ impl BotApi {
     pub fn new(url_template: &str, token: SecretString, client: reqwest::Client) -> BotApi {
         BotApi {
             client,
+            polls: None,
             url_template: url_template.to_string(),
             redactor: Redactor::new(token.expose_secret()),
             token,
         }
+    }
+
+    /// Long polls take `polls` (relay.rs: `crate::longpoll::Pools`).
+    pub fn with_long_polls(mut self, polls: LongPolls) -> BotApi {
+        self.polls = Some(polls);
+        self
     }
 
     fn url(&self, method: &str) -> String {
@@ -259,11 +269,54 @@ impl BotApi {
         if let Some(list) = allowed_updates {
             params["allowed_updates"] = list.into();
         }
-        let request = self.client.post(self.url("getUpdates")).json(&params);
-        let result = self
-            .execute("getUpdates", request, timeout + POLL_MARGIN)
-            .await?;
+        let timeout = timeout + POLL_MARGIN;
+        let client = match &self.polls {
+            None => &self.client,
+            Some(LongPolls::Client(c)) => c,
+            Some(LongPolls::H2 { pool, h1 }) => match self.poll_h2(pool, &params, timeout).await {
+                Some(result) => {
+                    let result = result.map_err(|e| e.redacted(&self.redactor))?;
+                    return split_updates(&result).map_err(|e| e.redacted(&self.redactor));
+                }
+                None => h1,
+            },
+        };
+        let request = client.post(self.url("getUpdates")).json(&params);
+        let result = self.execute("getUpdates", request, timeout).await?;
         split_updates(&result).map_err(|e| e.redacted(&self.redactor))
+    }
+
+    /// `getUpdates` over the HTTP/2 pool; None when the server does not
+    /// speak HTTP/2 (then HTTP/1.1 it is). Errors are not yet redacted.
+    async fn poll_h2(
+        &self,
+        pool: &Pool,
+        params: &serde_json::Value,
+        timeout: Duration,
+    ) -> Option<Result<Bytes, ApiError>> {
+        if !pool.speaks_h2() {
+            return None;
+        }
+        let body = Bytes::from(serde_json::to_vec(params).expect("JSON values serialize"));
+        let answer = match pool
+            .post_json(&self.url("getUpdates"), body, timeout, MAX_RESPONSE)
+            .await
+        {
+            Ok(a) => a,
+            Err(PollError::NotH2) => return None,
+            Err(PollError::Timeout) => return Some(Err(ApiError::Timeout { timeout })),
+            Err(PollError::TooLarge(limit)) => return Some(Err(ApiError::TooLarge { limit })),
+            Err(PollError::Transport(text)) => return Some(Err(ApiError::Transport(text))),
+        };
+        Some(
+            self.interpret(
+                "getUpdates",
+                answer.status,
+                answer.retry_after,
+                &answer.body,
+            )
+            .map(|range| answer.body.slice(range)),
+        )
     }
 
     /// Any method with JSON parameters; returns the raw `result`.

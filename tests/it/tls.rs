@@ -38,6 +38,8 @@ async fn relays_over_tls(opts: TlsOptions) -> Setup {
 async fn a_bot_with_ca_file_polls_and_relays_over_tls_http1() {
     let setup = relays_over_tls(TlsOptions::HTTP1).await;
     let seen = setup.api.seen();
+    // The HTTP/2 pool asked first (ALPN), was told HTTP/1.1, and the long
+    // polls took the HTTP/1.1 path.
     assert_eq!(seen.versions_of("getUpdates"), [Version::HTTP_11]);
     assert_eq!(seen.refused_handshakes(), 0);
 }
@@ -46,14 +48,10 @@ async fn a_bot_with_ca_file_polls_and_relays_over_tls_http1() {
 async fn a_bot_with_ca_file_polls_and_relays_over_tls_h2() {
     let setup = relays_over_tls(TlsOptions::H2).await;
     let seen = setup.api.seen();
-    // Other calls share one multiplexed HTTP/2 connection; long polls go
-    // over HTTP/2 too unless the stream limit would make one wait (see
-    // long_polls_never_wait_behind_the_servers_stream_limit).
+    // Long polls on pollhook's own HTTP/2 connections, other calls on
+    // reqwest's: both HTTP/2.
+    assert_eq!(seen.versions_of("getUpdates"), [Version::HTTP_2]);
     assert_eq!(seen.versions_of("getMe"), [Version::HTTP_2]);
-    assert!(
-        !seen.versions_of("getUpdates").is_empty(),
-        "no getUpdates seen"
-    );
     assert_eq!(seen.refused_handshakes(), 0);
 }
 
@@ -151,10 +149,23 @@ async fn long_polls_never_wait_behind_the_servers_stream_limit() {
         },
     )
     .await;
+    // One bot at a time: twelve first batches stored at the same instant
+    // can deadlock sled (apply_batch against flush_async, seen here with
+    // gdb; reported, not this test's subject).
     for i in 0..BOTS {
         setup.api.push_message(&token(i), 1, i as i64, "hello");
+        eventually("the bot's update delivered", LONG, async || {
+            let delivered = setup.backend.accepted().len();
+            if delivered > i {
+                return Ok(());
+            }
+            Err(format!(
+                "{delivered} delivered; bot b{i}'s getUpdates answers: {:?}; log tail:\n{}",
+                setup.api.status_counts(&token(i)),
+                tail(&relay.logs(), 30)
+            ))
+        })
+        .await;
     }
-    let got = setup.backend.wait_accepted(BOTS, LONG).await;
-    assert_eq!(got.len(), BOTS);
     relay.stop().await;
 }
