@@ -90,7 +90,7 @@ pub struct Clients {
 struct ClientKey {
     proxy: Option<String>,
     ca_file: Option<std::path::PathBuf>,
-    /// HTTP/1.1 only (long polls, see `crate::longpoll`).
+    /// HTTP/1.1 only (long polls, see src/longpoll/).
     h1_only: bool,
 }
 
@@ -124,7 +124,7 @@ impl Clients {
 
     /// Like `for_bot`, but HTTP/1.1 only: a long poll then has a
     /// connection of its own and never queues behind an HTTP/2 server's
-    /// stream limit (see `crate::longpoll`).
+    /// stream limit (see src/longpoll/).
     pub fn for_long_polls(
         &mut self,
         proxy: Option<&url::Url>,

@@ -15,6 +15,7 @@ mod nats_cluster;
 mod plots;
 mod proc;
 mod servers;
+mod tls;
 mod traces;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,21 @@ use clap::{Parser, Subcommand};
 
 use proc::{Child, Config};
 use servers::{update_json, Api, Backend};
+use tls::Wire;
+
+fn parse_wires(text: &str) -> Vec<Wire> {
+    text.split(',')
+        .map(|w| match w.trim() {
+            "plain" => Wire::Plain,
+            "tls-h1" => Wire::TlsH1,
+            "tls-h2" => Wire::TlsH2(None),
+            other => match other.strip_prefix("tls-h2-").and_then(|n| n.parse().ok()) {
+                Some(n) => Wire::TlsH2(Some(n)),
+                None => panic!("unknown wire {other:?}: plain, tls-h1, tls-h2, tls-h2-N"),
+            },
+        })
+        .collect()
+}
 
 #[derive(Parser)]
 struct Args {
@@ -74,6 +90,13 @@ enum Scenario {
     ManyBots {
         #[arg(long, default_value_t = 1000)]
         bots: usize,
+        /// Which wires to the API, comma-separated: plain, tls-h1, tls-h2,
+        /// tls-h2-100 (HTTP/2 with a 100-stream limit).
+        #[arg(long, default_value = "plain,tls-h1,tls-h2,tls-h2-100")]
+        wires: String,
+        /// The idle window CPU is measured over, seconds.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
     },
     /// Backend down while a backlog arrives: disk, RSS, restart, drain.
     Backlog {
@@ -195,7 +218,11 @@ fn main() {
             }
             Scenario::Latency { samples } => println!("{}", latency(samples, &plot_dir).await),
             Scenario::Idle { seconds } => println!("{}", idle(seconds).await),
-            Scenario::ManyBots { bots } => println!("{}", many_bots(bots).await),
+            Scenario::ManyBots {
+                bots,
+                wires,
+                window,
+            } => println!("{}", many_bots(bots, &parse_wires(&wires), window).await),
             Scenario::Backlog { updates } => println!("{}", backlog(updates, &plot_dir).await),
             Scenario::SlowBackend { updates } => println!("{}", slow_backend(updates).await),
             Scenario::Jetstream { updates, rounds } => {
@@ -705,47 +732,104 @@ async fn idle(seconds: u64) -> String {
     .join("\n")
 }
 
-async fn many_bots(bots: usize) -> String {
+async fn many_bots(bots: usize, wires: &[Wire], window: u64) -> String {
     let api = Api::new();
     let api_addr = api.start().await;
     let backend = Backend::new(Duration::ZERO);
     let backend_addr = backend.start().await;
+    // The baseline: one bot, plain HTTP/1.1, as before.
     let one = Child::pollhook(api_addr, backend_addr, &Config::default());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss1, threads1) = (one.rss_kb(), one.threads());
+    let c0 = one.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(window.min(20))).await;
+    let cpu1 = (one.cpu_seconds() - c0) / window.min(20) as f64 * 100.0;
     drop(one);
-    let cfg = Config {
-        bots,
-        ..Config::default()
-    };
-    let child = Child::pollhook(api_addr, backend_addr, &cfg);
-    // Every bot is polling once the API has seen a getUpdates from each
-    // (plus its getMe); then give the process a moment to settle.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while api.calls.load(Ordering::Relaxed) < 2 * bots as u64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (rss, threads) = (child.rss_kb(), child.threads());
-    [
-        row(
-            &format!("{bots} bots idle: RSS"),
-            &format!("{:.1} MB (1 bot)", rss1 as f64 / 1024.0),
-            &format!("{:.1} MB", rss as f64 / 1024.0),
-            Some(rss as f64 / rss1 as f64),
-            "< 150 MB",
-            Some(rss < 150 * 1024),
+    let mut rows = vec![row(
+        "1 bot idle (plain HTTP/1.1): RSS, CPU, threads",
+        "-",
+        &format!(
+            "{:.1} MB, {cpu1:.2} % of a core, {threads1} threads",
+            rss1 as f64 / 1024.0
         ),
-        row(
-            &format!("{bots} bots idle: threads"),
+        None,
+        "-",
+        None,
+    )];
+    for &wire in wires {
+        // A fresh API per wire, so that its long polls and connections
+        // are this relay's alone.
+        let api = Api::new();
+        let (addr, tls) = match wire {
+            Wire::Plain => (api.start().await, None),
+            _ => {
+                let t = tls::start(&api, wire).await;
+                (t.addr, Some(t))
+            }
+        };
+        let cfg = Config {
+            bots,
+            api_ca_file: tls.as_ref().map(|t| t.ca_file.clone()),
+            ..Config::default()
+        };
+        let child = Child::pollhook(addr, backend_addr, &cfg);
+        // Every bot is polling once the API has seen a getUpdates from
+        // each; then let the start-up settle before the idle window.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while api.polls.load(Ordering::Relaxed) < bots as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let polling = api.polls.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let c0 = child.cpu_seconds();
+        let mut peak_rss = 0;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(window) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            peak_rss = peak_rss.max(child.rss_kb());
+        }
+        let cpu = (child.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        let (rss, threads) = (child.rss_kb(), child.threads());
+        let conns = proc::tcp_connections_to(addr.port());
+        drop(child);
+        let label = wire.label();
+        let short = if polling < bots as u64 {
+            format!(" (only {polling} polls seen)")
+        } else {
+            String::new()
+        };
+        rows.push(row(
+            &format!("{bots} bots idle, {label}: RSS{short}"),
+            &format!("{:.1} MB (1 bot)", rss1 as f64 / 1024.0),
+            &format!(
+                "{:.1} MB ({:.1} KB/bot over 1 bot; peak {:.1} MB)",
+                rss as f64 / 1024.0,
+                (rss.saturating_sub(rss1)) as f64 / bots as f64,
+                peak_rss as f64 / 1024.0
+            ),
+            Some(rss as f64 / rss1 as f64),
+            "< 300 MB at 10,000",
+            (bots >= 10_000).then_some(rss < 300 * 1024),
+        ));
+        rows.push(row(
+            &format!("{bots} bots idle, {label}: CPU over {window} s"),
+            &format!("{cpu1:.2} % (1 bot)"),
+            &format!("{cpu:.2} % of a core"),
+            None,
+            "< 1 % at 10,000",
+            (bots >= 10_000).then_some(cpu < 1.0),
+        ));
+        rows.push(row(
+            &format!("{bots} bots idle, {label}: threads, TCP connections to the API"),
             &format!("{threads1} (1 bot)"),
-            &format!("{threads}"),
-            Some(threads as f64 / threads1 as f64),
+            &format!("{threads} threads, {conns} connections"),
+            None,
             "-",
             None,
-        ),
-    ]
-    .join("\n")
+        ));
+        println!("{}", rows[rows.len() - 3..].join("\n"));
+    }
+    rows.join("\n")
 }
 
 /// Samples every 100 ms, from `start` until `stop` fires (and once more
@@ -942,7 +1026,15 @@ async fn all(quick: bool, plot_dir: &Path) {
     println!("{}", latency(if quick { 200 } else { 500 }, plot_dir).await);
     println!("{}", slow_backend(if quick { 1_500 } else { 3_000 }).await);
     println!("{}", idle(if quick { 10 } else { 60 }).await);
-    println!("{}", many_bots(if quick { 200 } else { 1000 }).await);
+    println!(
+        "{}",
+        many_bots(
+            if quick { 200 } else { 1000 },
+            &[Wire::Plain],
+            if quick { 10 } else { 60 }
+        )
+        .await
+    );
     println!(
         "{}",
         backlog(if quick { 100_000 } else { 1_000_000 }, plot_dir).await
