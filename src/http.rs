@@ -204,3 +204,45 @@ pub fn retry_after_secs(headers: &reqwest::header::HeaderMap) -> Option<u64> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+
+    use super::Clients;
+    use crate::config::CaFile;
+
+    #[test]
+    fn bots_with_the_same_proxy_and_ca_file_share_a_client() {
+        let pem = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/config/testdata/certs/ca.pem"
+        ))
+        .unwrap();
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let ca = |path: &str| CaFile {
+            path: path.into(),
+            certs: certs.clone().into(),
+        };
+        let proxy = url::Url::parse("http://127.0.0.1:3128").unwrap();
+        let mut clients = Clients::new();
+        clients.for_bot(None, None).unwrap();
+        assert_eq!(
+            clients.via.len(),
+            0,
+            "no proxy, no ca_file: the direct client"
+        );
+        clients.for_bot(None, Some(&ca("/a.pem"))).unwrap();
+        clients.for_bot(None, Some(&ca("/a.pem"))).unwrap();
+        assert_eq!(clients.via.len(), 1, "the same ca_file: one client");
+        clients.for_bot(None, Some(&ca("/b.pem"))).unwrap();
+        clients.for_bot(Some(&proxy), Some(&ca("/a.pem"))).unwrap();
+        clients.for_bot(Some(&proxy), Some(&ca("/a.pem"))).unwrap();
+        assert_eq!(clients.via.len(), 3, "one per (proxy, ca_file)");
+        clients.for_long_polls(None, Some(&ca("/a.pem"))).unwrap();
+        assert_eq!(clients.via.len(), 4, "long polls: HTTP/1.1 only, apart");
+    }
+}

@@ -96,18 +96,30 @@ impl Pool {
         timeout: Duration,
         cap: usize,
     ) -> Result<Answer, PollError> {
-        tokio::time::timeout(timeout, self.post_unbounded(url, body, cap))
+        let deadline = tokio::time::Instant::now() + timeout;
+        let lease = tokio::time::timeout_at(deadline, self.lease())
             .await
-            .map_err(|_| PollError::Timeout)?
+            .map_err(|_| PollError::Timeout)??;
+        match tokio::time::timeout_at(deadline, self.post_on(&lease, url, body, cap)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // A long poll is answered by the server's own timeout,
+                // before ours: no answer at all means the connection may be
+                // dead without a word (no RST, no GOAWAY). New polls go to a
+                // fresh one; the polls still on this one end by themselves.
+                lease.0.mark_dead();
+                Err(PollError::Timeout)
+            }
+        }
     }
 
-    async fn post_unbounded(
+    async fn post_on(
         &self,
+        lease: &Lease,
         url: &str,
         body: Bytes,
         cap: usize,
     ) -> Result<Answer, PollError> {
-        let lease = self.lease().await?;
         let conn = &lease.0;
         let broken = |e: h2::Error| {
             if !e.is_reset() {

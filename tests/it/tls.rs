@@ -64,6 +64,7 @@ async fn without_ca_file_polls_fail_with_a_certificate_error_and_confirm_nothing
     relay.wait_log_count("getUpdates: ", 2, LONG).await;
     let logs = relay.logs();
     let line = log_line(&logs, "getUpdates: ");
+    eprintln!("the refused poll's log line: {line}");
     assert!(
         line.contains("certificate"),
         "not a certificate error: {line}"
