@@ -80,13 +80,6 @@ impl Pool {
         !self.not_h2.load(Ordering::SeqCst)
     }
 
-    /// Connections open now, and long polls on them (for tests and status).
-    pub fn usage(&self) -> (usize, usize) {
-        let conns = self.conns.lock().unwrap();
-        let polls = conns.iter().map(|c| c.in_use.load(Ordering::SeqCst)).sum();
-        (conns.len(), polls)
-    }
-
     /// POSTs `body` (JSON) to `url` and reads the answer, up to `cap`
     /// bytes, all within `timeout`.
     pub async fn post_json(
@@ -163,33 +156,43 @@ impl Pool {
     }
 
     async fn lease(&self) -> Result<Lease, PollError> {
-        loop {
-            if let Some(l) = self.try_lease() {
-                return Ok(l);
-            }
-            if !self.speaks_h2() {
-                return Err(PollError::NotH2);
-            }
-            let _one = self.opening.lock().await;
-            // Another poll may have opened one while this one waited.
-            if let Some(l) = self.try_lease() {
-                return Ok(l);
-            }
-            match Conn::open(&self.host, self.port, &self.name, &self.tls).await {
-                Ok(Opened::H2(conn)) => {
-                    tracing::debug!(
-                        host = %self.host,
-                        streams = conn.limit(),
-                        "long polls: new HTTP/2 connection"
-                    );
-                    self.conns.lock().unwrap().push(conn);
+        if let Some(l) = self.try_lease() {
+            return Ok(l);
+        }
+        if !self.speaks_h2() {
+            return Err(PollError::NotH2);
+        }
+        let _one = self.opening.lock().await;
+        // Another poll may have opened one while this one waited.
+        if let Some(l) = self.try_lease() {
+            return Ok(l);
+        }
+        match Conn::open(&self.host, self.port, &self.name, &self.tls).await {
+            Ok(Opened::H2(conn)) => {
+                tracing::debug!(
+                    host = %self.host,
+                    streams = conn.limit(),
+                    "long polls: new HTTP/2 connection"
+                );
+                // This poll takes its stream on the new connection at
+                // once: it never loops opening connections that others
+                // fill first, or that allow nothing.
+                let mut conns = self.conns.lock().unwrap();
+                if conn.limit() == 0 {
+                    return Err(PollError::Transport(format!(
+                        "{}:{} allows no concurrent HTTP/2 streams",
+                        self.host, self.port
+                    )));
                 }
-                Ok(Opened::NotH2) => {
-                    self.not_h2.store(true, Ordering::SeqCst);
-                    return Err(PollError::NotH2);
-                }
-                Err(e) => return Err(PollError::Transport(e)),
+                conn.in_use.fetch_add(1, Ordering::SeqCst);
+                conns.push(conn.clone());
+                Ok(Lease(conn))
             }
+            Ok(Opened::NotH2) => {
+                self.not_h2.store(true, Ordering::SeqCst);
+                Err(PollError::NotH2)
+            }
+            Err(e) => Err(PollError::Transport(e)),
         }
     }
 
