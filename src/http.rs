@@ -77,10 +77,21 @@ fn builder() -> reqwest::ClientBuilder {
 }
 
 /// The process's HTTP clients: the shared direct one, and one per distinct
-/// configured proxy (bots behind the same proxy share it).
+/// (proxy, ca_file) a bot names: bots behind the same proxy and trusting the
+/// same extra CAs share a client, its pool and its TLS configuration.
 pub struct Clients {
     direct: reqwest::Client,
-    via: std::collections::HashMap<String, reqwest::Client>,
+    via: std::collections::HashMap<ClientKey, reqwest::Client>,
+}
+
+/// What sets a bot's client apart from the direct one. The CA file is keyed
+/// by its path: two bots naming the same file share the client.
+#[derive(PartialEq, Eq, Hash)]
+struct ClientKey {
+    proxy: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
+    /// HTTP/1.1 only (long polls, see src/longpoll/).
+    h1_only: bool,
 }
 
 impl Clients {
@@ -96,20 +107,71 @@ impl Clients {
         self.direct.clone()
     }
 
-    /// The client for a bot's Bot API calls: through `proxy` if it has one.
-    /// The proxy URL was checked by configuration validation; an error
-    /// here names the scheme or address reqwest refused.
-    pub fn for_bot(&mut self, proxy: Option<&url::Url>) -> Result<reqwest::Client, String> {
-        let Some(proxy) = proxy else {
+    /// The client for a bot's Bot API calls (long polls, webhook replies,
+    /// gateway calls): through `proxy` if it has one, trusting `ca_file`'s
+    /// certificates beside the system's. Both were checked by configuration
+    /// validation; an error here names what reqwest refused.
+    pub fn for_bot(
+        &mut self,
+        proxy: Option<&url::Url>,
+        ca_file: Option<&crate::config::CaFile>,
+    ) -> Result<reqwest::Client, String> {
+        if proxy.is_none() && ca_file.is_none() {
             return Ok(self.direct.clone());
+        }
+        self.client(proxy, ca_file, false)
+    }
+
+    /// Like `for_bot`, but HTTP/1.1 only: a long poll then has a
+    /// connection of its own and never queues behind an HTTP/2 server's
+    /// stream limit (see src/longpoll/).
+    pub fn for_long_polls(
+        &mut self,
+        proxy: Option<&url::Url>,
+        ca_file: Option<&crate::config::CaFile>,
+    ) -> Result<reqwest::Client, String> {
+        self.client(proxy, ca_file, true)
+    }
+
+    fn client(
+        &mut self,
+        proxy: Option<&url::Url>,
+        ca_file: Option<&crate::config::CaFile>,
+        h1_only: bool,
+    ) -> Result<reqwest::Client, String> {
+        let key = ClientKey {
+            proxy: proxy.map(|p| p.to_string()),
+            ca_file: ca_file.map(|c| c.path.clone()),
+            h1_only,
         };
-        if let Some(c) = self.via.get(proxy.as_str()) {
+        if let Some(c) = self.via.get(&key) {
             return Ok(c.clone());
         }
-        let client = reqwest::Proxy::all(proxy.as_str())
-            .and_then(|p| builder().proxy(p).build())
-            .map_err(|e| error_chain(&e.without_url()))?;
-        self.via.insert(proxy.to_string(), client.clone());
+        let mut b = builder();
+        if h1_only {
+            b = b.http1_only();
+        }
+        b = match proxy {
+            Some(p) => b.proxy(
+                reqwest::Proxy::all(p.as_str())
+                    .map_err(|e| format!("proxy: {}", error_chain(&e.without_url())))?,
+            ),
+            None => b.no_proxy(),
+        };
+        if let Some(ca) = ca_file {
+            let certs = ca
+                .certs
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der));
+            // Merged with the system's roots, never instead of them, and
+            // never a switch that turns verification off.
+            let certs: Vec<_> = certs
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("ca_file: {}", error_chain(&e)))?;
+            b = b.tls_certs_merge(certs);
+        }
+        let client = b.build().map_err(|e| error_chain(&e.without_url()))?;
+        self.via.insert(key, client.clone());
         Ok(client)
     }
 }
@@ -141,4 +203,46 @@ pub fn retry_after_secs(headers: &reqwest::header::HeaderMap) -> Option<u64> {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+
+    use super::Clients;
+    use crate::config::CaFile;
+
+    #[test]
+    fn bots_with_the_same_proxy_and_ca_file_share_a_client() {
+        let pem = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/config/testdata/certs/ca.pem"
+        ))
+        .unwrap();
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let ca = |path: &str| CaFile {
+            path: path.into(),
+            certs: certs.clone().into(),
+        };
+        let proxy = url::Url::parse("http://127.0.0.1:3128").unwrap();
+        let mut clients = Clients::new();
+        clients.for_bot(None, None).unwrap();
+        assert_eq!(
+            clients.via.len(),
+            0,
+            "no proxy, no ca_file: the direct client"
+        );
+        clients.for_bot(None, Some(&ca("/a.pem"))).unwrap();
+        clients.for_bot(None, Some(&ca("/a.pem"))).unwrap();
+        assert_eq!(clients.via.len(), 1, "the same ca_file: one client");
+        clients.for_bot(None, Some(&ca("/b.pem"))).unwrap();
+        clients.for_bot(Some(&proxy), Some(&ca("/a.pem"))).unwrap();
+        clients.for_bot(Some(&proxy), Some(&ca("/a.pem"))).unwrap();
+        assert_eq!(clients.via.len(), 3, "one per (proxy, ca_file)");
+        clients.for_long_polls(None, Some(&ca("/a.pem"))).unwrap();
+        assert_eq!(clients.via.len(), 4, "long polls: HTTP/1.1 only, apart");
+    }
 }

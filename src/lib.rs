@@ -19,6 +19,7 @@ pub mod events;
 pub mod gateway;
 pub mod history;
 pub mod http;
+pub mod longpoll;
 pub mod nats;
 pub mod ops;
 pub mod platform;

@@ -84,6 +84,7 @@ pub async fn run_with_events(
     let mut handles = Vec::new();
     let mut bot_stats = Vec::new();
     let mut clients = crate::http::Clients::new();
+    let mut long_polls = crate::longpoll::Pools::new();
     let client = clients.direct();
     let mut plans = Vec::with_capacity(settings.bots.len());
     let max_queued = settings
@@ -93,9 +94,18 @@ pub async fn run_with_events(
     let mut gateway_bots = Vec::new();
     for bot in settings.bots {
         let via = clients
-            .for_bot(bot.proxy.as_ref())
-            .map_err(|e| anyhow::anyhow!("bot {}: proxy: {e}", bot.name))?;
-        let api = Arc::new(BotApi::new(&bot.api_url, bot.token.clone(), via));
+            .for_bot(bot.proxy.as_ref(), bot.ca_file.as_ref())
+            .map_err(|e| anyhow::anyhow!("bot {}: {e}", bot.name))?;
+        let polls = long_polls
+            .long_polls(
+                &mut clients,
+                &bot.api_url,
+                bot.proxy.as_ref(),
+                bot.ca_file.as_ref(),
+            )
+            .map_err(|e| anyhow::anyhow!("bot {}: {e}", bot.name))?;
+        let api =
+            Arc::new(BotApi::new(&bot.api_url, bot.token.clone(), via).with_long_polls(polls));
         // One budget per bot: its gateway calls and webhook replies share it.
         let budget = Arc::new(Budget::new(bot.limits.clone(), max_queued));
         if settings.gateway.is_some() {

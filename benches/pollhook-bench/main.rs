@@ -8,7 +8,6 @@
 
 mod baseline;
 mod cluster;
-mod figures;
 mod gateway;
 mod history;
 mod nats;
@@ -16,6 +15,7 @@ mod nats_cluster;
 mod plots;
 mod proc;
 mod servers;
+mod tls;
 mod traces;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +26,21 @@ use clap::{Parser, Subcommand};
 
 use proc::{Child, Config};
 use servers::{update_json, Api, Backend};
+use tls::Wire;
+
+fn parse_wires(text: &str) -> Vec<Wire> {
+    text.split(',')
+        .map(|w| match w.trim() {
+            "plain" => Wire::Plain,
+            "tls-h1" => Wire::TlsH1,
+            "tls-h2" => Wire::TlsH2(None),
+            other => match other.strip_prefix("tls-h2-").and_then(|n| n.parse().ok()) {
+                Some(n) => Wire::TlsH2(Some(n)),
+                None => panic!("unknown wire {other:?}: plain, tls-h1, tls-h2, tls-h2-N"),
+            },
+        })
+        .collect()
+}
 
 #[derive(Parser)]
 struct Args {
@@ -60,13 +75,6 @@ enum Scenario {
     Throughput {
         #[arg(long, default_value_t = 100_000)]
         updates: i64,
-        /// Rounds, each baseline then pollhook (then BIN with --against).
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Also run this pollhook binary (an older build) in every round:
-        /// a change's effect as the ratio of two builds in one run.
-        #[arg(long)]
-        against: Option<std::path::PathBuf>,
     },
     /// Latency added: update appears at the API → backend receives it.
     Latency {
@@ -78,20 +86,17 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
-    /// Many bots idle-polling in one process: RSS, CPU and threads.
+    /// Many bots idle-polling in one process: RSS and threads.
     ManyBots {
-        /// Bot counts, one run each (comma-separated).
-        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10_000])]
-        bots: Vec<usize>,
-        /// The CPU window, once every bot is polling.
+        #[arg(long, default_value_t = 1000)]
+        bots: usize,
+        /// Which wires to the API, comma-separated: plain, tls-h1, tls-h2,
+        /// tls-h2-100 (HTTP/2 with a 100-stream limit).
+        #[arg(long, default_value = "plain,tls-h1,tls-h2,tls-h2-100")]
+        wires: String,
+        /// The idle window CPU is measured over, seconds.
         #[arg(long, default_value_t = 60)]
         window: u64,
-        /// Each bot's `history` (e.g. "0s": off), to measure by subtraction.
-        #[arg(long)]
-        history: Option<String>,
-        /// Each bot's `poll_timeout` (the fake API holds a poll up to 50 s).
-        #[arg(long, default_value = "30s")]
-        poll_timeout: String,
     },
     /// Backend down while a backlog arrives: disk, RSS, restart, drain.
     Backlog {
@@ -208,28 +213,16 @@ fn main() {
             Scenario::ServeApi { backlog, chats } => serve_api(backlog, chats).await,
             Scenario::ServeBackend { delay_ms } => serve_backend(delay_ms).await,
             Scenario::Servers => println!("{}", servers_alone().await),
-            Scenario::Throughput {
-                updates,
-                rounds,
-                against,
-            } => match against {
-                Some(bin) => println!("{}", throughput_against(updates, rounds, bin).await),
-                None => println!("{}", throughput(updates, rounds, &plot_dir).await),
-            },
+            Scenario::Throughput { updates } => {
+                println!("{}", throughput(updates, &plot_dir).await)
+            }
             Scenario::Latency { samples } => println!("{}", latency(samples, &plot_dir).await),
             Scenario::Idle { seconds } => println!("{}", idle(seconds).await),
             Scenario::ManyBots {
                 bots,
+                wires,
                 window,
-                history,
-                poll_timeout,
-            } => {
-                let history: Option<&'static str> = history.map(|h| &*h.leak());
-                let poll_timeout: &'static str = poll_timeout.leak();
-                for n in bots {
-                    println!("{}", many_bots(n, window, history, poll_timeout).await)
-                }
-            }
+            } => println!("{}", many_bots(bots, &parse_wires(&wires), window).await),
             Scenario::Backlog { updates } => println!("{}", backlog(updates, &plot_dir).await),
             Scenario::SlowBackend { updates } => println!("{}", slow_backend(updates).await),
             Scenario::Jetstream { updates, rounds } => {
@@ -488,10 +481,10 @@ fn write_plot(dir: &Path, name: &str, draw: impl FnOnce(&Path) -> plots::Result<
     }
 }
 
-async fn throughput(updates: i64, rounds: usize, plot_dir: &Path) -> String {
+async fn throughput(updates: i64, plot_dir: &Path) -> String {
     // Three rounds, alternating, medians: a shared machine's noise hits both.
     let (mut bases, mut ourss) = (Vec::new(), Vec::new());
-    for _ in 0..rounds.max(1) {
+    for _ in 0..3 {
         bases.push(run_throughput(updates, Relay::Baseline).await);
         ourss.push(run_throughput(updates, Relay::Pollhook).await);
     }
@@ -508,7 +501,7 @@ async fn throughput(updates: i64, rounds: usize, plot_dir: &Path) -> String {
     let ratio = ours / base;
     [
         row(
-            &format!("throughput, {updates} updates (updates/s, median of {rounds})"),
+            &format!("throughput, {updates} updates (updates/s, median of 3)"),
             &format!("{base:.0}"),
             &format!("{ours:.0}"),
             Some(ratio),
@@ -525,74 +518,6 @@ async fn throughput(updates: i64, rounds: usize, plot_dir: &Path) -> String {
         ),
     ]
     .join("\n")
-}
-
-/// `throughput` with a second pollhook build (`against`, e.g. the one
-/// before a change) in every round, rotating which of the three goes first:
-/// per round this build's and that build's ratio to the baseline and their
-/// CPU per 100k updates, then the medians. Two builds a few percent apart
-/// cannot be told apart by separate runs on a shared machine; in one run
-/// the same load hits all three.
-async fn throughput_against(updates: i64, rounds: usize, against: std::path::PathBuf) -> String {
-    let mut lines = vec![
-        "| round | baseline (updates/s) | this build | against | this / baseline | against / baseline | this / against | CPU per 100k baseline / this / against |".to_string(),
-        "|---|---|---|---|---|---|---|---|".to_string(),
-    ];
-    let (mut r_this, mut r_against, mut r_pair, mut c_this, mut c_against, mut c_base) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let other = Config {
-        relay_bin: Some(against),
-        ..Config::default()
-    };
-    for round in 0..rounds.max(1) {
-        let mut got: [Option<(f64, f64)>; 3] = [None; 3];
-        for k in 0..3 {
-            let which = (round + k) % 3;
-            let run = match which {
-                0 => run_throughput(updates, Relay::Baseline).await,
-                1 => run_throughput(updates, Relay::Pollhook).await,
-                _ => {
-                    let run = run_throughput_with(updates, Relay::Pollhook, &other, |_| ())
-                        .await
-                        .0;
-                    (run.rate, run.cpu)
-                }
-            };
-            got[which] = Some(run);
-        }
-        let [(b, bc), (t, tc), (a, ac)] = got.map(|g| g.expect("ran"));
-        let per = |c: f64| c * 100_000.0 / updates as f64;
-        lines.push(format!(
-            "| {} | {b:.0} | {t:.0} | {a:.0} | {:.2}× | {:.2}× | {:.3}× | {:.2} / {:.2} / {:.2} s |",
-            round + 1,
-            t / b,
-            a / b,
-            t / a,
-            per(bc),
-            per(tc),
-            per(ac)
-        ));
-        r_this.push(t / b);
-        r_against.push(a / b);
-        r_pair.push(t / a);
-        c_base.push(per(bc));
-        c_this.push(per(tc));
-        c_against.push(per(ac));
-    }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    lines.push(format!(
-        "| median | | | | {:.2}× | {:.2}× | {:.3}× | {:.2} / {:.2} / {:.2} s |",
-        med(&mut r_this),
-        med(&mut r_against),
-        med(&mut r_pair),
-        med(&mut c_base),
-        med(&mut c_this),
-        med(&mut c_against)
-    ));
-    lines.join("\n")
 }
 
 /// Runs pollhook with a JetStream forward against a fresh API holding
@@ -807,143 +732,104 @@ async fn idle(seconds: u64) -> String {
     .join("\n")
 }
 
-/// Raises this process's soft file-handle limit to its hard limit: the
-/// fake Bot API holds one socket per long poll (10,000 bots, 10,000
-/// sockets), and so does the relay, which inherits the limit.
-fn raise_nofile() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit(2)/setrlimit(2) read and write the struct given.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-    limit.rlim_cur
-}
-
-/// `bots` bots long-polling an empty API (`poll_timeout`, 30 s by default; one HTTP/1.1
-/// connection per poll): RSS, threads and CPU over `window` seconds once
-/// every bot polls, against pollhook with one bot.
-async fn many_bots(
-    bots: usize,
-    window: u64,
-    history: Option<&'static str>,
-    poll_timeout: &'static str,
-) -> String {
-    let nofile = raise_nofile();
-    if (nofile as usize) < bots + 256 {
-        eprintln!("warning: RLIMIT_NOFILE {nofile} is low for {bots} bots (the relay and the fake API each hold a socket per bot)");
-    }
+async fn many_bots(bots: usize, wires: &[Wire], window: u64) -> String {
     let api = Api::new();
     let api_addr = api.start().await;
     let backend = Backend::new(Duration::ZERO);
     let backend_addr = backend.start().await;
-    let one = Child::pollhook(
-        api_addr,
-        backend_addr,
-        &Config {
-            history,
-            ..Config::default()
-        },
-    );
+    // The baseline: one bot, plain HTTP/1.1, as before.
+    let one = Child::pollhook(api_addr, backend_addr, &Config::default());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss1, threads1) = (one.rss_kb(), one.threads());
+    let c0 = one.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(window.min(20))).await;
+    let cpu1 = (one.cpu_seconds() - c0) / window.min(20) as f64 * 100.0;
     drop(one);
-    let cfg = Config {
-        bots,
-        history,
-        poll_timeout,
-        ..Config::default()
-    };
-    let polls_before = api.polls.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let child = Child::pollhook(api_addr, backend_addr, &cfg);
-    // Every bot is polling once the API has seen a getUpdates from each;
-    // then give the process a moment to settle.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while api.polls.load(Ordering::Relaxed) - polls_before < bots as u64
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let all_polling = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    eprintln!(
-        "{bots} bots polling after {:.1} s; relay pid {}, measuring CPU for {window} s",
-        all_polling.as_secs_f64(),
-        child.pid()
-    );
-    let (cpu0, polls0, t0) = (
-        child.cpu_seconds(),
-        api.polls.load(Ordering::Relaxed),
-        Instant::now(),
-    );
-    tokio::time::sleep(Duration::from_secs(window)).await;
-    let (cpu1, polls1, secs) = (
-        child.cpu_seconds(),
-        api.polls.load(Ordering::Relaxed),
-        t0.elapsed().as_secs_f64(),
-    );
-    let (rss, threads) = (child.rss_kb(), child.threads());
-    let core = 100.0 * (cpu1 - cpu0) / secs;
-    let polls_per_s = (polls1 - polls0) as f64 / secs;
-    let per_poll_us = 1e6 * (cpu1 - cpu0) / (polls1 - polls0).max(1) as f64;
-    let per_bot_kb = rss.saturating_sub(rss1) as f64 / (bots.max(2) - 1) as f64;
-    let (rss_target, rss_limit_mb) = if bots >= 10_000 {
-        ("< 300 MB", 300)
-    } else {
-        ("< 150 MB", 150)
-    };
-    [
-        row(
-            &format!("{bots} bots idle: RSS"),
+    let mut rows = vec![row(
+        "1 bot idle (plain HTTP/1.1): RSS, CPU, threads",
+        "-",
+        &format!(
+            "{:.1} MB, {cpu1:.2} % of a core, {threads1} threads",
+            rss1 as f64 / 1024.0
+        ),
+        None,
+        "-",
+        None,
+    )];
+    for &wire in wires {
+        // A fresh API per wire, so that its long polls and connections
+        // are this relay's alone.
+        let api = Api::new();
+        let (addr, tls) = match wire {
+            Wire::Plain => (api.start().await, None),
+            _ => {
+                let t = tls::start(&api, wire).await;
+                (t.addr, Some(t))
+            }
+        };
+        let cfg = Config {
+            bots,
+            api_ca_file: tls.as_ref().map(|t| t.ca_file.clone()),
+            ..Config::default()
+        };
+        let child = Child::pollhook(addr, backend_addr, &cfg);
+        // Every bot is polling once the API has seen a getUpdates from
+        // each; then let the start-up settle before the idle window.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while api.polls.load(Ordering::Relaxed) < bots as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let polling = api.polls.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let c0 = child.cpu_seconds();
+        let mut peak_rss = 0;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(window) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            peak_rss = peak_rss.max(child.rss_kb());
+        }
+        let cpu = (child.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        let (rss, threads) = (child.rss_kb(), child.threads());
+        let conns = proc::tcp_connections_to(addr.port());
+        drop(child);
+        let label = wire.label();
+        let short = if polling < bots as u64 {
+            format!(" (only {polling} polls seen)")
+        } else {
+            String::new()
+        };
+        rows.push(row(
+            &format!("{bots} bots idle, {label}: RSS{short}"),
             &format!("{:.1} MB (1 bot)", rss1 as f64 / 1024.0),
-            &format!("{:.1} MB", rss as f64 / 1024.0),
-            Some(rss as f64 / rss1 as f64),
-            rss_target,
-            Some(rss < rss_limit_mb * 1024),
-        ),
-        row(
-            &format!("{bots} bots idle: RSS per added bot"),
-            "-",
-            &format!("{per_bot_kb:.1} KB"),
-            None,
-            "-",
-            None,
-        ),
-        row(
             &format!(
-                "{bots} bots idle: CPU, % of a core over {window} s (poll_timeout {poll_timeout})"
+                "{:.1} MB ({:.1} KB/bot over 1 bot; peak {:.1} MB)",
+                rss as f64 / 1024.0,
+                (rss.saturating_sub(rss1)) as f64 / bots as f64,
+                peak_rss as f64 / 1024.0
             ),
-            "-",
-            &format!("{core:.2} % ({polls_per_s:.0} polls/s, {per_poll_us:.0} µs CPU per poll)"),
+            Some(rss as f64 / rss1 as f64),
+            "< 300 MB at 10,000",
+            (bots >= 10_000).then_some(rss < 300 * 1024),
+        ));
+        rows.push(row(
+            &format!("{bots} bots idle, {label}: CPU over {window} s"),
+            &format!("{cpu1:.2} % (1 bot)"),
+            &format!("{cpu:.2} % of a core"),
             None,
-            if bots >= 10_000 { "< 1 %" } else { "-" },
-            (bots >= 10_000).then_some(core < 1.0),
-        ),
-        row(
-            &format!("{bots} bots idle: threads"),
+            "< 1 % at 10,000",
+            (bots >= 10_000).then_some(cpu < 1.0),
+        ));
+        rows.push(row(
+            &format!("{bots} bots idle, {label}: threads, TCP connections to the API"),
             &format!("{threads1} (1 bot)"),
-            &format!("{threads}"),
-            Some(threads as f64 / threads1 as f64),
-            "-",
-            None,
-        ),
-        row(
-            &format!("{bots} bots: start until every bot polls"),
-            "-",
-            &format!("{:.1} s", all_polling.as_secs_f64()),
+            &format!("{threads} threads, {conns} connections"),
             None,
             "-",
             None,
-        ),
-    ]
-    .join("\n")
+        ));
+        println!("{}", rows[rows.len() - 3..].join("\n"));
+    }
+    rows.join("\n")
 }
 
 /// Samples every 100 ms, from `start` until `stop` fires (and once more
@@ -1135,17 +1021,20 @@ async fn all(quick: bool, plot_dir: &Path) {
     println!("{}", servers_alone().await);
     println!(
         "{}",
-        throughput(if quick { 20_000 } else { 100_000 }, 3, plot_dir).await
+        throughput(if quick { 20_000 } else { 100_000 }, plot_dir).await
     );
     println!("{}", latency(if quick { 200 } else { 500 }, plot_dir).await);
     println!("{}", slow_backend(if quick { 1_500 } else { 3_000 }).await);
     println!("{}", idle(if quick { 10 } else { 60 }).await);
-    for bots in if quick { vec![200] } else { vec![1000, 10_000] } {
-        println!(
-            "{}",
-            many_bots(bots, if quick { 10 } else { 60 }, None, "30s").await
-        );
-    }
+    println!(
+        "{}",
+        many_bots(
+            if quick { 200 } else { 1000 },
+            &[Wire::Plain],
+            if quick { 10 } else { 60 }
+        )
+        .await
+    );
     println!(
         "{}",
         backlog(if quick { 100_000 } else { 1_000_000 }, plot_dir).await

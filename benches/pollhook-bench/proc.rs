@@ -7,8 +7,6 @@ use std::time::Duration;
 
 pub struct Config {
     pub bots: usize,
-    /// Each bot's `poll_timeout`.
-    pub poll_timeout: &'static str,
     pub max_in_flight: usize,
     pub retry_max_delay: &'static str,
     /// Publish to JetStream on this NATS server instead of POSTing to the
@@ -31,6 +29,9 @@ pub struct Config {
     /// Run this pollhook binary instead of the one built with the bench
     /// (and `BENCH_RELAY_BIN`): an older build, in the same run.
     pub relay_bin: Option<PathBuf>,
+    /// The API is served over TLS under the CA in this file: `https://`
+    /// and the bot's `ca_file`.
+    pub api_ca_file: Option<PathBuf>,
 }
 
 /// The gateway's part of the configuration: `[gateway] listen` on this
@@ -68,7 +69,6 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bots: 1,
-            poll_timeout: "30s",
             max_in_flight: 16,
             retry_max_delay: "60s",
             jetstream: None,
@@ -79,6 +79,7 @@ impl Default for Config {
             admin_port: None,
             otlp: None,
             relay_bin: None,
+            api_ca_file: None,
         }
     }
 }
@@ -139,10 +140,16 @@ impl Child {
             }
             None => format!("url = \"http://{backend}/webhook\""),
         };
+        let (scheme, ca_line) = match &cfg.api_ca_file {
+            Some(ca) => (
+                "https",
+                format!("ca_file = {:?}\n", ca.display().to_string()),
+            ),
+            None => ("http", String::new()),
+        };
         for i in 0..cfg.bots {
             toml.push_str(&format!(
-                "[[bot]]\nname = \"b{i}\"\napi_url = \"http://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"{}\"\n",
-                cfg.poll_timeout
+                "[[bot]]\nname = \"b{i}\"\napi_url = \"{scheme}://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"30s\"\n{ca_line}"
             ));
             // The bot's own keys before its first sub-table.
             if let Some(h) = cfg.history {
@@ -229,10 +236,6 @@ impl Child {
         std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// User + system CPU time so far.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.child.id())
@@ -291,6 +294,27 @@ fn spawn_pollhook(config: &Path, bin: Option<&Path>) -> std::process::Child {
         .expect("pollhook starts");
     std::thread::sleep(Duration::from_millis(10));
     child
+}
+
+/// Established TCP connections to `port` on this host (the client side:
+/// its remote port is `port`); with the relay the API's only client, its
+/// connections to the API.
+pub fn tcp_connections_to(port: u16) -> usize {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[2].ends_with(&want) && f[3] == "01"
+                })
+                .count()
+        })
+        .sum()
 }
 
 /// A process's user + system CPU time so far.

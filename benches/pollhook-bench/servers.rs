@@ -140,7 +140,7 @@ impl Api {
         addr
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let method = req
             .uri()
@@ -266,7 +266,7 @@ impl Backend {
             .collect()
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let body = req
             .into_body()
             .collect()

@@ -18,10 +18,10 @@ async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)> {
     let mut clients = crate::http::Clients::new();
     for (i, bot) in settings.bots.iter().enumerate() {
         let (name, flavor) = (bot.name.clone(), bot.flavor);
-        let client = match clients.for_bot(bot.proxy.as_ref()) {
+        let client = match clients.for_bot(bot.proxy.as_ref(), bot.ca_file.as_ref()) {
             Ok(c) => c,
             Err(e) => {
-                calls.spawn(async move { (i, name, Err(format!("proxy: {e}"))) });
+                calls.spawn(async move { (i, name, Err(e)) });
                 continue;
             }
         };

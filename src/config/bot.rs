@@ -1,4 +1,5 @@
-//! One `[[bot]]`: its name, platform, API URL, token, polling and proxy.
+//! One `[[bot]]`: its name, platform, API URL, token, polling, proxy and
+//! extra CA certificates.
 
 use std::time::Duration;
 
@@ -113,6 +114,10 @@ pub(super) fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSetting
         None => None,
         Some(text) => Some(check_proxy(ctx, &prefix, text)?),
     };
+    let ca_file = match rb.ca_file.as_deref() {
+        None => None,
+        Some(text) => Some(super::ca_file::validate(ctx, &prefix, &name, text)?),
+    };
     let limits = super::gateway::validate_limits(ctx, &prefix, flavor, rb.limits)?;
     let mut clients: Vec<super::ClientSettings> = Vec::with_capacity(rb.client.len());
     for (j, rc) in rb.client.into_iter().enumerate() {
@@ -151,6 +156,7 @@ pub(super) fn validate_bot(ctx: &Ctx, i: usize, rb: RawBot) -> Result<BotSetting
         poll_timeout,
         forwards,
         proxy,
+        ca_file,
         limits,
         clients,
         history,

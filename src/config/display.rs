@@ -95,6 +95,15 @@ impl fmt::Display for Settings {
             if let Some(p) = &b.proxy {
                 writeln!(f, "  proxy: {}", display_url(p))?;
             }
+            if let Some(ca) = &b.ca_file {
+                writeln!(
+                    f,
+                    "  ca_file: {} ({} certificate{}, trusted beside the system's)",
+                    ca.path.display(),
+                    ca.certs.len(),
+                    if ca.certs.len() == 1 { "" } else { "s" }
+                )?;
+            }
             writeln!(
                 f,
                 "  poll_timeout: {}",

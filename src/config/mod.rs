@@ -12,6 +12,7 @@
 //! pass their own; `display` is what `check-config` prints.
 
 mod bot;
+mod ca_file;
 mod cluster;
 mod ctx;
 mod display;
@@ -40,6 +41,8 @@ use crate::policy::retry::RetryPolicy;
 use crate::policy::routing::Filter;
 use crate::policy::stale::StalePolicy;
 use crate::signing::SigningKey;
+
+pub use ca_file::CaFile;
 
 pub use display::display_url;
 pub use gateway::DEFAULT_MAX_QUEUED;
@@ -206,6 +209,9 @@ pub struct BotSettings {
     /// The proxy the bot's Bot API calls go through, if any (never one
     /// from the environment).
     pub proxy: Option<Url>,
+    /// Extra CA certificates the bot's Bot API calls trust, beside the
+    /// system's.
+    pub ca_file: Option<CaFile>,
     /// The platform's rate limits every outgoing call keeps to.
     pub limits: crate::budget::Limits,
     pub clients: Vec<ClientSettings>,

@@ -128,6 +128,7 @@ pub(super) struct RawBot {
     #[serde(default)]
     pub forward: Vec<RawForward>,
     pub proxy: Option<String>,
+    pub ca_file: Option<String>,
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub client: Vec<RawClient>,

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::http::{error_chain, read_capped, BodyError};
+use crate::longpoll::{LongPolls, PollError, Pool};
 use crate::platform::call::Params;
 use crate::platform::utf8::{readable, span_in};
 use crate::redact::Redactor;
@@ -73,6 +74,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => "waiting as the platform asks",
             ApiError::NotImplemented { .. } => "the platform does not offer this method; not retried",
             ApiError::Rejected { .. } => "the platform refused the request; check the bot's settings (allowed_updates, api_url); retrying slowly",
+            ApiError::Transport(text) if text.contains("certificate") => {
+                "the API's TLS certificate is not trusted; if it is served under a private or self-signed CA, name that CA's certificate in this bot's ca_file (verification is never turned off); nothing was confirmed, so nothing is lost; retrying with backoff"
+            }
             ApiError::Server { .. } | ApiError::BadResponse { .. } | ApiError::TooLarge { .. } | ApiError::Timeout { .. } | ApiError::Transport(_) => {
                 "nothing was confirmed, so nothing is lost; retrying with backoff"
             }
@@ -211,6 +215,8 @@ struct Parameters {
 
 pub struct BotApi {
     client: reqwest::Client,
+    /// The path `getUpdates` takes; `client` unless set.
+    polls: Option<LongPolls>,
     url_template: String,
     token: SecretString,
     redactor: Redactor,
@@ -227,11 +233,18 @@ impl BotApi {
     pub fn new(url_template: &str, token: SecretString, client: reqwest::Client) -> BotApi {
         BotApi {
             client,
+            polls: None,
             url_template: url_template.to_string(),
             redactor: Redactor::new(token.expose_secret()),
             token,
             poll_url: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Long polls take `polls` (relay.rs: `crate::longpoll::Pools`).
+    pub fn with_long_polls(mut self, polls: LongPolls) -> BotApi {
+        self.polls = Some(polls);
+        self
     }
 
     fn url(&self, method: &str) -> String {
@@ -266,20 +279,64 @@ impl BotApi {
             body.push_str(&serde_json::to_string(list).unwrap_or_else(|_| "[]".into()));
         }
         body.push('}');
+        let timeout = timeout + POLL_MARGIN;
+        let client = match &self.polls {
+            None => &self.client,
+            Some(LongPolls::Client(c)) => c,
+            Some(LongPolls::H2 { pool, h1 }) => {
+                match self.poll_h2(pool, Bytes::from(body.clone()), timeout).await {
+                    Some(result) => {
+                        let result = result.map_err(|e| e.redacted(&self.redactor))?;
+                        return split_updates(&result).map_err(|e| e.redacted(&self.redactor));
+                    }
+                    None => h1,
+                }
+            }
+        };
         let request = match self
             .poll_url
             .get_or_init(|| reqwest::Url::parse(&self.url("getUpdates")).ok())
         {
-            Some(url) => self.client.post(url.clone()),
-            None => self.client.post(self.url("getUpdates")),
+            Some(url) => client.post(url.clone()),
+            None => client.post(self.url("getUpdates")),
         };
         let request = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        let result = self
-            .execute("getUpdates", request, timeout + POLL_MARGIN)
-            .await?;
+        let result = self.execute("getUpdates", request, timeout).await?;
         split_updates(&result).map_err(|e| e.redacted(&self.redactor))
+    }
+
+    /// `getUpdates` over the HTTP/2 pool; None when the server does not
+    /// speak HTTP/2 (then HTTP/1.1 it is). Errors are not yet redacted.
+    async fn poll_h2(
+        &self,
+        pool: &Pool,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Option<Result<Bytes, ApiError>> {
+        if !pool.speaks_h2() {
+            return None;
+        }
+        let answer = match pool
+            .post_json(&self.url("getUpdates"), body, timeout, MAX_RESPONSE)
+            .await
+        {
+            Ok(a) => a,
+            Err(PollError::NotH2) => return None,
+            Err(PollError::Timeout) => return Some(Err(ApiError::Timeout { timeout })),
+            Err(PollError::TooLarge(limit)) => return Some(Err(ApiError::TooLarge { limit })),
+            Err(PollError::Transport(text)) => return Some(Err(ApiError::Transport(text))),
+        };
+        Some(
+            self.interpret(
+                "getUpdates",
+                answer.status,
+                answer.retry_after,
+                &answer.body,
+            )
+            .map(|range| answer.body.slice(range)),
+        )
     }
 
     /// Any method with JSON parameters; returns the raw `result`.

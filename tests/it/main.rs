@@ -28,4 +28,5 @@ mod replay;
 mod replies;
 mod rig;
 mod rig_sanity;
+mod tls;
 mod tracing;

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use super::fake_limits::{FakeLimits, Limiter};
 use super::serve::{self, Body, DropConnection, Server};
+use super::tls::{serve_tls, Seen, TestCa, TlsOptions};
 
 // Messages, files and downloads; a child module so it can use the bot state.
 #[path = "fake_results.rs"]
@@ -216,6 +217,9 @@ pub struct FakeApi {
     pub addr: SocketAddr,
     inner: Arc<Inner>,
     _server: Server,
+    /// Set when served over TLS (`start_tls`): the CA to trust and what
+    /// the TLS front saw.
+    tls: Option<(TestCa, Arc<Seen>)>,
 }
 
 impl FakeApi {
@@ -233,12 +237,50 @@ impl FakeApi {
             addr: server.addr,
             inner,
             _server: server,
+            tls: None,
         }
+    }
+
+    /// The same API over TLS, its certificate signed by a CA of its own
+    /// (`ca_file()`), HTTP/1.1 or HTTP/2 as `opts` offers.
+    pub async fn start_tls(flavor: Flavor, opts: TlsOptions) -> FakeApi {
+        let inner = Arc::new(Inner {
+            flavor,
+            bots: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+        });
+        let ca = TestCa::new();
+        let seen = Arc::new(Seen::default());
+        let handler_inner = inner.clone();
+        let server = serve_tls(serve::bind(0), &ca, opts, seen.clone(), move |req| {
+            handle(handler_inner.clone(), req)
+        });
+        FakeApi {
+            addr: server.addr,
+            inner,
+            _server: server,
+            tls: Some((ca, seen)),
+        }
+    }
+
+    /// The CA certificate file a client must trust (TLS only).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.tls
+            .as_ref()
+            .expect("rig: not a TLS FakeApi")
+            .0
+            .ca_file()
+    }
+
+    /// What the TLS front saw (TLS only).
+    pub fn seen(&self) -> &Seen {
+        &self.tls.as_ref().expect("rig: not a TLS FakeApi").1
     }
 
     /// e.g. `http://127.0.0.1:PORT/bot{token}/{method}` with literal placeholders.
     pub fn url_template(&self) -> String {
-        format!("http://{}{}", self.addr, self.inner.flavor.template())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, self.inner.flavor.template())
     }
 
     /// The concrete URL of one method, for calling the fake directly.

@@ -27,6 +27,7 @@ pub mod serve;
 pub mod setup;
 pub mod state_dir;
 pub mod tally;
+pub mod tls;
 pub mod tools;
 pub mod wait;
 
@@ -58,4 +59,5 @@ pub use serve::free_port;
 pub use setup::{admin_table, edit_config, flavor_name, Setup, SECRET, SECRET_TOKEN, TOKEN};
 pub use state_dir::{stored_update_ids, stored_update_ids_of, wait_for_sled_to_let_go};
 pub use tally::{Counts, Hit, Tally};
+pub use tls::{ca_file_line, Seen, TestCa, TlsOptions};
 pub use wait::{eventually, wait_until, LONG};

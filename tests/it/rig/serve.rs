@@ -90,6 +90,11 @@ impl Server {
         Server { addr, task }
     }
 
+    /// A server whose accept loop is `task` (the TLS front, tls.rs).
+    pub fn from_task(addr: SocketAddr, task: JoinHandle<()>) -> Server {
+        Server { addr, task }
+    }
+
     /// Stops listening and closes all connections; when this returns the
     /// port refuses connections.
     pub async fn shutdown(mut self) {

@@ -1,0 +1,88 @@
+//! How a bot's long polls reach its platform, so that a long poll never
+//! waits behind an HTTP/2 server's SETTINGS_MAX_CONCURRENT_STREAMS.
+//!
+//! reqwest (hyper) puts every request to one host on a single HTTP/2
+//! connection once ALPN picked `h2`, and queues the requests beyond the
+//! server's stream limit until a stream closes: with 100 streams allowed
+//! and 101 bots, one long poll would wait a whole poll timeout, and its
+//! updates with it. hyper does not expose the limit, so the long polls of
+//! bots reaching an `https://` API directly go through [`Pool`]: HTTP/2
+//! connections of our own (the `h2` crate, which does expose it), a new
+//! one opened before a poll would have to wait. The other Bot API calls
+//! (replies, gateway calls) are short and stay on reqwest.
+//!
+//! A server that does not offer `h2` gets its long polls over HTTP/1.1,
+//! one connection each, through reqwest as before; so do bots behind a
+//! `proxy` (reqwest does the proxy protocols) and plain `http://` APIs.
+
+mod conn;
+mod pool;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use pool::{Answer, PollError, Pool};
+
+use crate::config::CaFile;
+
+/// The path a bot's `getUpdates` takes.
+#[derive(Clone)]
+pub enum LongPolls {
+    /// This reqwest client (HTTP/1.1 here: plain `http://`, or https with
+    /// HTTP/2 turned off).
+    Client(reqwest::Client),
+    /// Our HTTP/2 pool, or `h1` once the server turned out not to offer h2.
+    H2 {
+        pool: Arc<Pool>,
+        h1: reqwest::Client,
+    },
+}
+
+/// One [`Pool`] per (host, port, ca_file): bots on the same API trusting
+/// the same CAs share connections.
+#[derive(Default)]
+pub struct Pools {
+    by_key: HashMap<(String, u16, Option<PathBuf>), Arc<Pool>>,
+}
+
+impl Pools {
+    pub fn new() -> Pools {
+        Pools::default()
+    }
+
+    /// The long-poll path for a bot with this API URL template, proxy and
+    /// CA file.
+    pub fn long_polls(
+        &mut self,
+        clients: &mut crate::http::Clients,
+        api_url: &str,
+        proxy: Option<&url::Url>,
+        ca_file: Option<&CaFile>,
+    ) -> Result<LongPolls, String> {
+        let sample = api_url
+            .replace("{token}", "0:x")
+            .replace("{method}", "getUpdates");
+        let url = url::Url::parse(&sample).map_err(|e| format!("api_url: {e}"))?;
+        if url.scheme() != "https" {
+            // Plain HTTP is never HTTP/2 with reqwest (no h2c).
+            return Ok(LongPolls::Client(clients.for_bot(proxy, ca_file)?));
+        }
+        let h1 = clients.for_long_polls(proxy, ca_file)?;
+        if proxy.is_some() {
+            return Ok(LongPolls::Client(h1));
+        }
+        let host = url.host_str().unwrap_or_default().to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let key = (host.clone(), port, ca_file.map(|c| c.path.clone()));
+        let pool = match self.by_key.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(Pool::new(host, port, ca_file)?);
+                self.by_key.insert(key, p.clone());
+                p
+            }
+        };
+        Ok(LongPolls::H2 { pool, h1 })
+    }
+}
