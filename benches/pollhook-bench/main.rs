@@ -8,6 +8,7 @@
 
 mod baseline;
 mod cluster;
+mod figures;
 mod gateway;
 mod history;
 mod nats;
@@ -75,6 +76,13 @@ enum Scenario {
     Throughput {
         #[arg(long, default_value_t = 100_000)]
         updates: i64,
+        /// Rounds, each baseline then pollhook (then BIN with --against).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Also run this pollhook binary (an older build) in every round:
+        /// a change's effect as the ratio of two builds in one run.
+        #[arg(long)]
+        against: Option<std::path::PathBuf>,
     },
     /// Latency added: update appears at the API → backend receives it.
     Latency {
@@ -86,7 +94,7 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
-    /// Many bots idle-polling in one process: RSS and threads.
+    /// Many bots idle-polling in one process: RSS, CPU and threads.
     ManyBots {
         #[arg(long, default_value_t = 1000)]
         bots: usize,
@@ -213,9 +221,14 @@ fn main() {
             Scenario::ServeApi { backlog, chats } => serve_api(backlog, chats).await,
             Scenario::ServeBackend { delay_ms } => serve_backend(delay_ms).await,
             Scenario::Servers => println!("{}", servers_alone().await),
-            Scenario::Throughput { updates } => {
-                println!("{}", throughput(updates, &plot_dir).await)
-            }
+            Scenario::Throughput {
+                updates,
+                rounds,
+                against,
+            } => match against {
+                Some(bin) => println!("{}", throughput_against(updates, rounds, bin).await),
+                None => println!("{}", throughput(updates, rounds, &plot_dir).await),
+            },
             Scenario::Latency { samples } => println!("{}", latency(samples, &plot_dir).await),
             Scenario::Idle { seconds } => println!("{}", idle(seconds).await),
             Scenario::ManyBots {
@@ -481,10 +494,10 @@ fn write_plot(dir: &Path, name: &str, draw: impl FnOnce(&Path) -> plots::Result<
     }
 }
 
-async fn throughput(updates: i64, plot_dir: &Path) -> String {
+async fn throughput(updates: i64, rounds: usize, plot_dir: &Path) -> String {
     // Three rounds, alternating, medians: a shared machine's noise hits both.
     let (mut bases, mut ourss) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..rounds.max(1) {
         bases.push(run_throughput(updates, Relay::Baseline).await);
         ourss.push(run_throughput(updates, Relay::Pollhook).await);
     }
@@ -501,7 +514,7 @@ async fn throughput(updates: i64, plot_dir: &Path) -> String {
     let ratio = ours / base;
     [
         row(
-            &format!("throughput, {updates} updates (updates/s, median of 3)"),
+            &format!("throughput, {updates} updates (updates/s, median of {rounds})"),
             &format!("{base:.0}"),
             &format!("{ours:.0}"),
             Some(ratio),
@@ -518,6 +531,74 @@ async fn throughput(updates: i64, plot_dir: &Path) -> String {
         ),
     ]
     .join("\n")
+}
+
+/// `throughput` with a second pollhook build (`against`, e.g. the one
+/// before a change) in every round, rotating which of the three goes first:
+/// per round this build's and that build's ratio to the baseline and their
+/// CPU per 100k updates, then the medians. Two builds a few percent apart
+/// cannot be told apart by separate runs on a shared machine; in one run
+/// the same load hits all three.
+async fn throughput_against(updates: i64, rounds: usize, against: std::path::PathBuf) -> String {
+    let mut lines = vec![
+        "| round | baseline (updates/s) | this build | against | this / baseline | against / baseline | this / against | CPU per 100k baseline / this / against |".to_string(),
+        "|---|---|---|---|---|---|---|---|".to_string(),
+    ];
+    let (mut r_this, mut r_against, mut r_pair, mut c_this, mut c_against, mut c_base) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let other = Config {
+        relay_bin: Some(against),
+        ..Config::default()
+    };
+    for round in 0..rounds.max(1) {
+        let mut got: [Option<(f64, f64)>; 3] = [None; 3];
+        for k in 0..3 {
+            let which = (round + k) % 3;
+            let run = match which {
+                0 => run_throughput(updates, Relay::Baseline).await,
+                1 => run_throughput(updates, Relay::Pollhook).await,
+                _ => {
+                    let run = run_throughput_with(updates, Relay::Pollhook, &other, |_| ())
+                        .await
+                        .0;
+                    (run.rate, run.cpu)
+                }
+            };
+            got[which] = Some(run);
+        }
+        let [(b, bc), (t, tc), (a, ac)] = got.map(|g| g.expect("ran"));
+        let per = |c: f64| c * 100_000.0 / updates as f64;
+        lines.push(format!(
+            "| {} | {b:.0} | {t:.0} | {a:.0} | {:.2}× | {:.2}× | {:.3}× | {:.2} / {:.2} / {:.2} s |",
+            round + 1,
+            t / b,
+            a / b,
+            t / a,
+            per(bc),
+            per(tc),
+            per(ac)
+        ));
+        r_this.push(t / b);
+        r_against.push(a / b);
+        r_pair.push(t / a);
+        c_base.push(per(bc));
+        c_this.push(per(tc));
+        c_against.push(per(ac));
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    lines.push(format!(
+        "| median | | | | {:.2}× | {:.2}× | {:.3}× | {:.2} / {:.2} / {:.2} s |",
+        med(&mut r_this),
+        med(&mut r_against),
+        med(&mut r_pair),
+        med(&mut c_base),
+        med(&mut c_this),
+        med(&mut c_against)
+    ));
+    lines.join("\n")
 }
 
 /// Runs pollhook with a JetStream forward against a fresh API holding
@@ -1021,7 +1102,7 @@ async fn all(quick: bool, plot_dir: &Path) {
     println!("{}", servers_alone().await);
     println!(
         "{}",
-        throughput(if quick { 20_000 } else { 100_000 }, plot_dir).await
+        throughput(if quick { 20_000 } else { 100_000 }, 3, plot_dir).await
     );
     println!("{}", latency(if quick { 200 } else { 500 }, plot_dir).await);
     println!("{}", slow_backend(if quick { 1_500 } else { 3_000 }).await);

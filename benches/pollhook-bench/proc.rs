@@ -7,6 +7,8 @@ use std::time::Duration;
 
 pub struct Config {
     pub bots: usize,
+    /// Each bot's `poll_timeout`.
+    pub poll_timeout: &'static str,
     pub max_in_flight: usize,
     pub retry_max_delay: &'static str,
     /// Publish to JetStream on this NATS server instead of POSTing to the
@@ -69,6 +71,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bots: 1,
+            poll_timeout: "30s",
             max_in_flight: 16,
             retry_max_delay: "60s",
             jetstream: None,
@@ -149,7 +152,8 @@ impl Child {
         };
         for i in 0..cfg.bots {
             toml.push_str(&format!(
-                "[[bot]]\nname = \"b{i}\"\napi_url = \"{scheme}://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"30s\"\n{ca_line}"
+                "[[bot]]\nname = \"b{i}\"\napi_url = \"{scheme}://{api}/bot{{token}}/{{method}}\"\ntoken = \"{i}:benchtoken\"\npoll_timeout = \"{}\"\n{ca_line}",
+                cfg.poll_timeout
             ));
             // The bot's own keys before its first sub-table.
             if let Some(h) = cfg.history {
