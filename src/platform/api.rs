@@ -279,12 +279,14 @@ impl BotApi {
             body.push_str(&serde_json::to_string(list).unwrap_or_else(|_| "[]".into()));
         }
         body.push('}');
+        // Shared, not copied, by the HTTP/2 try and the HTTP/1.1 path.
+        let body = Bytes::from(body);
         let timeout = timeout + POLL_MARGIN;
         let client = match &self.polls {
             None => &self.client,
             Some(LongPolls::Client(c)) => c,
             Some(LongPolls::H2 { pool, h1 }) => {
-                match self.poll_h2(pool, Bytes::from(body.clone()), timeout).await {
+                match self.poll_h2(pool, body.clone(), timeout).await {
                     Some(result) => {
                         let result = result.map_err(|e| e.redacted(&self.redactor))?;
                         return split_updates(&result).map_err(|e| e.redacted(&self.redactor));
@@ -293,10 +295,7 @@ impl BotApi {
                 }
             }
         };
-        let request = match self
-            .poll_url
-            .get_or_init(|| reqwest::Url::parse(&self.url("getUpdates")).ok())
-        {
+        let request = match self.poll_url() {
             Some(url) => client.post(url.clone()),
             None => client.post(self.url("getUpdates")),
         };
@@ -305,6 +304,13 @@ impl BotApi {
             .body(body);
         let result = self.execute("getUpdates", request, timeout).await?;
         split_updates(&result).map_err(|e| e.redacted(&self.redactor))
+    }
+
+    /// getUpdates' URL, parsed once (None if it does not parse).
+    fn poll_url(&self) -> Option<&reqwest::Url> {
+        self.poll_url
+            .get_or_init(|| reqwest::Url::parse(&self.url("getUpdates")).ok())
+            .as_ref()
     }
 
     /// `getUpdates` over the HTTP/2 pool; None when the server does not
@@ -318,10 +324,15 @@ impl BotApi {
         if !pool.speaks_h2() {
             return None;
         }
-        let answer = match pool
-            .post_json(&self.url("getUpdates"), body, timeout, MAX_RESPONSE)
-            .await
-        {
+        let unparsed;
+        let url = match self.poll_url() {
+            Some(url) => url.as_str(),
+            None => {
+                unparsed = self.url("getUpdates");
+                &unparsed
+            }
+        };
+        let answer = match pool.post_json(url, body, timeout, MAX_RESPONSE).await {
             Ok(a) => a,
             Err(PollError::NotH2) => return None,
             Err(PollError::Timeout) => return Some(Err(ApiError::Timeout { timeout })),
