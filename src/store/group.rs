@@ -6,7 +6,14 @@
 //!
 //! ```text
 //! version u8 (2) | count u16 | count × (len u32 | job record)
+//! version u8 (3) | count u16 | plain length u32 | LZ4 block of the above's entries
 //! ```
+//!
+//! A group is written compressed (version 3) whenever that is smaller. sled
+//! copies, logs and fsyncs every byte of a group more than once (a leaf is
+//! rewritten whole into the log every tenth change), and that was the part
+//! of its CPU that grows with the payload (BENCHMARKS.md, 2026-12-02);
+//! JSON updates of one batch share most of their keys and compress well.
 //!
 //! Entry `i` is the job with sequence number `first + i`: a batch's jobs for
 //! one forward get consecutive numbers. Which entries are finished is kept
@@ -20,6 +27,11 @@ use bytes::Bytes;
 use super::StoreError;
 
 const VERSION: u8 = 2;
+const COMPRESSED: u8 = 3;
+/// LZ4 cannot expand a block by more than this factor (a run is at most 255
+/// bytes per byte), so a larger stated length is damage, refused before
+/// anything is allocated for it.
+const MAX_EXPANSION: usize = 255;
 
 /// A group closes at this many bytes (or entries), so that a sled leaf (up
 /// to ~17 keys) of groups stays far under sled's blob threshold (see
@@ -66,16 +78,28 @@ impl Builder {
         self.push_with(|buf| buf.extend_from_slice(record));
     }
 
+    /// The group record: compressed when that is smaller.
     pub fn finish(mut self) -> Vec<u8> {
         self.buf[1..3].copy_from_slice(&self.count.to_be_bytes());
-        self.buf
+        let plain = &self.buf[3..];
+        let mut out = vec![0; 7 + lz4_flex::block::get_maximum_output_size(plain.len())];
+        match lz4_flex::block::compress_into(plain, &mut out[7..]) {
+            Ok(n) if n + 4 < plain.len() => {
+                out.truncate(7 + n);
+                out[0] = COMPRESSED;
+                out[1..3].copy_from_slice(&self.count.to_be_bytes());
+                out[3..7].copy_from_slice(&(plain.len() as u32).to_be_bytes());
+                out
+            }
+            _ => self.buf,
+        }
     }
 }
 
 /// How many entries a group record holds, read from its header alone.
 pub fn count(value: &[u8]) -> Result<usize, StoreError> {
     match value {
-        [VERSION, hi, lo, ..] => Ok(u16::from_be_bytes([*hi, *lo]) as usize),
+        [VERSION | COMPRESSED, hi, lo, ..] => Ok(u16::from_be_bytes([*hi, *lo]) as usize),
         [v, ..] => Err(StoreError::Corrupt(format!(
             "group record has unknown version {v}"
         ))),
@@ -83,9 +107,39 @@ pub fn count(value: &[u8]) -> Result<usize, StoreError> {
     }
 }
 
+/// A group record's plain form (version 2, decompressed if it was stored
+/// compressed) and the byte range of every entry's job record in it.
+pub fn open(value: Bytes) -> Result<(Bytes, Vec<Range<usize>>), StoreError> {
+    let plain = match value.first() {
+        Some(&COMPRESSED) => Bytes::from(decompress(&value)?),
+        _ => value,
+    };
+    let ranges = entries(&plain)?;
+    Ok((plain, ranges))
+}
+
+fn decompress(value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let damaged = |what: &str| StoreError::Corrupt(format!("compressed group record {what}"));
+    let (Some(header), Some(block)) = (value.get(..7), value.get(7..)) else {
+        return Err(damaged("is truncated"));
+    };
+    let len = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+    if len > block.len().saturating_mul(MAX_EXPANSION) {
+        return Err(damaged("states a length its block cannot hold"));
+    }
+    let mut plain = vec![0; 3 + len];
+    plain[0] = VERSION;
+    plain[1..3].copy_from_slice(&header[1..3]);
+    match lz4_flex::block::decompress_into(block, &mut plain[3..]) {
+        Ok(n) if n == len => Ok(plain),
+        Ok(_) => Err(damaged("is shorter than it states")),
+        Err(e) => Err(damaged(&format!("does not decompress: {e}"))),
+    }
+}
+
 /// The byte range of every entry's job record, in order. A length that
 /// runs past the end, or a count that does not match, is damage.
-pub fn entries(value: &Bytes) -> Result<Vec<Range<usize>>, StoreError> {
+fn entries(value: &Bytes) -> Result<Vec<Range<usize>>, StoreError> {
     let n = count(value)?;
     let mut out = Vec::with_capacity(n);
     let mut at = 3;
@@ -203,6 +257,69 @@ mod tests {
         longer.push(0);
         assert!(entries(&Bytes::from(longer)).is_err());
         assert!(count(&[1, 0, 1]).is_err());
+    }
+
+    fn similar_records(n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!(r#"{{"update_id":{i},"message":{{"chat":{{"id":{i},"type":"private"}},"text":"hello {i}"}}}}"#).into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_group_is_stored_compressed_when_smaller_and_reads_back_the_same() {
+        let records = similar_records(20);
+        let mut b = Builder::new();
+        let mut plain = Builder::new();
+        for r in &records {
+            b.push(r);
+            plain.push(r);
+        }
+        let plain = plain.buf.len();
+        let v = b.finish();
+        assert_eq!(v[0], COMPRESSED);
+        assert!(v.len() * 2 < plain, "{} bytes stored for {plain}", v.len());
+        assert_eq!(count(&v).unwrap(), 20);
+        let (whole, ranges) = open(Bytes::from(v)).unwrap();
+        let got: Vec<&[u8]> = ranges.iter().map(|r| &whole[r.clone()]).collect();
+        assert_eq!(got, records.iter().map(Vec::as_slice).collect::<Vec<_>>());
+
+        // Bytes that do not compress are stored as they are.
+        let mut b = Builder::new();
+        let noise: Vec<u8> = (0..200u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        b.push(&noise);
+        let v = b.finish();
+        assert_eq!(v[0], VERSION);
+        let (whole, ranges) = open(Bytes::from(v)).unwrap();
+        assert_eq!(&whole[ranges[0].clone()], &noise[..]);
+    }
+
+    #[test]
+    fn a_damaged_compressed_group_is_an_error_not_a_panic_or_a_huge_allocation() {
+        let mut b = Builder::new();
+        for r in similar_records(20) {
+            b.push(&r);
+        }
+        let v = b.finish();
+        assert_eq!(v[0], COMPRESSED);
+        for cut in 1..v.len() {
+            assert!(
+                open(Bytes::copy_from_slice(&v[..cut])).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // A stated length no LZ4 block of this size can hold.
+        let mut huge = v.clone();
+        huge[3..7].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(open(Bytes::from(huge)).is_err());
+        // Every single flipped byte: an error or the same entries, never a
+        // panic (the decoder is bounds-checked).
+        for i in 7..v.len() {
+            let mut bad = v.clone();
+            bad[i] ^= 0x55;
+            let _ = open(Bytes::from(bad));
+        }
     }
 
     #[test]

@@ -55,9 +55,8 @@ impl Store {
             {
                 let (k, v) = item?;
                 let first = record::seq_of(&k)?;
-                let whole = Bytes::from_owner(v.clone());
-                let ranges = match group::entries(&whole) {
-                    Ok(r) => r,
+                let (whole, ranges) = match group::open(Bytes::from_owner(v.clone())) {
+                    Ok(opened) => opened,
                     Err(e) => {
                         damaged.push((k.to_vec(), v.to_vec(), e));
                         continue;
