@@ -33,17 +33,25 @@ const COMPRESSED: u8 = 3;
 /// anything is allocated for it.
 const MAX_EXPANSION: usize = 255;
 
-/// A group closes at this many bytes (or entries), so that a sled leaf (up
-/// to ~17 keys) of groups stays far under sled's blob threshold (see
-/// `SEGMENT_SIZE`): sled writes bigger pages to blob files it never fsyncs.
+/// A group closes at about this many stored bytes (or at `MAX_ENTRIES`),
+/// so that a sled leaf (up to ~17 keys) of groups stays far under sled's
+/// blob threshold (see `SEGMENT_SIZE`): sled writes bigger pages to blob
+/// files it never fsyncs.
 pub const MAX_BYTES: usize = 6 * 1024;
 pub const MAX_ENTRIES: usize = 256;
+/// What a group may hold before compression when its entries compress:
+/// sled's price per key is paid per group, so a group holds as much as
+/// still stores in about `MAX_BYTES`, up to this.
+const MAX_PLAIN: usize = 48 * 1024;
 
 /// Builds one group record from job records.
 #[derive(Default)]
 pub struct Builder {
     buf: Vec<u8>,
     count: u16,
+    /// Plain bytes at which the group closes: `MAX_BYTES` until it reaches
+    /// that, then what is expected to store in `MAX_BYTES` compressed.
+    limit: usize,
 }
 
 impl Builder {
@@ -51,16 +59,30 @@ impl Builder {
         let mut buf = Vec::with_capacity(MAX_BYTES + 512);
         buf.push(VERSION);
         buf.extend_from_slice(&0u16.to_be_bytes());
-        Builder { buf, count: 0 }
+        Builder {
+            buf,
+            count: 0,
+            limit: MAX_BYTES,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    /// Whether the group should close before taking another entry.
-    pub fn is_full(&self) -> bool {
-        self.buf.len() >= MAX_BYTES || self.count as usize >= MAX_ENTRIES
+    /// Whether the group should close before taking another entry. The
+    /// first time it reaches `MAX_BYTES`, what it holds is compressed once
+    /// to see how well its entries compress, and the limit set from that.
+    pub fn is_full(&mut self) -> bool {
+        if self.count as usize >= MAX_ENTRIES {
+            return true;
+        }
+        if self.buf.len() >= self.limit && self.limit == MAX_BYTES {
+            let plain = &self.buf[3..];
+            let stored = lz4_flex::block::compress(plain).len().max(1);
+            self.limit = (MAX_BYTES * plain.len() / stored).clamp(MAX_BYTES, MAX_PLAIN);
+        }
+        self.buf.len() >= self.limit
     }
 
     /// Adds an entry that `write` appends to the buffer it is given.
@@ -322,13 +344,47 @@ mod tests {
         }
     }
 
+    /// Bytes LZ4 cannot compress (xorshift).
+    fn noise(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn a_group_closes_by_size_or_count() {
+        // Entries that do not compress: closed at MAX_BYTES.
         let mut b = Builder::new();
+        let mut n = 0;
         while !b.is_full() {
-            b.push(&[0; 1000]);
+            b.push(&noise(1000, n));
+            n += 1;
         }
         assert_eq!(count(&b.finish()).unwrap(), 7);
+        // Entries that compress: the group holds more, up to MAX_PLAIN,
+        // and still stores in about MAX_BYTES.
+        let records = similar_records(2000);
+        let mut b = Builder::new();
+        let mut plain = 0;
+        for r in &records {
+            if b.is_full() {
+                break;
+            }
+            plain += r.len() + 4;
+            b.push(r);
+        }
+        let v = b.finish();
+        assert!(
+            plain > 2 * MAX_BYTES && plain <= MAX_PLAIN + 200,
+            "{plain} plain bytes"
+        );
+        assert!(v.len() < 2 * MAX_BYTES, "{} bytes stored", v.len());
         let mut b = Builder::new();
         while !b.is_full() {
             b.push(b"x");

@@ -218,8 +218,17 @@ async fn groups_finish_out_of_order_survive_a_reopen_and_leave_no_keys() {
             s.forward_id("b", "a").unwrap(),
             s.forward_id("b", "b").unwrap(),
         );
-        // 100 updates make several groups per forward.
-        fill(&s, 1, 100, &[a, b]).await;
+        // 100 updates that do not compress make several groups per forward.
+        let updates: Vec<Update> = (1..=100).map(|id| long_update(id, id % 7, 300)).collect();
+        let forwards = [a, b];
+        let batch: Vec<Incoming> = updates
+            .iter()
+            .map(|update| Incoming {
+                update,
+                forwards: &forwards,
+            })
+            .collect();
+        s.append("b", &batch, Some(101), 5).await.unwrap();
         let groups = s.tree.scan_prefix([GROUP]).count();
         assert!(groups >= 4, "only {groups} groups");
         assert_eq!((s.depth(a), s.depth(b)), (100, 100));
