@@ -518,8 +518,8 @@ async fn throughput(updates: i64, rounds: usize, plot_dir: &Path) -> String {
             &format!("{base:.0}"),
             &format!("{ours:.0}"),
             Some(ratio),
-            "≥ 0.7× baseline",
-            Some(ratio >= 0.7),
+            "≥ 0.9× baseline",
+            Some(ratio >= 0.9),
         ),
         row(
             &format!("CPU for {updates} updates (relay process)"),
@@ -769,8 +769,8 @@ async fn latency(samples: usize, plot_dir: &Path) -> String {
             &ms(b99),
             &ms(o99),
             Some(o99.as_secs_f64() / b99.as_secs_f64()),
-            "< 5 ms",
-            Some(o99 < Duration::from_millis(5)),
+            "< 2 ms",
+            Some(o99 < Duration::from_millis(2)),
         ),
     ]
     .join("\n")
@@ -806,8 +806,8 @@ async fn idle(seconds: u64) -> String {
             &format!("{:.1} MB", brss as f64 / 1024.0),
             &format!("{:.1} MB", rss as f64 / 1024.0),
             Some(rss as f64 / brss as f64),
-            "< 20 MB",
-            Some(rss < 20 * 1024),
+            "< 15 MB",
+            Some(rss < 15 * 1024),
         ),
     ]
     .join("\n")

@@ -58,11 +58,60 @@ fn json(status: u16, body: Bytes) -> Response<Full<Bytes>> {
         .expect("static response")
 }
 
-/// The update a benchmark sends: a realistic Telegram message, `chats` chats.
+/// The update a benchmark sends: a Telegram message in one of `chats`
+/// chats. Its text and names repeat from update to update, so a batch of
+/// them compresses ~10× (LZ4), more than real traffic; with
+/// `BENCH_UPDATES=varied` each has its own words, names and length and they
+/// compress ~2.5×, about as real updates do (BENCHMARKS.md, 2026-12-02).
 pub fn update_json(id: i64, chats: i64) -> Bytes {
     let chat = 1000 + id % chats;
+    if std::env::var_os("BENCH_UPDATES").is_some_and(|v| v == "varied") {
+        return varied_update(id, chat);
+    }
     Bytes::from(format!(
         r#"{{"update_id":{id},"message":{{"message_id":{id},"from":{{"id":{chat},"is_bot":false,"first_name":"Bench","username":"bench_user","language_code":"en"}},"chat":{{"id":{chat},"first_name":"Bench","username":"bench_user","type":"private"}},"date":1763779200,"text":"benchmark message number {id} with a little text to make it realistic"}}}}"#
+    ))
+}
+
+fn varied_update(id: i64, chat: i64) -> Bytes {
+    const WORDS: &str = "the be to of and a in that have it for not on with he as you do at this \
+        but his by from they we say her she or an will my one all would there what so up out if \
+        about who get which go me when make can like time no just him know take people into year \
+        your good some could them see other than then now look only come over think also back \
+        after use two how our work first well way even new want because any these give day most \
+        hey ok thanks please tomorrow meeting order price delivery hello привет спасибо заказ доставка";
+    const NAMES: &str = "Anna Boris Chen Dmitri Elena Farid Giulia Hiro Ivan Jana Kofi Lena Maria \
+        Nikolai Olga Pavel Quinn Rosa Sergei Tanya";
+    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    let names: Vec<&str> = NAMES.split_whitespace().collect();
+    // xorshift seeded by the id: the same update every run.
+    let mut x = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let n = 1 + next(40);
+    let text: Vec<&str> = (0..n).map(|_| words[next(words.len())]).collect();
+    let (first, last) = (names[next(names.len())], names[next(names.len())]);
+    let user: String = (0..5 + next(8))
+        .map(|_| (b'a' + next(26) as u8) as char)
+        .collect();
+    let lang = ["en", "ru", "de", "es"][next(4)];
+    let message_id = 1 + next(1_000_000);
+    let entities = if next(5) == 0 {
+        format!(
+            r#","entities":[{{"offset":0,"length":{},"type":"bold"}}]"#,
+            1 + next(10)
+        )
+    } else {
+        String::new()
+    };
+    Bytes::from(format!(
+        r#"{{"update_id":{id},"message":{{"message_id":{message_id},"from":{{"id":{chat},"is_bot":false,"first_name":"{first}","last_name":"{last}ova","username":"{user}","language_code":"{lang}"}},"chat":{{"id":{chat},"first_name":"{first}","username":"{user}","type":"private"}},"date":{},"text":"{}"{entities}}}}}"#,
+        1_764_547_200 + id,
+        text.join(" ")
     ))
 }
 
