@@ -15,13 +15,21 @@ impl Store {
         items: impl Iterator<Item = T>,
         mut write: impl FnMut(T, u64, &mut Vec<u8>),
     ) -> Option<u64> {
-        let mut g = group::Builder::new();
+        let limit = || self.group_limit.load(Ordering::Relaxed);
+        let mut close = |g: group::Builder, first: u64| {
+            let (record, next) = g.finish();
+            self.group_limit.store(next, Ordering::Relaxed);
+            b.insert(&key(GROUP, fwd, first)[..], record);
+        };
+        let mut g = group::Builder::new(limit());
         let mut first = 0;
         let mut last = None;
         for item in items {
             if g.is_full() {
-                let full = std::mem::replace(&mut g, group::Builder::new());
-                b.insert(&key(GROUP, fwd, first)[..], full.finish());
+                close(
+                    std::mem::replace(&mut g, group::Builder::new(limit())),
+                    first,
+                );
             }
             let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
             if g.is_empty() {
@@ -31,7 +39,7 @@ impl Store {
             g.push_with(|buf| write(item, seq, buf));
         }
         if !g.is_empty() {
-            b.insert(&key(GROUP, fwd, first)[..], g.finish());
+            close(g, first);
         }
         last
     }

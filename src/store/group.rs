@@ -40,29 +40,30 @@ const MAX_EXPANSION: usize = 255;
 pub const MAX_BYTES: usize = 6 * 1024;
 pub const MAX_ENTRIES: usize = 256;
 /// What a group may hold before compression when its entries compress:
-/// sled's price per key is paid per group, so a group holds as much as
-/// still stores in about `MAX_BYTES`, up to this.
+/// sled's price per key is paid per group, so a group holds about as much as
+/// still stores in `MAX_BYTES`, up to this.
 const MAX_PLAIN: usize = 48 * 1024;
 
 /// Builds one group record from job records.
-#[derive(Default)]
 pub struct Builder {
     buf: Vec<u8>,
     count: u16,
-    /// Plain bytes at which the group closes: `MAX_BYTES` until it reaches
-    /// that, then what is expected to store in `MAX_BYTES` compressed.
+    /// Plain bytes at which the group closes.
     limit: usize,
 }
 
 impl Builder {
-    pub fn new() -> Builder {
+    /// A group that closes at `limit` plain bytes: what the last group's
+    /// compression says fits in `MAX_BYTES` stored (see `finish`), so no
+    /// group is compressed twice to find out.
+    pub fn new(limit: usize) -> Builder {
         let mut buf = Vec::with_capacity(MAX_BYTES + 512);
         buf.push(VERSION);
         buf.extend_from_slice(&0u16.to_be_bytes());
         Builder {
             buf,
             count: 0,
-            limit: MAX_BYTES,
+            limit: limit.clamp(MAX_BYTES, MAX_PLAIN),
         }
     }
 
@@ -70,19 +71,9 @@ impl Builder {
         self.count == 0
     }
 
-    /// Whether the group should close before taking another entry. The
-    /// first time it reaches `MAX_BYTES`, what it holds is compressed once
-    /// to see how well its entries compress, and the limit set from that.
-    pub fn is_full(&mut self) -> bool {
-        if self.count as usize >= MAX_ENTRIES {
-            return true;
-        }
-        if self.buf.len() >= self.limit && self.limit == MAX_BYTES {
-            let plain = &self.buf[3..];
-            let stored = lz4_flex::block::compress(plain).len().max(1);
-            self.limit = (MAX_BYTES * plain.len() / stored).clamp(MAX_BYTES, MAX_PLAIN);
-        }
-        self.buf.len() >= self.limit
+    /// Whether the group should close before taking another entry.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= self.limit || self.count as usize >= MAX_ENTRIES
     }
 
     /// Adds an entry that `write` appends to the buffer it is given.
@@ -100,20 +91,22 @@ impl Builder {
         self.push_with(|buf| buf.extend_from_slice(record));
     }
 
-    /// The group record: compressed when that is smaller.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// The group record, compressed when that is smaller, and the plain
+    /// size the next group may take to store in about `MAX_BYTES`.
+    pub fn finish(mut self) -> (Vec<u8>, usize) {
         self.buf[1..3].copy_from_slice(&self.count.to_be_bytes());
         let plain = &self.buf[3..];
         let mut out = vec![0; 7 + lz4_flex::block::get_maximum_output_size(plain.len())];
         match lz4_flex::block::compress_into(plain, &mut out[7..]) {
             Ok(n) if n + 4 < plain.len() => {
+                let next = (MAX_BYTES * plain.len() / n.max(1)).clamp(MAX_BYTES, MAX_PLAIN);
                 out.truncate(7 + n);
                 out[0] = COMPRESSED;
                 out[1..3].copy_from_slice(&self.count.to_be_bytes());
                 out[3..7].copy_from_slice(&(plain.len() as u32).to_be_bytes());
-                out
+                (out, next)
             }
-            _ => self.buf,
+            _ => (self.buf, MAX_BYTES),
         }
     }
 }
@@ -263,11 +256,11 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_damage_is_an_error() {
-        let mut b = Builder::new();
+        let mut b = Builder::new(MAX_BYTES);
         b.push(b"one");
         b.push(b"");
         b.push(b"three");
-        let v = Bytes::from(b.finish());
+        let v = Bytes::from(b.finish().0);
         let ranges = entries(&v).unwrap();
         let got: Vec<&[u8]> = ranges.iter().map(|r| &v[r.clone()]).collect();
         assert_eq!(got, [&b"one"[..], b"", b"three"]);
@@ -290,14 +283,14 @@ mod tests {
     #[test]
     fn a_group_is_stored_compressed_when_smaller_and_reads_back_the_same() {
         let records = similar_records(20);
-        let mut b = Builder::new();
-        let mut plain = Builder::new();
+        let mut b = Builder::new(MAX_BYTES);
+        let mut plain = Builder::new(MAX_BYTES);
         for r in &records {
             b.push(r);
             plain.push(r);
         }
         let plain = plain.buf.len();
-        let v = b.finish();
+        let v = b.finish().0;
         assert_eq!(v[0], COMPRESSED);
         assert!(v.len() * 2 < plain, "{} bytes stored for {plain}", v.len());
         assert_eq!(count(&v).unwrap(), 20);
@@ -306,12 +299,12 @@ mod tests {
         assert_eq!(got, records.iter().map(Vec::as_slice).collect::<Vec<_>>());
 
         // Bytes that do not compress are stored as they are.
-        let mut b = Builder::new();
+        let mut b = Builder::new(MAX_BYTES);
         let noise: Vec<u8> = (0..200u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         b.push(&noise);
-        let v = b.finish();
+        let v = b.finish().0;
         assert_eq!(v[0], VERSION);
         let (whole, ranges) = open(Bytes::from(v)).unwrap();
         assert_eq!(&whole[ranges[0].clone()], &noise[..]);
@@ -319,11 +312,11 @@ mod tests {
 
     #[test]
     fn a_damaged_compressed_group_is_an_error_not_a_panic_or_a_huge_allocation() {
-        let mut b = Builder::new();
+        let mut b = Builder::new(MAX_BYTES);
         for r in similar_records(20) {
             b.push(&r);
         }
-        let v = b.finish();
+        let v = b.finish().0;
         assert_eq!(v[0], COMPRESSED);
         for cut in 1..v.len() {
             assert!(
@@ -360,36 +353,51 @@ mod tests {
     #[test]
     fn a_group_closes_by_size_or_count() {
         // Entries that do not compress: closed at MAX_BYTES.
-        let mut b = Builder::new();
+        let mut b = Builder::new(MAX_BYTES);
         let mut n = 0;
         while !b.is_full() {
             b.push(&noise(1000, n));
             n += 1;
         }
-        assert_eq!(count(&b.finish()).unwrap(), 7);
-        // Entries that compress: the group holds more, up to MAX_PLAIN,
-        // and still stores in about MAX_BYTES.
+        assert_eq!(count(&b.finish().0).unwrap(), 7);
+        // Entries that compress: the next group may hold more, up to
+        // MAX_PLAIN, and still stores in about MAX_BYTES.
         let records = similar_records(2000);
-        let mut b = Builder::new();
+        let mut records = records.iter();
+        let mut b = Builder::new(MAX_BYTES);
+        while !b.is_full() {
+            b.push(records.next().unwrap());
+        }
+        let (_, next) = b.finish();
+        assert!(
+            next > 2 * MAX_BYTES && next <= MAX_PLAIN,
+            "next limit {next}"
+        );
+        let mut b = Builder::new(next);
         let mut plain = 0;
-        for r in &records {
-            if b.is_full() {
-                break;
-            }
+        while !b.is_full() {
+            let r = records.next().unwrap();
             plain += r.len() + 4;
             b.push(r);
         }
-        let v = b.finish();
+        let entries = b.count as usize;
+        let (v, again) = b.finish();
         assert!(
-            plain > 2 * MAX_BYTES && plain <= MAX_PLAIN + 200,
-            "{plain} plain bytes"
+            (plain + 3 >= next || entries == MAX_ENTRIES) && plain < next + 200,
+            "{plain} plain bytes in {entries} entries, limit {next}"
         );
+        assert!(plain > MAX_BYTES * 2, "{plain} plain bytes");
         assert!(v.len() < 2 * MAX_BYTES, "{} bytes stored", v.len());
-        let mut b = Builder::new();
+        assert!(again > 2 * MAX_BYTES);
+        // A group that does not compress sets the limit back.
+        let mut b = Builder::new(next);
+        b.push(&noise(100, 3));
+        assert_eq!(b.finish().1, MAX_BYTES);
+        let mut b = Builder::new(MAX_BYTES);
         while !b.is_full() {
             b.push(b"x");
         }
-        assert_eq!(count(&b.finish()).unwrap(), MAX_ENTRIES);
+        assert_eq!(count(&b.finish().0).unwrap(), MAX_ENTRIES);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub use requeue::Requeue;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -138,6 +138,9 @@ pub struct Store {
     /// Serialises handing out sequence numbers with writing them, so that
     /// `m/seq` only ever grows, even with many bots appending.
     append_order: Mutex<()>,
+    /// Plain bytes a new group may hold, learnt from how well the last
+    /// group compressed (group.rs).
+    group_limit: AtomicUsize,
     instance: String,
     live: Mutex<Live>,
     /// Shared with the blocking thread each flush runs on (durability.rs).
@@ -230,6 +233,7 @@ impl Store {
             next_seq: AtomicU64::new(last + 1),
             committed: AtomicU64::new(last),
             append_order: Mutex::new(()),
+            group_limit: AtomicUsize::new(group::MAX_BYTES),
             instance,
             live: Mutex::new(live),
             blobs,
