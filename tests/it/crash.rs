@@ -46,8 +46,10 @@ fn answered_since(setup: &Setup, from: usize) -> HashSet<i64> {
 pub enum Messages {
     /// "update N" in a state directory pollhook makes itself.
     Short,
-    /// 12 KB Cyrillic texts, in a state directory made with sled's 512 KiB
-    /// segments as older pollhooks did: leaves go to sled's blob files.
+    /// 12 KB Cyrillic texts, random letters (the queue stores groups
+    /// compressed: repeated letters would shrink to nothing), in a state
+    /// directory made with sled's 512 KiB segments as older pollhooks did:
+    /// leaves go to sled's blob files.
     LongInOldSegments,
 }
 
@@ -65,13 +67,25 @@ fn blob_files(setup: &Setup) -> usize {
         .unwrap_or(0)
 }
 
+/// ` ` and `n` random Cyrillic letters (2 bytes each), the same for one id.
+fn random_letters(id: i64, n: usize) -> String {
+    let mut x = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let letters = (0..n).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        char::from_u32(0x430 + (x % 32) as u32).unwrap_or('д')
+    });
+    std::iter::once(' ').chain(letters).collect()
+}
+
 /// Streams `updates` updates over 100 chats while killing the relay `kills`
 /// times, and counts.
 pub async fn crash_run(flavor: Flavor, updates: i64, kills: usize, messages: Messages) -> CrashRun {
     let setup = Setup::with(flavor).await;
     let config = setup.config("", "max_in_flight = 16");
-    let padding = match messages {
-        Messages::Short => String::new(),
+    let long = match messages {
+        Messages::Short => false,
         Messages::LongInOldSegments => {
             sled::Config::new()
                 .path(setup.state_dir().join("db"))
@@ -80,7 +94,7 @@ pub async fn crash_run(flavor: Flavor, updates: i64, kills: usize, messages: Mes
                 .and_then(|db| db.flush())
                 .expect("an old-style state directory");
             wait_for_sled_to_let_go(&setup.state_dir()).await;
-            format!(" {}", "д".repeat(6_000))
+            true
         }
     };
     let env = [("RUST_LOG", "info")];
@@ -95,6 +109,11 @@ pub async fn crash_run(flavor: Flavor, updates: i64, kills: usize, messages: Mes
                 if id > updates {
                     break;
                 }
+                let padding = if long {
+                    random_letters(id, 6_000)
+                } else {
+                    String::new()
+                };
                 api.push_message(TOKEN, id, id % 100, &format!("update {id}{padding}"));
                 id += 1;
             }
