@@ -57,13 +57,14 @@ impl Builder {
     /// compression says fits in `MAX_BYTES` stored (see `finish`), so no
     /// group is compressed twice to find out.
     pub fn new(limit: usize) -> Builder {
-        let mut buf = Vec::with_capacity(MAX_BYTES + 512);
+        let limit = limit.clamp(MAX_BYTES, MAX_PLAIN);
+        let mut buf = Vec::with_capacity(limit + 512);
         buf.push(VERSION);
         buf.extend_from_slice(&0u16.to_be_bytes());
         Builder {
             buf,
             count: 0,
-            limit: limit.clamp(MAX_BYTES, MAX_PLAIN),
+            limit,
         }
     }
 
@@ -122,15 +123,31 @@ pub fn count(value: &[u8]) -> Result<usize, StoreError> {
     }
 }
 
-/// A group record's plain form (version 2, decompressed if it was stored
-/// compressed) and the byte range of every entry's job record in it.
-pub fn open(value: Bytes) -> Result<(Bytes, Vec<Range<usize>>), StoreError> {
-    let plain = match value.first() {
-        Some(&COMPRESSED) => Bytes::from(decompress(&value)?),
-        _ => value,
+/// A group record opened for reading.
+pub struct Opened {
+    /// Its plain form (version 2).
+    pub plain: Bytes,
+    /// The byte range of every entry's job record in `plain`.
+    pub entries: Vec<Range<usize>>,
+    /// Whether `plain` was decompressed: a job read from it then takes a
+    /// copy of its payload, because a slice would keep the whole group (up
+    /// to `MAX_PLAIN`) alive as long as the job is in memory, and a
+    /// forward's window of 4,096 jobs could hold as many groups.
+    pub decompressed: bool,
+}
+
+/// Opens a group record, decompressing it if it was stored compressed.
+pub fn open(value: Bytes) -> Result<Opened, StoreError> {
+    let (plain, decompressed) = match value.first() {
+        Some(&COMPRESSED) => (Bytes::from(decompress(&value)?), true),
+        _ => (value, false),
     };
-    let ranges = entries(&plain)?;
-    Ok((plain, ranges))
+    let entries = entries(&plain)?;
+    Ok(Opened {
+        plain,
+        entries,
+        decompressed,
+    })
 }
 
 fn decompress(value: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -294,8 +311,9 @@ mod tests {
         assert_eq!(v[0], COMPRESSED);
         assert!(v.len() * 2 < plain, "{} bytes stored for {plain}", v.len());
         assert_eq!(count(&v).unwrap(), 20);
-        let (whole, ranges) = open(Bytes::from(v)).unwrap();
-        let got: Vec<&[u8]> = ranges.iter().map(|r| &whole[r.clone()]).collect();
+        let o = open(Bytes::from(v)).unwrap();
+        assert!(o.decompressed);
+        let got: Vec<&[u8]> = o.entries.iter().map(|r| &o.plain[r.clone()]).collect();
         assert_eq!(got, records.iter().map(Vec::as_slice).collect::<Vec<_>>());
 
         // Bytes that do not compress are stored as they are.
@@ -306,8 +324,9 @@ mod tests {
         b.push(&noise);
         let v = b.finish().0;
         assert_eq!(v[0], VERSION);
-        let (whole, ranges) = open(Bytes::from(v)).unwrap();
-        assert_eq!(&whole[ranges[0].clone()], &noise[..]);
+        let o = open(Bytes::from(v)).unwrap();
+        assert!(!o.decompressed);
+        assert_eq!(&o.plain[o.entries[0].clone()], &noise[..]);
     }
 
     #[test]

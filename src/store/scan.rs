@@ -55,7 +55,11 @@ impl Store {
             {
                 let (k, v) = item?;
                 let first = record::seq_of(&k)?;
-                let (whole, ranges) = match group::open(Bytes::from_owner(v.clone())) {
+                let group::Opened {
+                    plain: whole,
+                    entries: ranges,
+                    decompressed,
+                } = match group::open(Bytes::from_owner(v.clone())) {
                     Ok(opened) => opened,
                     Err(e) => {
                         damaged.push((k.to_vec(), v.to_vec(), e));
@@ -74,7 +78,12 @@ impl Store {
                         break;
                     }
                     match record::decode_in(seq, &whole, range.clone()) {
-                        Ok(job) if keep(&job) => grouped.push(job),
+                        Ok(mut job) if keep(&job) => {
+                            if decompressed {
+                                job.payload = Bytes::copy_from_slice(&job.payload);
+                            }
+                            grouped.push(job)
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             damaged.push((key(JOB, fwd, seq).to_vec(), whole[range].to_vec(), e))

@@ -287,8 +287,8 @@ async fn a_damaged_group_entry_is_set_aside_and_its_group_moves_on() {
     let (k, v) = s.tree.scan_prefix([GROUP]).next().unwrap().unwrap();
     // Stored compressed; written back plain (version 2, still read).
     assert_eq!(v[0], 3, "a group of three similar updates is compressed");
-    let (whole, ranges) = group::open(Bytes::from(v.to_vec())).unwrap();
-    let second = ranges[1].clone();
+    let opened = group::open(Bytes::from(v.to_vec())).unwrap();
+    let (whole, second) = (opened.plain, opened.entries[1].clone());
     let mut bad = whole.to_vec();
     bad[second.start] = 9; // an unknown record version
     s.tree.insert(&k, bad).unwrap();
