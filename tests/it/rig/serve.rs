@@ -12,7 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub type Body = Full<Bytes>;
@@ -56,6 +56,27 @@ impl Server {
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Response<Body>, DropConnection>> + Send + 'static,
     {
+        Server::accepting(listener, move |stream| {
+            let handler = handler.clone();
+            async move {
+                // No timer is configured, so hyper applies no header-read
+                // timeout and never closes idle keep-alive connections on
+                // its own: the client under test decides when to close.
+                let _ = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service_fn(handler))
+                    .await;
+            }
+        })
+    }
+
+    /// Accepts connections on `listener` and runs `connection` for each
+    /// (the plain server above, the TLS front in tls.rs).
+    pub fn accepting<C, CF>(listener: TcpListener, connection: C) -> Server
+    where
+        C: Fn(TcpStream) -> CF + Send + 'static,
+        CF: Future<Output = ()> + Send + 'static,
+    {
         let addr = listener.local_addr().expect("rig: local_addr");
         let task = tokio::spawn(async move {
             // Connection tasks live in this JoinSet, owned by the accept task,
@@ -71,27 +92,13 @@ impl Server {
                             Err(_) => continue,
                         };
                         let _ = stream.set_nodelay(true);
-                        let handler = handler.clone();
-                        conns.spawn(async move {
-                            // No timer is configured, so hyper applies no header-read
-                            // timeout and never closes idle keep-alive connections on
-                            // its own: the client under test decides when to close.
-                            let _ = http1::Builder::new()
-                                .keep_alive(true)
-                                .serve_connection(TokioIo::new(stream), service_fn(handler))
-                                .await;
-                        });
+                        conns.spawn(connection(stream));
                     }
                     // Reap finished connection tasks so the set doesn't grow forever.
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 }
             }
         });
-        Server { addr, task }
-    }
-
-    /// A server whose accept loop is `task` (the TLS front, tls.rs).
-    pub fn from_task(addr: SocketAddr, task: JoinHandle<()>) -> Server {
         Server { addr, task }
     }
 

@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -184,64 +183,58 @@ where
     F: Future<Output = Result<Response<Body>, DropConnection>> + Send + 'static,
 {
     let acceptor = TlsAcceptor::from(Arc::new(ca.server_config(opts)));
-    let addr = listener.local_addr().expect("rig: local_addr");
-    let task = tokio::spawn(async move {
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let (acceptor, handler, seen) = (acceptor.clone(), handler.clone(), seen.clone());
-                    conns.spawn(async move {
-                        let tls = match acceptor.accept(stream).await {
-                            Ok(tls) => tls,
-                            Err(_) => {
-                                seen.refused.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                        };
-                        seen.handshakes.fetch_add(1, Ordering::SeqCst);
-                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let service = service_fn(move |req: Request<Incoming>| {
-                            let method = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
-                            {
-                                let mut v = seen.versions.lock().unwrap();
-                                let pair = (method.clone(), req.version());
-                                if !v.contains(&pair) {
-                                    v.push(pair);
-                                }
-                            }
-                            let poll = method
-                                .eq_ignore_ascii_case("getUpdates")
-                                .then(|| OpenPoll::new(seen.clone()));
-                            let answer = handler(req);
-                            async move {
-                                let r = answer.await;
-                                drop(poll);
-                                r
-                            }
-                        });
-                        let io = TokioIo::new(tls);
-                        if h2 {
-                            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                            if let Some(n) = opts.max_concurrent_streams {
-                                b.max_concurrent_streams(n);
-                            }
-                            let _ = b.serve_connection(io, service).await;
-                        } else {
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .keep_alive(true)
-                                .serve_connection(io, service)
-                                .await;
-                        }
-                    });
+    Server::accepting(listener, move |stream| {
+        let (acceptor, handler, seen) = (acceptor.clone(), handler.clone(), seen.clone());
+        async move {
+            let tls = match acceptor.accept(stream).await {
+                Ok(tls) => tls,
+                Err(_) => {
+                    seen.refused.fetch_add(1, Ordering::SeqCst);
+                    return;
                 }
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            };
+            seen.handshakes.fetch_add(1, Ordering::SeqCst);
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let service = service_fn(move |req: Request<Incoming>| {
+                let method = req
+                    .uri()
+                    .path()
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                {
+                    let mut v = seen.versions.lock().unwrap();
+                    let pair = (method.clone(), req.version());
+                    if !v.contains(&pair) {
+                        v.push(pair);
+                    }
+                }
+                let poll = method
+                    .eq_ignore_ascii_case("getUpdates")
+                    .then(|| OpenPoll::new(seen.clone()));
+                let answer = handler(req);
+                async move {
+                    let r = answer.await;
+                    drop(poll);
+                    r
+                }
+            });
+            let io = TokioIo::new(tls);
+            if h2 {
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                if let Some(n) = opts.max_concurrent_streams {
+                    b.max_concurrent_streams(n);
+                }
+                let _ = b.serve_connection(io, service).await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(io, service)
+                    .await;
             }
         }
-    });
-    Server::from_task(addr, task)
+    })
 }
 
 /// `ca_file = "…"` for a `[[bot]]` table.
