@@ -85,7 +85,8 @@ pub async fn run_with_events(
     let mut bot_stats = Vec::new();
     let mut clients = crate::http::Clients::new();
     let mut long_polls = crate::longpoll::Pools::new();
-    let client = clients.direct();
+    let client = crate::http::backend::Client::new()
+        .map_err(|e| anyhow::anyhow!("the delivery client: {e}"))?;
     let mut plans = Vec::with_capacity(settings.bots.len());
     let max_queued = settings
         .gateway
@@ -434,7 +435,7 @@ pub struct BotPlan {
     pub bot: Arc<crate::config::BotSettings>,
     pub api: Arc<BotApi>,
     pub budget: Arc<Budget>,
-    pub client: reqwest::Client,
+    pub client: crate::http::backend::Client,
     pub nats: Option<Nats>,
     pub forwards: Vec<ForwardPlan>,
     pub stats: Arc<BotStats>,

@@ -66,7 +66,7 @@ pub struct Forwarder {
     /// The bot's rate budget, which those calls keep to.
     pub budget: Arc<crate::budget::Budget>,
     /// The process's shared HTTP client.
-    pub client: reqwest::Client,
+    pub client: crate::http::backend::Client,
     /// The process's NATS connection, for a JetStream forward.
     pub nats: Option<Nats>,
     /// In a cluster: closed when this node may no longer lead the bot; no

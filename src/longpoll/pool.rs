@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rustls_pki_types::ServerName;
-use tokio_rustls::rustls;
 use tokio_rustls::TlsConnector;
 
 use super::conn::{Conn, Opened};
@@ -66,7 +65,7 @@ impl Pool {
             host,
             port,
             name,
-            tls: TlsConnector::from(Arc::new(tls_config(ca_file)?)),
+            tls: TlsConnector::from(Arc::new(crate::http::tls::client_config(ca_file)?)),
             conns: Mutex::default(),
             opening: tokio::sync::Mutex::default(),
             not_h2: AtomicBool::new(false),
@@ -212,24 +211,4 @@ impl Pool {
         }
         None
     }
-}
-
-/// rustls with the same trust as the bot's reqwest client: the platform's
-/// verifier over the system's roots plus `ca_file`'s (a verifier that
-/// verifies; there is no way to turn it off). ALPN offers HTTP/1.1 too, so
-/// an HTTP/1.1-only server completes the handshake and says so.
-fn tls_config(ca_file: Option<&CaFile>) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let extra = ca_file.map(|c| c.certs.to_vec()).unwrap_or_default();
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-            .map_err(|e| format!("ca_file: {e}"))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
 }

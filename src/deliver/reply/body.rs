@@ -19,10 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::CONTENT_TYPE;
+use http_body_util::BodyExt;
+use hyper::header::CONTENT_TYPE;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::http::backend::{self, Response};
 use crate::http::error_chain;
 
 /// The largest JSON or form reply, and the largest multipart one whose
@@ -109,7 +111,7 @@ pub struct ReadReply {
 #[derive(Debug)]
 pub struct Pending {
     content_type: Option<String>,
-    response: reqwest::Response,
+    response: Response,
     size: Size,
     permits: Arc<Semaphore>,
     /// How long reading may take once it starts (the forward's timeout).
@@ -137,7 +139,7 @@ impl Pending {
 /// Looks at a 2xx answer and reads its body now if a permit is free;
 /// `deadline` ends the delivery attempt, `timeout` is its length.
 pub async fn take(
-    response: reqwest::Response,
+    response: Response,
     budget: &ReplyBudget,
     deadline: Instant,
     timeout: Duration,
@@ -147,7 +149,7 @@ pub async fn take(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let length = response.content_length();
+    let length = backend::content_length(&response);
     if length == Some(0) {
         return ReplyBody::None;
     }
@@ -185,22 +187,24 @@ pub async fn take(
 /// Reads at most `size.cap()` bytes into one buffer sized up front, so a
 /// body is never copied while it grows.
 async fn read(
-    mut response: reqwest::Response,
+    response: Response,
     size: Size,
     deadline: Instant,
 ) -> Result<Bytes, String> {
     let cap = size.cap();
     // Unknown length: room for the cap. The pages are only touched as they
     // are written, so what is not used costs address space, not memory.
-    let reserve = response.content_length().map_or(cap, |n| n as usize);
+    let reserve = backend::content_length(&response).map_or(cap, |n| n as usize);
     let mut buf = BytesMut::with_capacity(reserve.min(cap));
+    let mut body = response.into_body();
     let reading = async {
-        while let Some(chunk) = response.chunk().await.map_err(|e| {
-            format!(
-                "the reply body could not be read: {}",
-                error_chain(&e.without_url())
-            )
-        })? {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                format!("the reply body could not be read: {}", error_chain(&e))
+            })?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
             if buf.len() + chunk.len() > cap {
                 return Err(size.too_large(None));
             }

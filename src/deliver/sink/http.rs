@@ -3,16 +3,16 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
-use reqwest::Method;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
+use hyper::{Method, Uri};
 use secrecy::ExposeSecret;
 use tokio::time::{timeout_at, Instant};
 
 use super::{Outcome, Sink};
 use crate::config::ForwardSettings;
 use crate::deliver::reply::{self, ReplyBody, ReplyBudget};
+use crate::http::backend::{self, read_capped};
 use crate::http::error_chain;
-use crate::http::read_capped;
 use crate::platform::flavor::Flavor;
 use crate::signing::{signature_header, SigningKey};
 use crate::store::Job;
@@ -30,8 +30,8 @@ const REPLAY: HeaderName = HeaderName::from_static("x-pollhook-replay");
 
 /// A forward's endpoint with everything needed to sign and send to it.
 pub struct Target {
-    client: reqwest::Client,
-    url: url::Url,
+    client: backend::Client,
+    uri: Result<Uri, String>,
     keys: Vec<SigningKey>,
     /// Headers that are the same on every request (secret token, bot name).
     fixed: HeaderMap,
@@ -52,11 +52,19 @@ impl Target {
         flavor: Flavor,
         url: &url::Url,
         fwd: &ForwardSettings,
-        client: reqwest::Client,
+        client: backend::Client,
         replies: ReplyBudget,
     ) -> Target {
+        // url::Url writes out a URL hyper takes (percent-encoded, an
+        // http(s) scheme, as configuration validated); kept as a result so
+        // that one it did not take fails its attempts with a reason.
+        let uri = url.as_str().parse::<Uri>().map_err(|e| e.to_string());
         let mut fixed = HeaderMap::new();
         fixed.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        fixed.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("pollhook/", env!("CARGO_PKG_VERSION"))),
+        );
         if let Ok(v) = HeaderValue::from_str(bot) {
             fixed.insert(HeaderName::from_static("x-pollhook-bot"), v);
         }
@@ -71,7 +79,7 @@ impl Target {
         }
         Target {
             client,
-            url: url.clone(),
+            uri,
             keys: fwd.signing_keys.clone(),
             fixed,
             timeout: fwd.timeout,
@@ -92,13 +100,12 @@ impl Target {
         let received_at = humantime::format_rfc3339_millis(
             std::time::UNIX_EPOCH + Duration::from_millis(job.received_ms),
         );
-        // The timeout covers the answer and a body read now; not reqwest's
-        // own, which would also run out on a reply body left to read later
-        // (see deliver/reply/body.rs).
+        // The timeout covers the answer and a body read now, not a reply
+        // body left to read later (see deliver/reply/body.rs).
         let deadline = Instant::now() + self.timeout;
-        // The request is built as a whole, its header names constants:
-        // reqwest's builder parsed each name from a string and merged the
-        // fixed headers one by one, ~2 % of the relay's CPU per update
+        // The request is built as a whole, its header names constants: a
+        // builder parsing each name from a string and merging the fixed
+        // headers one by one was ~2 % of the relay's CPU per update
         // (BENCHMARKS.md, 2026-12-02).
         let mut headers = self.fixed.clone();
         headers.reserve(8);
@@ -137,17 +144,25 @@ impl Target {
                 headers.insert(SIGNATURE, v);
             }
         }
-        let mut req = reqwest::Request::new(Method::POST, self.url.clone());
+        let mut req = hyper::Request::new(backend::Body::new(job.payload.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = match &self.uri {
+            Ok(uri) => uri.clone(),
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("the forward's URL cannot be sent to: {e}"),
+                    retry_after: None,
+                }
+            }
+        };
         *req.headers_mut() = headers;
-        *req.body_mut() = Some(job.payload.clone().into());
-        let req = self.client.execute(req);
-        let response = match timeout_at(deadline, req).await {
+        let response = match timeout_at(deadline, self.client.send(req)).await {
             Ok(Ok(r)) => r,
             Err(_) => return self.timed_out(),
-            Ok(Err(e)) if e.is_timeout() => return self.timed_out(),
+            // hyper's errors carry no URL, so nothing of it to strip.
             Ok(Err(e)) => {
                 return Outcome::Failed {
-                    error: error_chain(&e.without_url()),
+                    error: error_chain(&e),
                     retry_after: None,
                 }
             }
@@ -202,7 +217,7 @@ impl Target {
 /// receivers and would need a date parser; it falls back to our schedule.
 fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
-        .get(reqwest::header::RETRY_AFTER)?
+        .get(hyper::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim()

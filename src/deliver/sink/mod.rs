@@ -21,7 +21,7 @@ use crate::store::Job;
 /// The connections sinks are made with.
 pub struct Wires<'a> {
     /// The process's shared HTTP client.
-    pub http: &'a reqwest::Client,
+    pub http: &'a crate::http::backend::Client,
     /// The process's NATS connection, when `[nats]` is configured.
     pub nats: Option<&'a Nats>,
     /// In a cluster, whether this node still leads the bot.

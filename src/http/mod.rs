@@ -3,6 +3,9 @@
 //! broken or hostile server cannot make pollhook buffer without end, and
 //! error text without the URL's secrets.
 
+pub mod backend;
+pub mod tls;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -100,11 +103,6 @@ impl Clients {
             direct: shared_client(),
             via: Default::default(),
         }
-    }
-
-    /// The direct client, for backends.
-    pub fn direct(&self) -> reqwest::Client {
-        self.direct.clone()
     }
 
     /// The client for a bot's Bot API calls (long polls, webhook replies,
