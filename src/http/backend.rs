@@ -30,10 +30,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A handle on the process's delivery client; clones share its pool.
 #[derive(Clone)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<HttpConnector>,
-        Body,
-    >,
+    inner: hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
 }
 
 impl Client {
@@ -43,7 +40,9 @@ impl Client {
         http.set_nodelay(true);
         // The TLS layer below takes https:// URLs.
         http.enforce_http(false);
-        let tls = super::tls::client_config(None)?;
+        let mut tls = super::tls::client_config(None)?;
+        // hyper-rustls sets ALPN itself, from the versions enabled below.
+        tls.alpn_protocols.clear();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

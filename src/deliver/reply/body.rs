@@ -186,11 +186,7 @@ pub async fn take(
 
 /// Reads at most `size.cap()` bytes into one buffer sized up front, so a
 /// body is never copied while it grows.
-async fn read(
-    response: Response,
-    size: Size,
-    deadline: Instant,
-) -> Result<Bytes, String> {
+async fn read(response: Response, size: Size, deadline: Instant) -> Result<Bytes, String> {
     let cap = size.cap();
     // Unknown length: room for the cap. The pages are only touched as they
     // are written, so what is not used costs address space, not memory.
@@ -199,9 +195,8 @@ async fn read(
     let mut body = response.into_body();
     let reading = async {
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                format!("the reply body could not be read: {}", error_chain(&e))
-            })?;
+            let frame = frame
+                .map_err(|e| format!("the reply body could not be read: {}", error_chain(&e)))?;
             let Ok(chunk) = frame.into_data() else {
                 continue;
             };
