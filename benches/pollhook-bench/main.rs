@@ -205,6 +205,9 @@ enum Scenario {
         backend: String,
         #[arg(long, default_value_t = 16)]
         in_flight: usize,
+        /// hyper's client instead of reqwest (`BENCH_BASELINE=lean`).
+        #[arg(long)]
+        lean: bool,
     },
 }
 
@@ -289,7 +292,8 @@ fn main() {
                 api,
                 backend,
                 in_flight,
-            } => baseline::run(&api, &backend, in_flight).await,
+                lean,
+            } => baseline::run(&api, &backend, in_flight, lean).await,
         }
     });
 }

@@ -197,6 +197,11 @@ impl Child {
                 &format!("http://{backend}/webhook"),
             ])
             .args(["--in-flight", &in_flight.to_string()])
+            .args(
+                std::env::var_os("BENCH_BASELINE")
+                    .is_some_and(|v| v == "lean")
+                    .then_some("--lean"),
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("baseline starts");
