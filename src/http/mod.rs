@@ -51,18 +51,18 @@ pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The one HTTP client of the process. Each `reqwest::Client` carries its own
-/// connection pool and TLS configuration (the root store alone is a few
-/// hundred KB), so one per bot and forward made many idle bots cost five
-/// times the memory (BENCHMARKS.md, "1,000 bots").
-/// Redirects are never followed (Bot API calls do not redirect; a backend's
-/// redirect is a misconfiguration to surface) and every request sets its
-/// own timeout.
+/// The process's one client for Bot API calls. Each `reqwest::Client`
+/// carries its own connection pool and TLS configuration (the root store
+/// alone is a few hundred KB), so one per bot and forward made many idle
+/// bots cost five times the memory (BENCHMARKS.md, "1,000 bots"); the
+/// deliveries' client is likewise one for the process (backend.rs).
+/// Redirects are never followed (Bot API calls do not redirect) and every
+/// request sets its own timeout.
 ///
 /// It uses no proxy, whatever `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` say: a
-/// proxy sees the whole URL of an `http://` request, token included, and
-/// deliveries to private backends should not leave through one either. A
-/// bot that needs a proxy names it (`proxy`), see [`Clients`].
+/// proxy sees the whole URL of an `http://` request, token included. A bot
+/// that needs a proxy names it (`proxy`), see [`Clients`]. Deliveries to
+/// backends have their own client, which uses no proxy either (backend.rs).
 pub fn shared_client() -> reqwest::Client {
     builder()
         .no_proxy()

@@ -170,3 +170,52 @@ async fn long_polls_never_wait_behind_the_servers_stream_limit() {
     }
     relay.stop().await;
 }
+
+/// Deliveries to an `https://` backend verify its certificate against the
+/// system's roots (a forward has no `ca_file`, and nothing turns
+/// verification off): a backend whose certificate a private CA signed
+/// completes no handshake, so it sees no update, and each attempt fails
+/// with a certificate error in the log while the update stays queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_backend_with_an_untrusted_certificate_is_sent_nothing() {
+    let setup = Setup::new().await;
+    let ca = TestCa::new();
+    let seen = Arc::new(Seen::default());
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    let backend = crate::rig::tls::serve_tls(
+        crate::rig::serve::bind(0),
+        &ca,
+        TlsOptions::H2,
+        seen.clone(),
+        move |_req| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok(hyper::Response::new(crate::rig::serve::Body::default())) }
+        },
+    );
+    let toml = format!(
+        "state_dir = \"state\"\nshutdown_timeout = \"5s\"\n{}\n[[bot.forward]]\nname = \"app\"\nurl = \"https://127.0.0.1:{}/hook\"\nsigning_secret = \"{SECRET}\"\n",
+        setup.main_bot(),
+        backend.addr.port()
+    );
+    let config = write_config(setup.path(), &toml);
+    let mut relay = setup.spawn(&config);
+    setup
+        .api
+        .push_message(TOKEN, 1, 7, "not for an untrusted backend");
+    relay.wait_log_count("delivery failed", 2, LONG).await;
+    let logs = relay.logs();
+    let line = log_line(&logs, "delivery failed");
+    eprintln!("the failed attempt's log line: {line}");
+    assert!(
+        line.contains("certificate"),
+        "not a certificate error: {line}"
+    );
+    assert!(line.contains("app"), "the forward is not named: {line}");
+    assert!(line.contains("stays queued"), "{line}");
+    assert!(seen.refused_handshakes() >= 2, "no handshake was refused");
+    assert_eq!(seen.handshakes(), 0, "a handshake completed");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    relay.stop().await;
+    assert_no_token(&relay.logs());
+}
