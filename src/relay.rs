@@ -85,7 +85,8 @@ pub async fn run_with_events(
     let mut bot_stats = Vec::new();
     let mut clients = crate::http::Clients::new();
     let mut long_polls = crate::longpoll::Pools::new();
-    let client = crate::http::backend::Client::new();
+    let client = crate::http::backend::Client::new()
+        .map_err(|e| anyhow::anyhow!("the delivery client: {e}"))?;
     let mut plans = Vec::with_capacity(settings.bots.len());
     let max_queued = settings
         .gateway
