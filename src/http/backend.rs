@@ -10,6 +10,7 @@
 //! timeout, TLS with the platform's verifier, no proxy, no redirects (hyper
 //! follows none), and the request's timeout, which the sink sets itself.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -34,9 +35,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// `http://`-only relay never loads the system's roots) was tried: the
 /// second client type's code took an idle relay from 14.8 to 15.7 MB RSS,
 /// more than the root store it saved (BENCHMARKS.md).
+///
+/// Behind an `Arc`: hyper-util's client is cloned with its whole
+/// configuration (~0.6 KB), and every bot's plan and forward holds one;
+/// 10,000 idle bots took 17 MB more than with reqwest's one-pointer handle.
 #[derive(Clone)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    inner:
+        Arc<hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>>,
 }
 
 impl Client {
@@ -59,7 +65,9 @@ impl Client {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(Client { inner })
+        Ok(Client {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Sends one request; the answer's body is left to read.
@@ -93,4 +101,25 @@ pub async fn read_capped(response: Response, cap: usize) -> Result<Bytes, BodyEr
         }
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every bot's plan and forward holds a handle: it must stay a pointer
+    /// (10,000 idle bots, BENCHMARKS.md), not hyper-util's whole client.
+    #[test]
+    fn a_handle_is_one_pointer() {
+        eprintln!(
+            "hyper-util's client: {} bytes",
+            std::mem::size_of::<
+                hyper_util::client::legacy::Client<
+                    hyper_rustls::HttpsConnector<HttpConnector>,
+                    Body,
+                >,
+            >()
+        );
+        assert_eq!(std::mem::size_of::<Client>(), std::mem::size_of::<usize>());
+    }
 }
