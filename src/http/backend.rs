@@ -30,12 +30,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A handle on the process's delivery client; clones share its pool.
 ///
-/// One client for `http://` and `https://` backends alike; its verifier
-/// loads the system's roots at the first handshake (`tls::lazy_config`), so
-/// a relay with `http://` backends only never does. Keeping a plain client
-/// apart and making a TLS one at the first `https://` delivery instead was
-/// tried: the second client type's code took an idle relay from 14.8 to
-/// 15.7 MB RSS (BENCHMARKS.md).
+/// One client for `http://` and `https://` backends alike. Keeping a plain
+/// one apart and making the TLS one at the first `https://` delivery (so an
+/// `http://`-only relay never loads the system's roots) was tried: the
+/// second client type's code took an idle relay from 14.8 to 15.7 MB RSS,
+/// more than the root store it saved (BENCHMARKS.md).
 ///
 /// Behind an `Arc`: hyper-util's client is cloned with its whole
 /// configuration (336 bytes), and every bot's plan, dispatcher and sink
@@ -54,8 +53,9 @@ impl Client {
         http.set_nodelay(true);
         // The TLS layer below takes https:// URLs.
         http.enforce_http(false);
-        // No ALPN set: hyper-rustls sets it from the versions enabled below.
-        let tls = super::tls::lazy_config()?;
+        let mut tls = super::tls::client_config(None)?;
+        // hyper-rustls sets ALPN itself, from the versions enabled below.
+        tls.alpn_protocols.clear();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
