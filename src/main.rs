@@ -13,8 +13,8 @@ use clap::Parser;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 // One arena instead of four per CPU: each thread's cache takes the small
-// allocations either way, and an idle relay with one bot took 14.0 MB RSS
-// instead of 14.9 MB, relaying at the same speed (BENCHMARKS.md,
+// allocations either way, and an idle relay with one bot took 14.2–14.4 MB
+// RSS instead of 14.9–15.1 MB, relaying at the same speed (BENCHMARKS.md,
 // 2026-12-02, third session). jemalloc reads this at start;
 // `_RJEM_MALLOC_CONF` in the environment still overrides it.
 #[export_name = "_rjem_malloc_conf"]

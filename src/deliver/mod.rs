@@ -65,7 +65,7 @@ pub struct Forwarder {
     pub api: Arc<BotApi>,
     /// The bot's rate budget, which those calls keep to.
     pub budget: Arc<crate::budget::Budget>,
-    /// The process's shared HTTP client.
+    /// The process's delivery client.
     pub client: crate::http::backend::Client,
     /// The process's NATS connection, for a JetStream forward.
     pub nats: Option<Nats>,

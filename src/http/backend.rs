@@ -87,11 +87,20 @@ pub fn content_length(response: &Response) -> Option<u64> {
 
 /// Reads at most `cap` bytes of a response's body.
 pub async fn read_capped(response: Response, cap: usize) -> Result<Bytes, BodyError> {
+    read_capped_into(response, cap, BytesMut::new()).await
+}
+
+/// Like `read_capped`, into `buf`: a caller that sizes it up front keeps
+/// a long body from being copied while it grows.
+pub async fn read_capped_into(
+    response: Response,
+    cap: usize,
+    mut buf: BytesMut,
+) -> Result<Bytes, BodyError> {
     if content_length(&response).is_some_and(|n| n > cap as u64) {
         return Err(BodyError::TooLarge(cap));
     }
     let mut body = response.into_body();
-    let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Read(error_chain(&e)))?;
         if let Ok(data) = frame.into_data() {

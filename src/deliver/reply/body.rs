@@ -19,13 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
 use hyper::header::CONTENT_TYPE;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::http::backend::{self, Response};
-use crate::http::error_chain;
+use crate::http::BodyError;
 
 /// The largest JSON or form reply, and the largest multipart one whose
 /// length is known up front to count as small.
@@ -191,25 +190,14 @@ async fn read(response: Response, size: Size, deadline: Instant) -> Result<Bytes
     // Unknown length: room for the cap. The pages are only touched as they
     // are written, so what is not used costs address space, not memory.
     let reserve = backend::content_length(&response).map_or(cap, |n| n as usize);
-    let mut buf = BytesMut::with_capacity(reserve.min(cap));
-    let mut body = response.into_body();
-    let reading = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| format!("the reply body could not be read: {}", error_chain(&e)))?;
-            let Ok(chunk) = frame.into_data() else {
-                continue;
-            };
-            if buf.len() + chunk.len() > cap {
-                return Err(size.too_large(None));
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(())
-    };
+    let buf = BytesMut::with_capacity(reserve.min(cap));
+    let reading = backend::read_capped_into(response, cap, buf);
     match tokio::time::timeout_at(deadline, reading).await {
-        Ok(Ok(())) => Ok(buf.freeze()),
-        Ok(Err(why)) => Err(why),
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(BodyError::TooLarge(_))) => Err(size.too_large(None)),
+        Ok(Err(BodyError::Read(e) | BodyError::Timeout(e))) => {
+            Err(format!("the reply body could not be read: {e}"))
+        }
         Err(_) => Err("the reply body did not arrive within the forward's timeout".into()),
     }
 }

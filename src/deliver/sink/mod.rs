@@ -20,7 +20,7 @@ use crate::store::Job;
 
 /// The connections sinks are made with.
 pub struct Wires<'a> {
-    /// The process's shared HTTP client.
+    /// The process's delivery client.
     pub http: &'a crate::http::backend::Client,
     /// The process's NATS connection, when `[nats]` is configured.
     pub nats: Option<&'a Nats>,
