@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::http::{error_chain, read_capped, BodyError};
-use crate::longpoll::{LongPolls, PollError, Pool};
+use crate::longpoll::{Answer, LongPolls, PollError, Pool};
 use crate::platform::call::Params;
 use crate::platform::utf8::{readable, span_in};
 use crate::redact::Redactor;
@@ -287,10 +287,7 @@ impl BotApi {
             Some(LongPolls::Client(c)) => c,
             Some(LongPolls::H2 { pool, h1 }) => {
                 match self.poll_h2(pool, body.clone(), timeout).await {
-                    Some(result) => {
-                        let result = result.map_err(|e| e.redacted(&self.redactor))?;
-                        return split_updates(&result).map_err(|e| e.redacted(&self.redactor));
-                    }
+                    Some(updates) => return updates.map_err(|e| e.redacted(&self.redactor)),
                     None => h1,
                 }
             }
@@ -302,8 +299,10 @@ impl BotApi {
         let request = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        let result = self.execute("getUpdates", request, timeout).await?;
-        split_updates(&result).map_err(|e| e.redacted(&self.redactor))
+        self.fetch(request, timeout)
+            .await
+            .and_then(|answer| self.updates_in(&answer))
+            .map_err(|e| e.redacted(&self.redactor))
     }
 
     /// getUpdates' URL, parsed once (None if it does not parse).
@@ -320,7 +319,7 @@ impl BotApi {
         pool: &Pool,
         body: Bytes,
         timeout: Duration,
-    ) -> Option<Result<Bytes, ApiError>> {
+    ) -> Option<Result<Vec<Bytes>, ApiError>> {
         if !pool.speaks_h2() {
             return None;
         }
@@ -339,15 +338,22 @@ impl BotApi {
             Err(PollError::TooLarge(limit)) => return Some(Err(ApiError::TooLarge { limit })),
             Err(PollError::Transport(text)) => return Some(Err(ApiError::Transport(text))),
         };
-        Some(
-            self.interpret(
-                "getUpdates",
-                answer.status,
-                answer.retry_after,
-                &answer.body,
-            )
-            .map(|range| answer.body.slice(range)),
-        )
+        Some(self.updates_in(&answer))
+    }
+
+    /// The updates in a getUpdates answer, each as its exact bytes. Errors
+    /// are not yet redacted.
+    fn updates_in(&self, answer: &Answer) -> Result<Vec<Bytes>, ApiError> {
+        if let Some(updates) = updates_at_once(answer) {
+            return Ok(updates);
+        }
+        let result = self.interpret(
+            "getUpdates",
+            answer.status,
+            answer.retry_after,
+            &answer.body,
+        )?;
+        split_updates(&answer.body.slice(result))
     }
 
     /// Any method with JSON parameters; returns the raw `result`.
@@ -486,6 +492,18 @@ impl BotApi {
         request: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<Bytes, ApiError> {
+        let answer = self.fetch(request, timeout).await?;
+        let result = self.interpret(method, answer.status, answer.retry_after, &answer.body)?;
+        Ok(answer.body.slice(result))
+    }
+
+    /// Sends a request and reads its answer whole (up to [`MAX_RESPONSE`]).
+    /// Errors are not yet redacted.
+    async fn fetch(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Answer, ApiError> {
         let response = request
             .timeout(timeout)
             .send()
@@ -493,14 +511,17 @@ impl BotApi {
             .map_err(|e| self.transport_error(e, timeout))?;
         let status = response.status().as_u16();
         let retry_after_header = crate::http::retry_after_secs(response.headers());
-        let bytes = match read_capped(response, MAX_RESPONSE).await {
+        let body = match read_capped(response, MAX_RESPONSE).await {
             Ok(b) => b,
             Err(BodyError::Timeout(_)) => return Err(ApiError::Timeout { timeout }),
             Err(BodyError::TooLarge(limit)) => return Err(ApiError::TooLarge { limit }),
             Err(e) => return Err(ApiError::Transport(e.to_string())),
         };
-        let result = self.interpret(method, status, retry_after_header, &bytes)?;
-        Ok(bytes.slice(result))
+        Ok(Answer {
+            status,
+            retry_after: retry_after_header,
+            body,
+        })
     }
 
     /// `getMe`: who the token belongs to.
@@ -617,6 +638,31 @@ impl BotApi {
 
 /// Each update of a getUpdates `result` as its exact bytes (slices of
 /// `result`, not copies).
+/// A getUpdates answer that is what it should be (2xx, valid UTF-8, `ok`,
+/// an array of updates) read in one pass of the JSON, envelope and array
+/// together; None for anything else, which [`BotApi::interpret`] and
+/// [`split_updates`] then read (and explain) as any answer.
+fn updates_at_once(answer: &Answer) -> Option<Vec<Bytes>> {
+    #[derive(Deserialize)]
+    struct Updates<'a> {
+        ok: bool,
+        #[serde(borrow)]
+        result: Vec<&'a RawValue>,
+    }
+    if !(200..300).contains(&answer.status) {
+        return None;
+    }
+    let text = std::str::from_utf8(&answer.body).ok()?;
+    let updates: Updates = serde_json::from_str(text).ok()?;
+    updates.ok.then(|| {
+        updates
+            .result
+            .into_iter()
+            .map(|u| answer.body.slice(span_in(text, u.get())))
+            .collect()
+    })
+}
+
 fn split_updates(result: &Bytes) -> Result<Vec<Bytes>, ApiError> {
     let text = readable(result);
     let updates: Vec<&RawValue> =
@@ -806,6 +852,61 @@ mod tests {
                 Bytes::from_static(b"{\"update_id\":2}")
             ]
         );
+    }
+
+    /// getUpdates' one-pass reading gives the general path's updates, and
+    /// leaves every other answer to it (whose errors say what was wrong).
+    #[test]
+    fn updates_read_at_once_are_the_ones_read_in_two_steps() {
+        let a = api();
+        let answer = |status, body: &'static [u8]| Answer {
+            status,
+            retry_after: None,
+            body: Bytes::from_static(body),
+        };
+        let two_steps = |ans: &Answer| {
+            let result = a.interpret("getUpdates", ans.status, None, &ans.body)?;
+            split_updates(&ans.body.slice(result))
+        };
+        for body in [
+            &br#"{"ok":true,"result":[{"update_id":1,"message":{"text":"[\"]"}} , {"update_id":2}]}"#[..],
+            br#"{"result":[],"ok":true,"extra":{"a":[1]}}"#,
+            br#" {"ok":true,"description":"fine","result":[ [1], "x", 3 ]} "#,
+        ] {
+            let ans = answer(200, body);
+            let fast = updates_at_once(&ans).expect("read at once");
+            assert_eq!(fast, two_steps(&ans).unwrap());
+            assert_eq!(a.updates_in(&ans), Ok(fast));
+        }
+        let first = updates_at_once(&answer(200, br#"{"ok":true,"result":[{"update_id":1,"message":{"text":"[\"]"}} , {"update_id":2}]}"#)).unwrap();
+        assert_eq!(
+            first[0],
+            &br#"{"update_id":1,"message":{"text":"[\"]"}}"#[..]
+        );
+        for (status, body) in [
+            (
+                200,
+                &b"{\"ok\":true,\"result\":[{\"update_id\":1,\"t\":\"\xFF\"}]}"[..],
+            ),
+            (200, br#"{"ok":false,"result":[],"description":"no"}"#),
+            (200, br#"{"ok":true,"result":{"update_id":1}}"#),
+            (200, br#"{"ok":true,"result":[1,]}"#),
+            (200, br#"{"ok":true}"#),
+            (429, br#"{"ok":true,"result":[]}"#),
+            (
+                409,
+                br#"{"ok":false,"description":"terminated by other getUpdates request"}"#,
+            ),
+        ] {
+            let ans = answer(status, body);
+            assert_eq!(
+                updates_at_once(&ans),
+                None,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(a.updates_in(&ans), two_steps(&ans));
+        }
     }
 
     #[test]

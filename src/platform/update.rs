@@ -224,6 +224,98 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
     }
 }
 
+/// An update's head as `from_bytes` reads it (the first `update_id`; the
+/// kind, the first other field whose value is an object, else the first
+/// other field; the kind's body), read in one pass: the slow path reads the
+/// fields, then the body again.
+struct Head {
+    update_id: Option<Id>,
+    /// The kind, and its body if its value is an object.
+    kind: Option<(String, Option<Body>)>,
+}
+
+impl<'de> Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IgnoredAny;
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Head;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Head, M::Error> {
+                let mut head = Head {
+                    update_id: None,
+                    kind: None,
+                };
+                // Whether `head.kind` is final: an object-valued field.
+                let mut found = false;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "update_id" {
+                        match head.update_id {
+                            None => head.update_id = Some(map.next_value()?),
+                            Some(_) => drop(map.next_value::<IgnoredAny>()?),
+                        }
+                    } else if found {
+                        map.next_value::<IgnoredAny>()?;
+                    } else if let Some(body) = map.next_value::<MaybeBody>()?.0 {
+                        head.kind = Some((key, Some(body)));
+                        found = true;
+                    } else if head.kind.is_none() {
+                        head.kind = Some((key, None));
+                    }
+                }
+                Ok(head)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// A field's value: read as a [`Body`] when it is an object, skipped
+/// otherwise.
+struct MaybeBody(Option<Body>);
+
+impl<'de> Deserialize<'de> for MaybeBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = MaybeBody;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<MaybeBody, M::Error> {
+                let body = Body::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(MaybeBody(Some(body)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeBody, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeBody(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeBody, E> {
+                Ok(MaybeBody(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeBody, E> {
+                Ok(MaybeBody(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeBody, E> {
+                Ok(MaybeBody(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeBody, E> {
+                Ok(MaybeBody(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<MaybeBody, E> {
+                Ok(MaybeBody(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeBody, E> {
+                Ok(MaybeBody(None))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 impl Update {
     pub fn parse(raw: &RawValue) -> Result<Update, ParseError> {
         Update::from_bytes(raw.get().as_bytes())
@@ -233,6 +325,14 @@ impl Update {
     /// payload unchanged, even where they are not valid UTF-8 (the head is
     /// read from a same-length view, see [`readable`]).
     pub fn from_bytes(payload: &[u8]) -> Result<Update, ParseError> {
+        match Update::at_once(payload) {
+            Some(update) => Ok(update),
+            None => Update::field_by_field(payload),
+        }
+    }
+
+    /// `from_bytes` for any input: the fields, then the body.
+    fn field_by_field(payload: &[u8]) -> Result<Update, ParseError> {
         let text = readable(payload);
         let Fields(fields) = serde_json::from_str(&text)
             .map_err(|e| ParseError::NotAnObject(what_it_is(&text, &e)))?;
@@ -262,6 +362,33 @@ impl Update {
             .map(lane_of)
             .unwrap_or((Lane::Alone, None));
         Ok(Update {
+            update_id: Some(update_id),
+            kind,
+            lane,
+            chat_type,
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// The usual update (valid UTF-8, an object, an integer `update_id`,
+    /// a body that reads) in one pass over its JSON; None for anything
+    /// else, which `from_bytes` then reads field by field as before. Where
+    /// this returns an update, it is the one `from_bytes`'s slow path
+    /// would: a body that would not read, there or here, makes this give up.
+    fn at_once(payload: &[u8]) -> Option<Update> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let head: Head = serde_json::from_str(text).ok()?;
+        let update_id = match head.update_id? {
+            Id::Int(n) => n,
+            Id::Text(s) => s.trim().parse().ok()?,
+            Id::Other => return None,
+        };
+        let (kind, (lane, chat_type)) = match head.kind {
+            Some((kind, Some(body))) => (kind, lane_of(body)),
+            Some((kind, None)) => (kind, (Lane::Alone, None)),
+            None => ("unknown".to_string(), (Lane::Alone, None)),
+        };
+        Some(Update {
             update_id: Some(update_id),
             kind,
             lane,
@@ -318,6 +445,72 @@ mod tests {
     fn parse(s: &str) -> Result<Update, ParseError> {
         let raw: Box<RawValue> = serde_json::from_str(s).unwrap();
         Update::parse(&raw)
+    }
+
+    /// The one-pass reading must give what the field-by-field one gives,
+    /// for every shape it takes on (and it must take on the usual ones).
+    #[test]
+    fn one_pass_reads_what_field_by_field_reads() {
+        let usual = [
+            r#"{"update_id":7,"message":{"message_id":1,"chat":{"id":-100,"type":"group"},"from":{"id":5},"text":"a \"b\" \u00e9"}}"#,
+            r#"{"update_id":8,"callback_query":{"id":"x","from":{"id":5},"message":{"chat":{"id":42}}}}"#,
+            r#"{"update_id":"77","message":{"chat":{"id":"0B7E8F3A-6F5C-4F7A-9D1E-2C3B4A5D6E7F"}}}"#,
+            r#"{"update_id":9,"inline_query":{"id":"q","from":{"id":77},"query":""}}"#,
+            r#"{"update_id":10,"poll":{"id":"p","question":"?"}}"#,
+            r#"{"update_id":11, "future_thing" : {"chat":{"id":[1]}}, "x":1}"#,
+            r#"{"update_id":12,"a_timestamp":5,"message":{"chat":{"id":1,"type":"group"}}}"#,
+            r#"{"update_id":13,"zzz":{"chat":{"id":2}},"aaa":{"x":1}}"#,
+            r#"{"a":[1,{"b":2}],"update_id":14,"b":"text","my_chat_member":{"chat":{"id":3},"from":{"id":4}}}"#,
+            r#"{"update_id":15}"#,
+            r#"{"update_id":16,"x":null,"y":true}"#,
+            r#"{"update_id":17,"update_id":18,"message":{"chat":{"id":1.5},"user":{"id":"u"}}}"#,
+            r#"{"update_id":19,"mess\u0061ge":{"chat":{"id":1,"type":{"odd":1}}}}"#,
+            r#" {"update_id":20,"message":{}} "#,
+            // Only the kind's body is read as one.
+            r#"{"update_id":23,"message":{"chat":{"id":1}},"other":{"from":7}}"#,
+        ];
+        for text in usual {
+            let fast = Update::at_once(text.as_bytes());
+            assert!(fast.is_some(), "not read in one pass: {text}");
+            let slow = Update::field_by_field(text.as_bytes()).unwrap();
+            assert_eq!(fast.unwrap(), slow, "{text}");
+        }
+        // Shapes the one pass leaves to the slow path, which must still
+        // read them as it always did.
+        let odd: [&[u8]; 8] = [
+            br#"{"update_id":21, "future_thing" : {"chat":"weird"}, "x":1}"#,
+            br#"{"update_id":22,"message":{"chat":{"id":1},"chat":{"id":2}}}"#,
+            br#"{"update_id":"x1","message":{}}"#,
+            br#"{"update_id":1.5}"#,
+            br#"{"message":{"chat":{"id":1}}}"#,
+            b"{\"update_id\":24,\"message\":{\"text\":\"\xff\",\"chat\":{\"id\":9}}}",
+            br#"[1,2]"#,
+            br#"{"update_id":25,"message":{"chat":{"id":1}}"#,
+        ];
+        for bytes in odd {
+            assert_eq!(
+                Update::at_once(bytes),
+                None,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+            assert_eq!(
+                Update::from_bytes(bytes),
+                Update::field_by_field(bytes),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let weird = Update::from_bytes(odd[0]).unwrap();
+        assert_eq!(
+            (weird.kind.as_str(), weird.lane),
+            ("future_thing", Lane::Alone)
+        );
+        let bad_utf8 = Update::from_bytes(odd[5]).unwrap();
+        assert_eq!(
+            (bad_utf8.update_id, bad_utf8.payload.as_slice()),
+            (Some(24), odd[5])
+        );
     }
 
     #[test]
