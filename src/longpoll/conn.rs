@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 
 /// How long opening a connection (TCP, TLS, h2 preface and the server's
 /// settings) may take, as for reqwest's connections.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Flow-control windows: a batch of updates (up to a few MB) arrives in
 /// one round trip rather than in 64 KB steps. They are credit, not
 /// buffers: memory is only used by data received and not yet read, and

@@ -11,17 +11,21 @@
 //! one opened before a poll would have to wait. The other Bot API calls
 //! (replies, gateway calls) are short and stay on reqwest.
 //!
-//! A server that does not offer `h2` gets its long polls over HTTP/1.1,
-//! one connection each, through reqwest as before; so do bots behind a
-//! `proxy` (reqwest does the proxy protocols) and plain `http://` APIs.
+//! A plain `http://` API gets each bot's long polls over HTTP/1.1 on one
+//! connection of its own ([`Line`]), which holds no buffer while the poll
+//! waits. A server that does not offer `h2` gets its long polls over
+//! HTTP/1.1, one connection each, through reqwest as before; so do bots
+//! behind a `proxy` (reqwest does the proxy protocols).
 
 mod conn;
+mod h1;
 mod pool;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use h1::Line;
 pub use pool::{Answer, PollError, Pool};
 
 use crate::config::CaFile;
@@ -29,9 +33,10 @@ use crate::config::CaFile;
 /// The path a bot's `getUpdates` takes.
 #[derive(Clone)]
 pub enum LongPolls {
-    /// This reqwest client (HTTP/1.1 here: plain `http://`, or https with
-    /// HTTP/2 turned off).
+    /// This reqwest client (HTTP/1.1 here: through a proxy).
     Client(reqwest::Client),
+    /// A plain `http://` API: one HTTP/1.1 connection of the bot's own.
+    H1(Arc<Line>),
     /// Our HTTP/2 pool, or `h1` once the server turned out not to offer h2.
     H2 {
         pool: Arc<Pool>,
@@ -65,6 +70,11 @@ impl Pools {
             .replace("{method}", "getUpdates");
         let url = url::Url::parse(&sample).map_err(|e| format!("api_url: {e}"))?;
         if url.scheme() != "https" {
+            if proxy.is_none() {
+                if let Some(line) = line_for(api_url, &url) {
+                    return Ok(LongPolls::H1(Arc::new(line)));
+                }
+            }
             // Plain HTTP is never HTTP/2 with reqwest (no h2c).
             return Ok(LongPolls::Client(clients.for_bot(proxy, ca_file)?));
         }
@@ -85,4 +95,26 @@ impl Pools {
         };
         Ok(LongPolls::H2 { pool, h1 })
     }
+}
+
+/// A bot's own HTTP/1.1 line to a plain `http://` API; None when its host
+/// or port depends on the token (it goes where reqwest sends it).
+fn line_for(api_url: &str, sample: &url::Url) -> Option<Line> {
+    let other = api_url
+        .replace("{token}", "1:y")
+        .replace("{method}", "getUpdates");
+    let other = url::Url::parse(&other).ok()?;
+    if sample.scheme() != "http"
+        || other.host() != sample.host()
+        || other.port_or_known_default() != sample.port_or_known_default()
+    {
+        return None;
+    }
+    let host = match sample.host()? {
+        url::Host::Domain(d) => d.to_string(),
+        url::Host::Ipv4(a) => a.to_string(),
+        url::Host::Ipv6(a) => a.to_string(),
+    };
+    let port = sample.port_or_known_default()?;
+    Some(Line::new(host, port, sample.port().is_none()))
 }

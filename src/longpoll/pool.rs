@@ -32,6 +32,7 @@ pub struct Pool {
 }
 
 /// A server's answer: what `BotApi` interprets.
+#[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     pub retry_after: Option<u64>,

@@ -285,6 +285,19 @@ impl BotApi {
         let client = match &self.polls {
             None => &self.client,
             Some(LongPolls::Client(c)) => c,
+            Some(LongPolls::H1(line)) => match self.poll_url() {
+                Some(url) => {
+                    // The path and query: where the token is.
+                    let target = &url[url::Position::BeforePath..];
+                    return line
+                        .post_json(target, &body, timeout, MAX_RESPONSE)
+                        .await
+                        .map_err(|e| poll_error(e, timeout))
+                        .and_then(|answer| self.updates_in(&answer))
+                        .map_err(|e| e.redacted(&self.redactor));
+                }
+                None => &self.client,
+            },
             Some(LongPolls::H2 { pool, h1 }) => {
                 match self.poll_h2(pool, body.clone(), timeout).await {
                     Some(updates) => return updates.map_err(|e| e.redacted(&self.redactor)),
@@ -334,9 +347,7 @@ impl BotApi {
         let answer = match pool.post_json(url, body, timeout, MAX_RESPONSE).await {
             Ok(a) => a,
             Err(PollError::NotH2) => return None,
-            Err(PollError::Timeout) => return Some(Err(ApiError::Timeout { timeout })),
-            Err(PollError::TooLarge(limit)) => return Some(Err(ApiError::TooLarge { limit })),
-            Err(PollError::Transport(text)) => return Some(Err(ApiError::Transport(text))),
+            Err(e) => return Some(Err(poll_error(e, timeout))),
         };
         Some(self.updates_in(&answer))
     }
@@ -638,6 +649,16 @@ impl BotApi {
 
 /// Each update of a getUpdates `result` as its exact bytes (slices of
 /// `result`, not copies).
+/// A long poll's failure as the poller decides on it. Not yet redacted.
+fn poll_error(e: PollError, timeout: Duration) -> ApiError {
+    match e {
+        PollError::Timeout => ApiError::Timeout { timeout },
+        PollError::TooLarge(limit) => ApiError::TooLarge { limit },
+        PollError::Transport(text) => ApiError::Transport(text),
+        PollError::NotH2 => ApiError::Transport("the server does not speak HTTP/2".into()),
+    }
+}
+
 /// A getUpdates answer that is what it should be (2xx, valid UTF-8, `ok`,
 /// an array of updates) read in one pass of the JSON, envelope and array
 /// together; None for anything else, which [`BotApi::interpret`] and

@@ -1,0 +1,579 @@
+//! One bot's long polls to a plain `http://` API over HTTP/1.1: one
+//! connection, kept from poll to poll, holding no buffer while a poll
+//! waits.
+//!
+//! An idle bot spends nearly all its life waiting in a long poll. Through
+//! hyper's client (reqwest's) each such wait holds ~34 KB: the connection's
+//! 8 KiB read buffer (reserved before the answer comes), its 8 KiB write
+//! buffer, its request channel, and reqwest's per-request state
+//! (BENCHMARKS.md, "10,000 idle bots"). Here a poll writes its request,
+//! waits for the socket to become readable with nothing allocated, and
+//! only then reads the answer into a buffer that leaves with the answer.
+//!
+//! The answer is read as HTTP/1.1 allows it to come: `Content-Length`,
+//! chunked, or until the server closes; `1xx` heads are skipped. A
+//! connection is kept only after an answer read exactly to its end that
+//! did not ask for `close`, and used again only if the server has not
+//! closed it meanwhile (then the poll goes on a new one).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use super::conn::CONNECT_TIMEOUT;
+use super::{Answer, PollError};
+
+/// A head longer than this is not a Bot API's.
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers read from a head at most.
+const MAX_HEADERS: usize = 64;
+/// What a read asks for at least once data has come.
+const READ_STEP: usize = 16 * 1024;
+
+pub struct Line {
+    host: String,
+    port: u16,
+    /// The `Host` header's value.
+    authority: String,
+    /// The connection kept from the last answer, if it may be used again.
+    kept: Mutex<Option<TcpStream>>,
+}
+
+impl Line {
+    pub fn new(host: String, port: u16, default_port: bool) -> Line {
+        let authority = match (default_port, host.contains(':')) {
+            (true, false) => host.clone(),
+            (true, true) => format!("[{host}]"),
+            (false, false) => format!("{host}:{port}"),
+            (false, true) => format!("[{host}]:{port}"),
+        };
+        Line {
+            host,
+            port,
+            authority,
+            kept: Mutex::new(None),
+        }
+    }
+
+    /// POSTs `body` (JSON) to `target` (a path and query: it carries the
+    /// token, and goes nowhere but the request line) and reads the answer,
+    /// up to `cap` bytes, all within `timeout`.
+    pub async fn post_json(
+        &self,
+        target: &str,
+        body: &[u8],
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<Answer, PollError> {
+        let deadline = Instant::now() + timeout;
+        let request = self.request(target, body);
+        // A kept connection the server closed while it was idle is seen
+        // closed now (its FIN came long before this poll) and not used.
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(still_open);
+        let exchange = async {
+            let mut stream = match kept {
+                Some(stream) => stream,
+                None => self.connect().await?,
+            };
+            let (answer, reusable) = exchange(&mut stream, &request, cap).await?;
+            Ok::<_, PollError>((answer, reusable, stream))
+        };
+        let (answer, reusable, stream) = timeout_at(deadline, exchange)
+            .await
+            .map_err(|_| PollError::Timeout)??;
+        if reusable {
+            *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+        }
+        Ok(answer)
+    }
+
+    fn request(&self, target: &str, body: &[u8]) -> Vec<u8> {
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nhost: {}\r\nuser-agent: pollhook/{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.authority,
+            env!("CARGO_PKG_VERSION"),
+            body.len()
+        );
+        let mut request = Vec::with_capacity(head.len() + body.len());
+        request.extend_from_slice(head.as_bytes());
+        request.extend_from_slice(body);
+        request
+    }
+
+    async fn connect(&self) -> Result<TcpStream, PollError> {
+        let (host, port) = (&self.host, self.port);
+        let stream = timeout_at(
+            Instant::now() + CONNECT_TIMEOUT,
+            TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| {
+            PollError::Transport(format!(
+                "connecting to {host}:{port} took longer than {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| PollError::Transport(format!("cannot connect to {host}:{port}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+/// Whether a kept connection is still open and quiet: no end of stream,
+/// no error, and no stray bytes (an answer to nothing) waiting.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Sends `request` and reads its answer. Returns whether the connection
+/// may carry another.
+async fn exchange(
+    stream: &mut TcpStream,
+    request: &[u8],
+    cap: usize,
+) -> Result<(Answer, bool), PollError> {
+    stream
+        .write_all(request)
+        .await
+        .map_err(|e| transport(&format!("sending the request: {e}")))?;
+    // The long wait, with nothing allocated.
+    stream
+        .readable()
+        .await
+        .map_err(|e| transport(&format!("waiting for the answer: {e}")))?;
+    let mut buf = BytesMut::new();
+    if read_more(stream, &mut buf).await? == 0 {
+        return Err(transport("the connection closed before an answer"));
+    }
+    let head = loop {
+        match Head::parse(&buf)? {
+            Some(head) if head.interim => buf.advance(head.len),
+            Some(head) => break head,
+            None if buf.len() > MAX_HEAD => return Err(transport("the answer's head is too long")),
+            None => {
+                if read_more(stream, &mut buf).await? == 0 {
+                    return Err(transport("the connection closed inside the answer's head"));
+                }
+            }
+        }
+    };
+    buf.advance(head.len);
+    let (body, exact) = match head.framing {
+        Framing::Length(n) if n > cap => return Err(PollError::TooLarge(cap)),
+        Framing::Length(n) => {
+            while buf.len() < n {
+                if read_more(stream, &mut buf).await? == 0 {
+                    return Err(transport("the connection closed inside the answer"));
+                }
+            }
+            let rest = buf.split_off(n);
+            (buf.freeze(), rest.is_empty())
+        }
+        Framing::Chunked => chunked(stream, buf, cap).await?,
+        Framing::UntilClose => {
+            while read_more(stream, &mut buf).await? > 0 {
+                if buf.len() > cap {
+                    return Err(PollError::TooLarge(cap));
+                }
+            }
+            (buf.freeze(), false)
+        }
+    };
+    let answer = Answer {
+        status: head.status,
+        retry_after: head.retry_after,
+        body,
+    };
+    Ok((answer, exact && head.keep_alive))
+}
+
+/// How an answer's body is delimited.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+#[derive(Debug)]
+struct Head {
+    /// Bytes of the head, its blank line included.
+    len: usize,
+    status: u16,
+    /// A `1xx` head, which another follows.
+    interim: bool,
+    retry_after: Option<u64>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Head {
+    /// The head at the start of `buf`; None while it is incomplete.
+    fn parse(buf: &[u8]) -> Result<Option<Head>, PollError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(transport(&format!("not an HTTP answer ({e})"))),
+        };
+        let status = response.code.unwrap_or(0);
+        let mut head = Head {
+            len,
+            status,
+            interim: (100..200).contains(&status) && status != 101,
+            retry_after: None,
+            framing: Framing::UntilClose,
+            // HTTP/1.0 closes unless told otherwise; we keep it simple.
+            keep_alive: response.version == Some(1),
+        };
+        let mut length: Option<usize> = None;
+        for h in response.headers.iter() {
+            let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let n = value
+                    .parse::<usize>()
+                    .map_err(|_| transport("a Content-Length that is not a number"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(transport("two different Content-Lengths"));
+                }
+                length = Some(n);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // Chunked is the last coding when the body is framed by it.
+                let last = value.rsplit(',').next().unwrap_or("").trim();
+                head.framing = if last.eq_ignore_ascii_case("chunked") {
+                    Framing::Chunked
+                } else {
+                    Framing::UntilClose
+                };
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                if value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+                {
+                    head.keep_alive = false;
+                }
+            } else if h.name.eq_ignore_ascii_case("retry-after") {
+                head.retry_after = value.parse().ok();
+            }
+        }
+        let has_coding = response
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+        if head.interim || status == 204 || status == 304 {
+            head.framing = Framing::Length(0);
+        } else if !has_coding {
+            if let Some(n) = length {
+                head.framing = Framing::Length(n);
+            }
+        }
+        // A body framed by the connection's end ends the connection.
+        if head.framing == Framing::UntilClose {
+            head.keep_alive = false;
+        }
+        Ok(Some(head))
+    }
+}
+
+/// A chunked body, `buf` holding what came after the head; and whether
+/// nothing came after it.
+async fn chunked(
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+    cap: usize,
+) -> Result<(Bytes, bool), PollError> {
+    let mut body = BytesMut::new();
+    loop {
+        let size_line = line(stream, &mut buf).await?;
+        let size = size_line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|_| transport("a chunk size that is not a number"))?;
+        if size == 0 {
+            // Trailers, then the blank line that ends the body.
+            while !line(stream, &mut buf).await?.is_empty() {}
+            return Ok((body.freeze(), buf.is_empty()));
+        }
+        if body.len().saturating_add(size) > cap {
+            return Err(PollError::TooLarge(cap));
+        }
+        while buf.len() < size + 2 {
+            if read_more(stream, &mut buf).await? == 0 {
+                return Err(transport("the connection closed inside a chunk"));
+            }
+        }
+        body.extend_from_slice(&buf[..size]);
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(transport("a chunk not followed by CRLF"));
+        }
+        buf.advance(size + 2);
+    }
+}
+
+/// One CRLF-ended line of a chunked body (without its CRLF).
+async fn line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<String, PollError> {
+    loop {
+        if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..at]).into_owned();
+            buf.advance(at + 2);
+            return Ok(line);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(transport("a chunk line is too long"));
+        }
+        if read_more(stream, buf).await? == 0 {
+            return Err(transport("the connection closed inside a chunked answer"));
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, PollError> {
+    fill(stream, buf)
+        .await
+        .map_err(|e| transport(&format!("reading the answer: {e}")))
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(READ_STEP);
+    stream.read_buf(buf).await
+}
+
+fn transport(why: &str) -> PollError {
+    PollError::Transport(format!("HTTP/1.1: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// What the test server does with the next request.
+    enum Act {
+        Answer(&'static [u8]),
+        AnswerAndClose(&'static [u8]),
+        /// Reads the request and closes without a word.
+        Close,
+        /// Reads the request and never answers.
+        Hang,
+    }
+
+    struct Server {
+        port: u16,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    /// A raw HTTP/1.1 server on 127.0.0.1 acting out `acts` in order, one
+    /// per request, over whichever connections they come on.
+    async fn server(acts: Vec<Act>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acts = Arc::new(Mutex::new(VecDeque::from(acts)));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let (acts, r) = (acts.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: its head, then its Content-Length body.
+                        let end = loop {
+                            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break at + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < end + len {
+                            let mut chunk = [0u8; 4096];
+                            let n = s.read(&mut chunk).await.unwrap();
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        r.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&buf[..end + len]).to_string());
+                        buf.drain(..end + len);
+                        let act = acts.lock().unwrap().pop_front();
+                        match act {
+                            Some(Act::Answer(a)) => s.write_all(a).await.unwrap(),
+                            Some(Act::AnswerAndClose(a)) => {
+                                s.write_all(a).await.unwrap();
+                                return;
+                            }
+                            Some(Act::Close) | None => return,
+                            Some(Act::Hang) => {
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Server {
+            port,
+            connections,
+            requests,
+        }
+    }
+
+    const SECOND: Duration = Duration::from_secs(5);
+
+    async fn poll(line: &Line) -> Result<Answer, PollError> {
+        line.post_json(
+            "/bot1:SECRET/getUpdates",
+            br#"{"timeout":30}"#,
+            SECOND,
+            1000,
+        )
+        .await
+    }
+
+    fn body(a: &Result<Answer, PollError>) -> &[u8] {
+        &a.as_ref().unwrap().body
+    }
+
+    #[tokio::test]
+    async fn answers_framed_every_way_are_read_and_the_connection_kept_when_it_may_be() {
+        let s = server(vec![
+            Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nRetry-After: 7\r\n\r\nfirst"),
+            // An interim head, then a chunked body with an extension and a trailer.
+            Act::Answer(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nsec\r\n4\r\nond!\r\n0\r\nTrailer: t\r\n\r\n"),
+            Act::Answer(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nConnection: close\r\n\r\n"),
+            // No length: the body ends with the connection.
+            Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end"),
+            Act::Answer(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast"),
+        ])
+        .await;
+        let line = Line::new("127.0.0.1".into(), s.port, false);
+        let first = poll(&line).await;
+        assert_eq!(body(&first), b"first");
+        assert_eq!(first.as_ref().unwrap().retry_after, Some(7));
+        assert_eq!(body(&poll(&line).await), b"second!");
+        assert_eq!(
+            s.connections.load(Ordering::SeqCst),
+            1,
+            "kept for the second poll"
+        );
+        let limited = poll(&line).await.unwrap();
+        assert_eq!((limited.status, limited.body.len()), (429, 0));
+        assert_eq!(body(&poll(&line).await), b"until the end");
+        assert_eq!(
+            s.connections.load(Ordering::SeqCst),
+            2,
+            "not kept after close"
+        );
+        assert_eq!(body(&poll(&line).await), b"ok");
+        assert_eq!(body(&poll(&line).await), b"last");
+        assert_eq!(
+            s.connections.load(Ordering::SeqCst),
+            4,
+            "neither after an end-framed body nor HTTP/1.0"
+        );
+        let requests = s.requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 6);
+        assert!(
+            requests[0].starts_with("POST /bot1:SECRET/getUpdates HTTP/1.1\r\n"),
+            "{}",
+            requests[0]
+        );
+        assert!(requests[0].contains(&format!("host: 127.0.0.1:{}\r\n", s.port)));
+        assert!(requests[0].ends_with("\r\n\r\n{\"timeout\":30}"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced_and_one_closed_on_a_poll_is_an_error() {
+        let s = server(vec![
+            Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
+            Act::Close,
+        ])
+        .await;
+        let line = Line::new("127.0.0.1".into(), s.port, false);
+        assert_eq!(body(&poll(&line).await), b"a");
+        // The server closed it after the first answer (`Close` ends the
+        // connection on the next request): seen as an error...
+        let e = poll(&line).await.unwrap_err();
+        assert!(
+            matches!(&e, PollError::Transport(t) if t.contains("closed before an answer") && !t.contains("SECRET")),
+            "{e:?}"
+        );
+        // ...and a connection the server closed while idle is not reused.
+        let s = server(vec![
+            Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"),
+            Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc"),
+        ])
+        .await;
+        let line = Line::new("127.0.0.1".into(), s.port, false);
+        assert_eq!(body(&poll(&line).await), b"b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(body(&poll(&line).await), b"c");
+        assert_eq!(s.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn oversized_malformed_and_silent_answers_fail_as_the_poller_expects() {
+        let s = server(vec![
+            Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1001\r\n\r\n"),
+            // A chunk past the cap (1,001 bytes).
+            Act::Answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n"),
+            Act::Answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"),
+            Act::Answer(b"<html>not HTTP</html>\r\n\r\n"),
+            Act::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab"),
+            Act::Hang,
+        ])
+        .await;
+        let line = Line::new("localhost".into(), s.port, false);
+        assert!(matches!(poll(&line).await, Err(PollError::TooLarge(1000))));
+        assert!(matches!(poll(&line).await, Err(PollError::TooLarge(1000))));
+        for why in [
+            "a chunk size that is not a number",
+            "not an HTTP answer",
+            "two different Content-Lengths",
+        ] {
+            match poll(&line).await {
+                Err(PollError::Transport(t)) => {
+                    assert!(t.starts_with("HTTP/1.1: ") && t.contains(why), "{t}")
+                }
+                other => panic!("{why}: {:?}", other.map(|a| a.status)),
+            }
+        }
+        assert_eq!(
+            s.connections.load(Ordering::SeqCst),
+            5,
+            "none kept after a failure"
+        );
+        let started = Instant::now();
+        let e = line
+            .post_json("/x", b"{}", Duration::from_millis(300), 1000)
+            .await;
+        assert!(matches!(e, Err(PollError::Timeout)));
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}
