@@ -31,7 +31,8 @@ use super::{Answer, PollError};
 const MAX_HEAD: usize = 64 * 1024;
 /// Headers read from a head at most.
 const MAX_HEADERS: usize = 64;
-/// What a read asks for at least once data has come.
+/// Room a read makes when the buffer is full (the body of a sized answer
+/// gets its whole length at once).
 const READ_STEP: usize = 16 * 1024;
 
 pub struct Line {
@@ -171,6 +172,8 @@ async fn exchange(
     let (body, exact) = match head.framing {
         Framing::Length(n) if n > cap => return Err(PollError::TooLarge(cap)),
         Framing::Length(n) => {
+            // One allocation for the whole body (≤ cap, checked above).
+            buf.reserve(n.saturating_sub(buf.len()));
             while buf.len() < n {
                 if read_more(stream, &mut buf).await? == 0 {
                     return Err(transport("the connection closed inside the answer"));
@@ -344,7 +347,9 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, 
 }
 
 async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    buf.reserve(READ_STEP);
+    if buf.capacity() == buf.len() {
+        buf.reserve(READ_STEP);
+    }
     stream.read_buf(buf).await
 }
 
