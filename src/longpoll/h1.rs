@@ -1,6 +1,6 @@
-//! One bot's long polls to a plain `http://` API over HTTP/1.1: one
-//! connection, kept from poll to poll, holding no buffer while a poll
-//! waits.
+//! One bot's long polls over HTTP/1.1 (a plain `http://` API, or an
+//! `https://` one without HTTP/2): one connection, kept from poll to poll,
+//! holding no buffer of ours while a poll waits.
 //!
 //! An idle bot spends nearly all its life waiting in a long poll. Through
 //! hyper's client (reqwest's) each such wait holds ~34 KB: the connection's
@@ -9,6 +9,7 @@
 //! (BENCHMARKS.md, "10,000 idle bots"). Here a poll writes its request,
 //! waits for the socket to become readable with nothing allocated, and
 //! only then reads the answer into a buffer that leaves with the answer.
+//! Over TLS, rustls keeps its own state per connection.
 //!
 //! The answer is read as HTTP/1.1 allows it to come: `Content-Length`,
 //! chunked, or until the server closes; `1xx` heads are skipped. A
@@ -20,9 +21,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 use super::conn::CONNECT_TIMEOUT;
 use super::{Answer, PollError};
@@ -40,13 +45,29 @@ pub struct Line {
     port: u16,
     /// The `Host` header's value.
     authority: String,
+    /// For an `https://` API: the connector (ALPN `http/1.1`) and the
+    /// server's name.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The connection kept from the last answer, if it may be used again.
-    kept: Mutex<Option<TcpStream>>,
+    kept: Mutex<Option<Stream>>,
+}
+
+/// A connection: plain, or TLS (boxed: rustls' state is a few KB, and a
+/// plain connection need not carry its room).
+type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
+fn tcp(stream: &Stream) -> &TcpStream {
+    match stream {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
+    }
 }
 
 impl Line {
     pub fn new(host: String, port: u16, default_port: bool) -> Line {
-        let authority = match (default_port, host.contains(':')) {
+        // An IPv6 address goes in brackets (unless it came in them).
+        let bare_v6 = host.contains(':') && !host.starts_with('[');
+        let authority = match (default_port, bare_v6) {
             (true, false) => host.clone(),
             (true, true) => format!("[{host}]"),
             (false, false) => format!("{host}:{port}"),
@@ -56,8 +77,15 @@ impl Line {
             host,
             port,
             authority,
+            tls: None,
             kept: Mutex::new(None),
         }
+    }
+
+    /// The same over TLS (the connector's ALPN offering `http/1.1` only).
+    pub fn with_tls(mut self, connector: TlsConnector, name: ServerName<'static>) -> Line {
+        self.tls = Some((connector, name));
+        self
     }
 
     /// POSTs `body` (JSON) to `target` (a path and query: it carries the
@@ -110,45 +138,74 @@ impl Line {
         request
     }
 
-    async fn connect(&self) -> Result<TcpStream, PollError> {
+    /// A new connection (and its TLS handshake), within CONNECT_TIMEOUT.
+    async fn connect(&self) -> Result<Stream, PollError> {
         let (host, port) = (&self.host, self.port);
-        let stream = timeout_at(
-            Instant::now() + CONNECT_TIMEOUT,
-            TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        .map_err(|_| {
-            PollError::Transport(format!(
-                "connecting to {host}:{port} took longer than {}s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(|e| PollError::Transport(format!("cannot connect to {host}:{port}: {e}")))?;
+        timeout_at(Instant::now() + CONNECT_TIMEOUT, self.open())
+            .await
+            .map_err(|_| {
+                PollError::Transport(format!(
+                    "connecting to {host}:{port} took longer than {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+    }
+
+    async fn open(&self) -> Result<Stream, PollError> {
+        let (host, port) = (&self.host, self.port);
+        let stream = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| PollError::Transport(format!("cannot connect to {host}:{port}: {e}")))?;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Either::Left(stream));
+        };
+        let tls = connector.connect(name.clone(), stream).await.map_err(|e| {
+            PollError::Transport(format!(
+                "TLS with {host}:{port}: {}",
+                crate::http::error_chain(&e)
+            ))
+        })?;
+        Ok(Either::Right(Box::new(tls)))
     }
 }
 
 /// Whether a kept connection is still open and quiet: no end of stream,
-/// no error, and no stray bytes (an answer to nothing) waiting.
-fn still_open(stream: &TcpStream) -> bool {
+/// no error, and no stray bytes (an answer to nothing, a TLS alert)
+/// waiting. Peeked at on the socket, so a TLS stream loses nothing.
+fn still_open(stream: &Stream) -> bool {
+    use std::os::fd::AsRawFd;
     let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    // SAFETY: `recv` writes at most one byte into `probe`, which lives
+    // across the call; the descriptor is the stream's own, open.
+    let n = unsafe {
+        libc::recv(
+            tcp(stream).as_raw_fd(),
+            probe.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// Sends `request` and reads its answer. Returns whether the connection
 /// may carry another.
 async fn exchange(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     request: &[u8],
     cap: usize,
 ) -> Result<(Answer, bool), PollError> {
-    stream
-        .write_all(request)
-        .await
+    let sent = async {
+        stream.write_all(request).await?;
+        stream.flush().await
+    };
+    sent.await
         .map_err(|e| transport(&format!("sending the request: {e}")))?;
-    // The long wait, with nothing allocated.
-    stream
+    // The long wait, with nothing allocated. Over TLS the socket is
+    // watched under rustls, which holds nothing unread here: the last
+    // answer was read to its end, and a poll goes out only after it.
+    tcp(stream)
         .readable()
         .await
         .map_err(|e| transport(&format!("waiting for the answer: {e}")))?;
@@ -292,7 +349,7 @@ impl Head {
 /// A chunked body, `buf` holding what came after the head; and whether
 /// nothing came after it.
 async fn chunked(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     mut buf: BytesMut,
     cap: usize,
 ) -> Result<(Bytes, bool), PollError> {
@@ -324,7 +381,7 @@ async fn chunked(
 }
 
 /// One CRLF-ended line of a chunked body (without its CRLF).
-async fn line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<String, PollError> {
+async fn line(stream: &mut Stream, buf: &mut BytesMut) -> Result<String, PollError> {
     loop {
         if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
             let line = String::from_utf8_lossy(&buf[..at]).into_owned();
@@ -340,13 +397,13 @@ async fn line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<String, Poll
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, PollError> {
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> Result<usize, PollError> {
     fill(stream, buf)
         .await
         .map_err(|e| transport(&format!("reading the answer: {e}")))
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.capacity() == buf.len() {
         buf.reserve(READ_STEP);
     }

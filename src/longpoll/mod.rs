@@ -11,11 +11,11 @@
 //! one opened before a poll would have to wait. The other Bot API calls
 //! (replies, gateway calls) are short and stay on reqwest.
 //!
-//! A plain `http://` API gets each bot's long polls over HTTP/1.1 on one
-//! connection of its own ([`Line`]), which holds no buffer while the poll
-//! waits. A server that does not offer `h2` gets its long polls over
-//! HTTP/1.1, one connection each, through reqwest as before; so do bots
-//! behind a `proxy` (reqwest does the proxy protocols).
+//! A plain `http://` API, and an `https://` one that does not offer `h2`,
+//! gets each bot's long polls over HTTP/1.1 on one connection of its own
+//! ([`Line`]), which holds no buffer while the poll waits. Bots behind a
+//! `proxy` poll through reqwest, one connection each (reqwest does the
+//! proxy protocols).
 
 mod conn;
 mod h1;
@@ -38,10 +38,7 @@ pub enum LongPolls {
     /// A plain `http://` API: one HTTP/1.1 connection of the bot's own.
     H1(Arc<Line>),
     /// Our HTTP/2 pool, or `h1` once the server turned out not to offer h2.
-    H2 {
-        pool: Arc<Pool>,
-        h1: reqwest::Client,
-    },
+    H2 { pool: Arc<Pool>, h1: Arc<Line> },
 }
 
 /// One [`Pool`] per (host, port, ca_file): bots on the same API trusting
@@ -78,9 +75,8 @@ impl Pools {
             // Plain HTTP is never HTTP/2 with reqwest (no h2c).
             return Ok(LongPolls::Client(clients.for_bot(proxy, ca_file)?));
         }
-        let h1 = clients.for_long_polls(proxy, ca_file)?;
         if proxy.is_some() {
-            return Ok(LongPolls::Client(h1));
+            return Ok(LongPolls::Client(clients.for_long_polls(proxy, ca_file)?));
         }
         let host = url.host_str().unwrap_or_default().to_string();
         let port = url.port_or_known_default().unwrap_or(443);
@@ -93,6 +89,7 @@ impl Pools {
                 p
             }
         };
+        let h1 = Arc::new(pool.h1_line(url.port().is_none()));
         Ok(LongPolls::H2 { pool, h1 })
     }
 }

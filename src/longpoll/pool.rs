@@ -23,6 +23,9 @@ pub struct Pool {
     port: u16,
     name: ServerName<'static>,
     tls: TlsConnector,
+    /// The same configuration offering only `http/1.1`, for the bots'
+    /// lines once the server turned out not to speak HTTP/2.
+    h1_tls: TlsConnector,
     conns: Mutex<Vec<Arc<Conn>>>,
     /// One connection is opened at a time, so that many bots starting
     /// together fill a connection rather than each opening its own.
@@ -62,15 +65,27 @@ impl Pool {
     pub fn new(host: String, port: u16, ca_file: Option<&CaFile>) -> Result<Pool, String> {
         let name = ServerName::try_from(host.clone())
             .map_err(|e| format!("api_url: host {host:?}: {e}"))?;
+        let config = crate::http::tls::client_config(ca_file)?;
+        // A clone shares the verifier and its roots.
+        let mut h1 = config.clone();
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Pool {
             host,
             port,
             name,
-            tls: TlsConnector::from(Arc::new(crate::http::tls::client_config(ca_file)?)),
+            tls: TlsConnector::from(Arc::new(config)),
+            h1_tls: TlsConnector::from(Arc::new(h1)),
             conns: Mutex::default(),
             opening: tokio::sync::Mutex::default(),
             not_h2: AtomicBool::new(false),
         })
+    }
+
+    /// A bot's HTTP/1.1 line to this pool's server, for when it does not
+    /// speak HTTP/2.
+    pub fn h1_line(&self, default_port: bool) -> super::Line {
+        super::Line::new(self.host.clone(), self.port, default_port)
+            .with_tls(self.h1_tls.clone(), self.name.clone())
     }
 
     /// False once the server answered ALPN with HTTP/1.1. Kept for the

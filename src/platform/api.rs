@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::http::{error_chain, read_capped, BodyError};
-use crate::longpoll::{Answer, LongPolls, PollError, Pool};
+use crate::longpoll::{Answer, Line, LongPolls, PollError, Pool};
 use crate::platform::call::Params;
 use crate::platform::utf8::{readable, span_in};
 use crate::redact::Redactor;
@@ -285,23 +285,17 @@ impl BotApi {
         let client = match &self.polls {
             None => &self.client,
             Some(LongPolls::Client(c)) => c,
-            Some(LongPolls::H1(line)) => match self.poll_url() {
-                Some(url) => {
-                    // The path and query: where the token is.
-                    let target = &url[url::Position::BeforePath..];
-                    return line
-                        .post_json(target, &body, timeout, MAX_RESPONSE)
-                        .await
-                        .map_err(|e| poll_error(e, timeout))
-                        .and_then(|answer| self.updates_in(&answer))
-                        .map_err(|e| e.redacted(&self.redactor));
-                }
+            Some(LongPolls::H1(line)) => match self.poll_line(line, &body, timeout).await {
+                Some(updates) => return updates,
                 None => &self.client,
             },
             Some(LongPolls::H2 { pool, h1 }) => {
-                match self.poll_h2(pool, body.clone(), timeout).await {
-                    Some(updates) => return updates.map_err(|e| e.redacted(&self.redactor)),
-                    None => h1,
+                if let Some(updates) = self.poll_h2(pool, body.clone(), timeout).await {
+                    return updates.map_err(|e| e.redacted(&self.redactor));
+                }
+                match self.poll_line(h1, &body, timeout).await {
+                    Some(updates) => return updates,
+                    None => &self.client,
                 }
             }
         };
@@ -316,6 +310,25 @@ impl BotApi {
             .await
             .and_then(|answer| self.updates_in(&answer))
             .map_err(|e| e.redacted(&self.redactor))
+    }
+
+    /// `getUpdates` on the bot's HTTP/1.1 line; None if its URL does not
+    /// parse (reqwest then says why).
+    async fn poll_line(
+        &self,
+        line: &Line,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Option<Result<Vec<Bytes>, ApiError>> {
+        let url = self.poll_url()?;
+        // The path and query: where the token is.
+        let target = &url[url::Position::BeforePath..];
+        let updates = line
+            .post_json(target, body, timeout, MAX_RESPONSE)
+            .await
+            .map_err(|e| poll_error(e, timeout))
+            .and_then(|answer| self.updates_in(&answer));
+        Some(updates.map_err(|e| e.redacted(&self.redactor)))
     }
 
     /// getUpdates' URL, parsed once (None if it does not parse).
