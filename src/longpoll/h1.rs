@@ -9,20 +9,26 @@
 //! (BENCHMARKS.md, "10,000 idle bots"). Here a poll writes its request,
 //! waits for the socket to become readable with nothing allocated, and
 //! only then reads the answer into a buffer that leaves with the answer.
-//! Over TLS, rustls keeps its own state per connection.
+//! Over TLS, rustls keeps its own state per connection. Memory per bot:
+//! nothing of ours while the poll waits; while an answer is read, its
+//! bytes up to the cap (`MAX_RESPONSE`, 64 MiB), twice that for a chunked
+//! one (the chunks, then the body they make).
 //!
 //! The answer is read as HTTP/1.1 allows it to come: `Content-Length`,
 //! chunked, or until the server closes; `1xx` heads are skipped. A
 //! connection is kept only after an answer read exactly to its end that
-//! did not ask for `close`, and used again only if the server has not
-//! closed it meanwhile (then the poll goes on a new one).
+//! did not ask for `close`, and used again only if nothing came on it
+//! since (no close, no stray bytes, nothing left in rustls); else the poll
+//! goes on a new one. A connection that closes during a poll is an error
+//! the poller retries after its pause, as any failed poll.
 
+use std::io::ErrorKind;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
@@ -107,7 +113,7 @@ impl Line {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .filter(still_open);
+            .and_then(|mut stream| still_open(&mut stream).then_some(stream));
         let exchange = async {
             let mut stream = match kept {
                 Some(stream) => stream,
@@ -171,22 +177,39 @@ impl Line {
 }
 
 /// Whether a kept connection is still open and quiet: no end of stream,
-/// no error, and no stray bytes (an answer to nothing, a TLS alert)
-/// waiting. Peeked at on the socket, so a TLS stream loses nothing.
-fn still_open(stream: &Stream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut probe = [0u8; 1];
-    // SAFETY: `recv` writes at most one byte into `probe`, which lives
-    // across the call; the descriptor is the stream's own, open.
-    let n = unsafe {
-        libc::recv(
-            tcp(stream).as_raw_fd(),
-            probe.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+/// no error, and nothing waiting (an answer to nothing, a TLS alert),
+/// neither on the socket (peeked at, so a TLS stream loses nothing) nor
+/// already taken in by rustls.
+fn still_open(stream: &mut Stream) -> bool {
+    if let Either::Right(tls) = stream {
+        match tls.get_mut().1.process_new_packets() {
+            Ok(io) if io.plaintext_bytes_to_read() == 0 && !io.peer_has_closed() => {}
+            _ => return false,
+        }
+    }
+    matches!(peek(tcp(stream)), Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
+
+/// Looks at the socket without taking anything from it. The socket is
+/// non-blocking (tokio's): nothing there is `WouldBlock`.
+fn peek(tcp: &TcpStream) -> std::io::Result<usize> {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+    socket2::SockRef::from(tcp).peek(&mut probe)
+}
+
+/// Waits until the socket has something to read (or is closed), holding
+/// nothing. tokio's readiness can outlast what it announced (a read that
+/// filled the buffer exactly leaves it set): a peek through `try_io` that
+/// finds nothing clears it, and the wait goes on.
+async fn wait_readable(tcp: &TcpStream) -> std::io::Result<()> {
+    loop {
+        tcp.readable().await?;
+        match tcp.try_io(Interest::READABLE, || peek(tcp)) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(()),
+        }
+    }
 }
 
 /// Sends `request` and reads its answer. Returns whether the connection
@@ -203,10 +226,11 @@ async fn exchange(
     sent.await
         .map_err(|e| transport(&format!("sending the request: {e}")))?;
     // The long wait, with nothing allocated. Over TLS the socket is
-    // watched under rustls, which holds nothing unread here: the last
-    // answer was read to its end, and a poll goes out only after it.
-    tcp(stream)
-        .readable()
+    // watched under rustls, which holds nothing unread here: a kept
+    // connection had nothing left in rustls (`still_open`), a new one has
+    // only done its handshake (a TLS 1.3 ticket may wake this wait early;
+    // the read below then holds its buffer for the rest of that poll).
+    wait_readable(tcp(stream))
         .await
         .map_err(|e| transport(&format!("waiting for the answer: {e}")))?;
     let mut buf = BytesMut::new();
@@ -367,6 +391,8 @@ async fn chunked(
         if body.len().saturating_add(size) > cap {
             return Err(PollError::TooLarge(cap));
         }
+        // Room for the whole chunk at once, not by doubling.
+        buf.reserve((size + 2).saturating_sub(buf.len()));
         while buf.len() < size + 2 {
             if read_more(stream, &mut buf).await? == 0 {
                 return Err(transport("the connection closed inside a chunk"));
@@ -422,6 +448,7 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
+    use tokio_rustls::TlsConnector;
 
     /// What the test server does with the next request.
     enum Act {
@@ -637,5 +664,106 @@ mod tests {
             .await;
         assert!(matches!(e, Err(PollError::Timeout)));
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    /// After an answer that filled the read buffer exactly, tokio still
+    /// reports the socket readable; the wait must not take that for data
+    /// (a buffer would be held through the whole next poll).
+    #[tokio::test]
+    async fn the_wait_for_an_answer_does_not_wake_on_stale_readiness() {
+        let s = server(vec![Act::Answer(big())]).await;
+        let line = Line::new("127.0.0.1".into(), s.port, false);
+        let answer = line.post_json("/x", b"{}", SECOND, 1 << 20).await.unwrap();
+        assert_eq!(answer.body.len(), 100_000);
+        let kept = line.kept.lock().unwrap().take().expect("kept");
+        let waited =
+            tokio::time::timeout(Duration::from_millis(300), wait_readable(tcp(&kept))).await;
+        assert!(waited.is_err(), "woke with nothing to read");
+    }
+
+    /// A 100,000-byte answer, sized by Content-Length.
+    fn big() -> &'static [u8] {
+        static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        BIG.get_or_init(|| {
+            let mut all = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+            all.resize(all.len() + 100_000, b'a');
+            all
+        })
+    }
+
+    /// A TLS server whose first answer comes with a stray second one in
+    /// the same TCP write, so rustls takes both in; a poll after it must
+    /// not get the stray answer for its own.
+    #[tokio::test]
+    async fn over_tls_an_answer_rustls_already_took_in_is_not_taken_for_the_next_poll() {
+        use std::io::Write;
+        use tokio_rustls::rustls;
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let mut client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let c = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(tcp).await.unwrap();
+                    let mut request = [0u8; 4096];
+                    let _ = tls.read(&mut request).await.unwrap();
+                    if n > 0 {
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh";
+                        tls.write_all(answer).await.unwrap();
+                        tls.flush().await.unwrap();
+                        tokio::time::sleep(SECOND).await;
+                        return;
+                    }
+                    // Both answers' records, then one write of them all.
+                    let (io, conn) = tls.get_mut();
+                    let mut wire = Vec::new();
+                    for answer in [big(), b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"] {
+                        let mut at = 0;
+                        while at < answer.len() {
+                            at += conn.writer().write(&answer[at..]).unwrap();
+                            while conn.wants_write() {
+                                conn.write_tls(&mut wire).unwrap();
+                            }
+                        }
+                    }
+                    io.write_all(&wire).await.unwrap();
+                    io.flush().await.unwrap();
+                    // Any second request on this connection is answered wrongly.
+                    let _ = tls.read(&mut request).await;
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwrong")
+                        .await;
+                    let _ = tls.flush().await;
+                    tokio::time::sleep(SECOND).await;
+                });
+            }
+        });
+        let name = ServerName::try_from("localhost").unwrap();
+        let line = Line::new("127.0.0.1".into(), port, false)
+            .with_tls(TlsConnector::from(Arc::new(client)), name);
+        let first = line.post_json("/x", b"{}", SECOND, 1 << 20).await.unwrap();
+        assert_eq!(first.body.len(), 100_000);
+        let second = line.post_json("/x", b"{}", SECOND, 1 << 20).await.unwrap();
+        assert_eq!(&second.body[..], b"fresh");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 }

@@ -66,6 +66,11 @@ impl Pools {
             .replace("{token}", "0:x")
             .replace("{method}", "getUpdates");
         let url = url::Url::parse(&sample).map_err(|e| format!("api_url: {e}"))?;
+        if url.username() != "" || url.password().is_some() {
+            // `user:pass@` becomes reqwest's `Authorization: Basic`; the
+            // pool and the lines send no credentials.
+            return Ok(LongPolls::Client(clients.for_long_polls(proxy, ca_file)?));
+        }
         if url.scheme() != "https" {
             if proxy.is_none() {
                 if let Some(line) = line_for(api_url, &url) {
@@ -114,4 +119,56 @@ fn line_for(api_url: &str, sample: &url::Url) -> Option<Line> {
     };
     let port = sample.port_or_known_default()?;
     Some(Line::new(host, port, sample.port().is_none()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(api_url: &str, proxy: Option<&str>) -> &'static str {
+        let proxy = proxy.map(|p| url::Url::parse(p).unwrap());
+        let polls = Pools::new()
+            .long_polls(
+                &mut crate::http::Clients::new(),
+                api_url,
+                proxy.as_ref(),
+                None,
+            )
+            .unwrap();
+        match polls {
+            LongPolls::Client(_) => "reqwest",
+            LongPolls::H1(_) => "line",
+            LongPolls::H2 { .. } => "pool",
+        }
+    }
+
+    #[test]
+    fn each_api_url_gets_the_path_that_can_carry_it() {
+        assert_eq!(
+            path("http://127.0.0.1:8081/bot{token}/{method}", None),
+            "line"
+        );
+        assert_eq!(
+            path("https://api.telegram.org/bot{token}/{method}", None),
+            "pool"
+        );
+        assert_eq!(
+            path(
+                "http://127.0.0.1:8081/bot{token}/{method}",
+                Some("http://127.0.0.1:3128")
+            ),
+            "reqwest",
+            "a proxy is reqwest's"
+        );
+        for with_credentials in [
+            "http://user:apipass@bots.lan:8081/bot{token}/{method}",
+            "https://k3y@api.example/bot{token}/{method}",
+        ] {
+            assert_eq!(
+                path(with_credentials, None),
+                "reqwest",
+                "{with_credentials}"
+            );
+        }
+    }
 }

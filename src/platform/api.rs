@@ -321,8 +321,8 @@ impl BotApi {
         timeout: Duration,
     ) -> Option<Result<Vec<Bytes>, ApiError>> {
         let url = self.poll_url()?;
-        // The path and query: where the token is.
-        let target = &url[url::Position::BeforePath..];
+        // The path and query (where the token is); no fragment.
+        let target = &url[url::Position::BeforePath..url::Position::AfterQuery];
         let updates = line
             .post_json(target, body, timeout, MAX_RESPONSE)
             .await
@@ -660,8 +660,6 @@ impl BotApi {
     }
 }
 
-/// Each update of a getUpdates `result` as its exact bytes (slices of
-/// `result`, not copies).
 /// A long poll's failure as the poller decides on it. Not yet redacted.
 fn poll_error(e: PollError, timeout: Duration) -> ApiError {
     match e {
@@ -697,6 +695,8 @@ fn updates_at_once(answer: &Answer) -> Option<Vec<Bytes>> {
     })
 }
 
+/// Each update of a getUpdates `result` as its exact bytes (slices of
+/// `result`, not copies).
 fn split_updates(result: &Bytes) -> Result<Vec<Bytes>, ApiError> {
     let text = readable(result);
     let updates: Vec<&RawValue> =
