@@ -118,8 +118,32 @@ impl Drop for Server {
     }
 }
 
-/// A port nothing listens on right now (for admin.listen in a config).
+/// A port nothing listens on right now (for admin.listen in a config, a
+/// nats-server's ports), and that nothing else is handed while its server
+/// is down: it is taken below the kernel's ephemeral range, where an
+/// outgoing connection never gets a port. (A port from `bind(:0)` is an
+/// ephemeral one: a nats-server restarted after 10 s found its monitor
+/// port taken by some connection meanwhile.)
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    if ephemeral_low > LOW + 1_000 {
+        let span = ephemeral_low - LOW;
+        // Test binaries run one at a time, but start each at its own place.
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::SeqCst);
+            let port = (LOW + (start + n) % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
