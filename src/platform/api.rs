@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::http::{error_chain, read_capped, BodyError};
 use crate::longpoll::{Answer, Line, LongPolls, PollError, Pool};
+use crate::platform::batch;
 use crate::platform::call::Params;
 use crate::platform::utf8::{readable, span_in};
 use crate::redact::Redactor;
@@ -368,7 +369,7 @@ impl BotApi {
     /// The updates in a getUpdates answer, each as its exact bytes. Errors
     /// are not yet redacted.
     fn updates_in(&self, answer: &Answer) -> Result<Vec<Bytes>, ApiError> {
-        if let Some(updates) = updates_at_once(answer) {
+        if let Some(updates) = batch::at_once(answer) {
             return Ok(updates);
         }
         let result = self.interpret(
@@ -670,48 +671,12 @@ fn poll_error(e: PollError, timeout: Duration) -> ApiError {
     }
 }
 
-/// A getUpdates answer that is what it should be (2xx, valid UTF-8, `ok`,
-/// an array of updates) read in one pass of the JSON, envelope and array
-/// together; None for anything else, which [`BotApi::interpret`] and
-/// [`split_updates`] then read (and explain) as any answer.
-fn updates_at_once(answer: &Answer) -> Option<Vec<Bytes>> {
-    #[derive(Deserialize)]
-    struct Updates<'a> {
-        ok: bool,
-        #[serde(borrow)]
-        result: Vec<&'a RawValue>,
-    }
-    if !(200..300).contains(&answer.status) {
-        return None;
-    }
-    let text = std::str::from_utf8(&answer.body).ok()?;
-    let updates: Updates = serde_json::from_str(text).ok()?;
-    updates.ok.then(|| {
-        updates
-            .result
-            .into_iter()
-            .map(|u| answer.body.slice(span_in(text, u.get())))
-            .collect()
-    })
-}
-
-/// Each update of a getUpdates `result` as its exact bytes (slices of
-/// `result`, not copies).
+/// Each update of a getUpdates `result`, or why it is not an array of them.
 fn split_updates(result: &Bytes) -> Result<Vec<Bytes>, ApiError> {
-    let text = readable(result);
-    let updates: Vec<&RawValue> =
-        serde_json::from_str(&text).map_err(|e| ApiError::BadResponse {
-            status: 200,
-            // Not serde's text: it quotes the platform's input.
-            detail: format!(
-                "result is not an array of updates: {}",
-                super::update::what_it_is(&text, &e)
-            ),
-        })?;
-    Ok(updates
-        .into_iter()
-        .map(|u| result.slice(span_in(&text, u.get())))
-        .collect())
+    batch::split(result).map_err(|detail| ApiError::BadResponse {
+        status: 200,
+        detail,
+    })
 }
 
 /// A `result` as JSON text, for callers that only read it (invalid UTF-8
@@ -908,11 +873,11 @@ mod tests {
             br#" {"ok":true,"description":"fine","result":[ [1], "x", 3 ]} "#,
         ] {
             let ans = answer(200, body);
-            let fast = updates_at_once(&ans).expect("read at once");
+            let fast = batch::at_once(&ans).expect("read at once");
             assert_eq!(fast, two_steps(&ans).unwrap());
             assert_eq!(a.updates_in(&ans), Ok(fast));
         }
-        let first = updates_at_once(&answer(200, br#"{"ok":true,"result":[{"update_id":1,"message":{"text":"[\"]"}} , {"update_id":2}]}"#)).unwrap();
+        let first = batch::at_once(&answer(200, br#"{"ok":true,"result":[{"update_id":1,"message":{"text":"[\"]"}} , {"update_id":2}]}"#)).unwrap();
         assert_eq!(
             first[0],
             &br#"{"update_id":1,"message":{"text":"[\"]"}}"#[..]
@@ -934,7 +899,7 @@ mod tests {
         ] {
             let ans = answer(status, body);
             assert_eq!(
-                updates_at_once(&ans),
+                batch::at_once(&ans),
                 None,
                 "{}",
                 String::from_utf8_lossy(body)
