@@ -138,8 +138,7 @@ impl Line {
             env!("CARGO_PKG_VERSION"),
             body.len()
         );
-        let mut request = Vec::with_capacity(head.len() + body.len());
-        request.extend_from_slice(head.as_bytes());
+        let mut request = head.into_bytes();
         request.extend_from_slice(body);
         request
     }
@@ -312,16 +311,8 @@ impl Head {
             Err(e) => return Err(transport(&format!("not an HTTP answer ({e})"))),
         };
         let status = response.code.unwrap_or(0);
-        let mut head = Head {
-            len,
-            status,
-            interim: (100..200).contains(&status) && status != 101,
-            retry_after: None,
-            framing: Framing::UntilClose,
-            // HTTP/1.0 closes unless told otherwise; we keep it simple.
-            keep_alive: response.version == Some(1),
-        };
-        let mut length: Option<usize> = None;
+        let interim = (100..200).contains(&status) && status != 101;
+        let (mut length, mut coding, mut close, mut retry_after) = (None, None, false, None);
         for h in response.headers.iter() {
             let value = std::str::from_utf8(h.value).unwrap_or("").trim();
             if h.name.eq_ignore_ascii_case("content-length") {
@@ -333,39 +324,38 @@ impl Head {
                 }
                 length = Some(n);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                // Chunked is the last coding when the body is framed by it.
+                // Chunked is the last coding when the body is framed by it;
+                // any other coding is framed by the connection's end.
                 let last = value.rsplit(',').next().unwrap_or("").trim();
-                head.framing = if last.eq_ignore_ascii_case("chunked") {
+                coding = Some(if last.eq_ignore_ascii_case("chunked") {
                     Framing::Chunked
                 } else {
                     Framing::UntilClose
-                };
+                });
             } else if h.name.eq_ignore_ascii_case("connection") {
-                if value
+                close |= value
                     .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
-                {
-                    head.keep_alive = false;
-                }
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"));
             } else if h.name.eq_ignore_ascii_case("retry-after") {
-                head.retry_after = value.parse().ok();
+                retry_after = value.parse().ok();
             }
         }
-        let has_coding = response
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-        if head.interim || status == 204 || status == 304 {
-            head.framing = Framing::Length(0);
-        } else if !has_coding {
-            if let Some(n) = length {
-                head.framing = Framing::Length(n);
-            }
-        }
-        // A body framed by the connection's end ends the connection.
-        if head.framing == Framing::UntilClose {
-            head.keep_alive = false;
-        }
+        // A coding wins over a length (RFC 9112 §6.3).
+        let framing = if interim || status == 204 || status == 304 {
+            Framing::Length(0)
+        } else {
+            coding.unwrap_or(length.map_or(Framing::UntilClose, Framing::Length))
+        };
+        let head = Head {
+            len,
+            status,
+            interim,
+            retry_after,
+            // HTTP/1.0 closes unless told otherwise (kept simple: always),
+            // and a body framed by the connection's end ends it.
+            keep_alive: response.version == Some(1) && !close && framing != Framing::UntilClose,
+            framing,
+        };
         Ok(Some(head))
     }
 }
