@@ -85,7 +85,9 @@ impl Poller {
                 return;
             }
         };
-        if !self.introduce(&shutdown).await {
+        // Boxed: getMe goes through reqwest, whose future would otherwise
+        // stay in this task's state (one per bot) long after it ran once.
+        if !Box::pin(self.introduce(&shutdown)).await {
             return;
         }
         // The platform remembers allowed_updates across calls and restarts;

@@ -45,6 +45,19 @@ const MAX_HEADERS: usize = 64;
 /// Room a read makes when the buffer is full (the body of a sized answer
 /// gets its whole length at once).
 const READ_STEP: usize = 16 * 1024;
+/// The first read of an answer: most heads fit; a longer answer grows the
+/// buffer by `READ_STEP`, or to its length once the head gives it.
+const FIRST_READ: usize = 1024;
+
+/// New connections (TCP and TLS handshakes) being opened at once, by all
+/// bots together. A handshake's transient memory (certificates, key
+/// exchange, buffers) is tens of KB; 10,000 bots starting together held
+/// them all at once (424 MB allocated at the peak), and the long-lived
+/// connection state allocated among that garbage stayed scattered over its
+/// pages afterwards. Queued this way, 10,000 bots over TLS on 127.0.0.1
+/// all poll within a few seconds (BENCHMARKS.md, fifth session).
+const OPENING_AT_ONCE: usize = 64;
+static OPENING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(OPENING_AT_ONCE);
 
 pub struct Line {
     host: String,
@@ -117,7 +130,10 @@ impl Line {
         let exchange = async {
             let mut stream = match kept {
                 Some(stream) => stream,
-                None => self.connect().await?,
+                // Boxed: the TLS handshake's future holds a whole rustls
+                // connection, and it is needed once per connection, not
+                // in the state every waiting poll keeps.
+                None => Box::pin(self.connect()).await?,
             };
             let (answer, reusable) = exchange(&mut stream, &request, cap).await?;
             Ok::<_, PollError>((answer, reusable, stream))
@@ -143,9 +159,12 @@ impl Line {
         request
     }
 
-    /// A new connection (and its TLS handshake), within CONNECT_TIMEOUT.
+    /// A new connection (and its TLS handshake), within CONNECT_TIMEOUT
+    /// of its turn to open (see [`OPENING_AT_ONCE`]).
     async fn connect(&self) -> Result<Stream, PollError> {
         let (host, port) = (&self.host, self.port);
+        // Never closed, so never an error.
+        let _turn = OPENING.acquire().await;
         timeout_at(Instant::now() + CONNECT_TIMEOUT, self.open())
             .await
             .map_err(|_| {
@@ -228,11 +247,13 @@ async fn exchange(
     // watched under rustls, which holds nothing unread here: a kept
     // connection had nothing left in rustls (`still_open`), a new one has
     // only done its handshake (a TLS 1.3 ticket may wake this wait early;
-    // the read below then holds its buffer for the rest of that poll).
+    // the read below then waits for the answer holding its buffer, so
+    // that buffer starts at FIRST_READ: a head's worth, not READ_STEP,
+    // which 10,000 new connections held through their first poll).
     wait_readable(tcp(stream))
         .await
         .map_err(|e| transport(&format!("waiting for the answer: {e}")))?;
-    let mut buf = BytesMut::new();
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
     if read_more(stream, &mut buf).await? == 0 {
         return Err(transport("the connection closed before an answer"));
     }

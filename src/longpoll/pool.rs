@@ -182,7 +182,10 @@ impl Pool {
         if let Some(l) = self.try_lease() {
             return Ok(l);
         }
-        match Conn::open(&self.host, self.port, &self.name, &self.tls).await {
+        // Boxed: opening (TCP, TLS, HTTP/2 handshakes) is a ~6.4 KB future
+        // needed once per connection; inline, every waiting poll would
+        // carry its space.
+        match Box::pin(Conn::open(&self.host, self.port, &self.name, &self.tls)).await {
             Ok(Opened::H2(conn)) => {
                 tracing::debug!(
                     host = %self.host,
