@@ -10,7 +10,8 @@
 //! waits for the socket to become readable with nothing allocated, and
 //! only then reads the answer into a buffer that leaves with the answer.
 //! Over TLS, rustls keeps its own state per connection. Memory per bot:
-//! nothing of ours while the poll waits; while an answer is read, its
+//! nothing of ours while the poll waits (but `FIRST_READ`, 1 KB, on a new
+//! TLS connection whose wait a session ticket ended); while an answer is read, its
 //! bytes up to the cap (`MAX_RESPONSE`, 64 MiB), twice that for a chunked
 //! one (the chunks, then the body they make).
 //!
@@ -23,7 +24,7 @@
 //! the poller retries after its pause, as any failed poll.
 
 use std::io::ErrorKind;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -49,19 +50,27 @@ const READ_STEP: usize = 16 * 1024;
 /// buffer by `READ_STEP`, or to its length once the head gives it.
 const FIRST_READ: usize = 1024;
 
-/// New connections (TCP and TLS handshakes) being opened at once, by all
-/// bots together. A handshake's transient memory (certificates, key
-/// exchange, buffers) is tens of KB; 10,000 bots starting together held
-/// them all at once (424 MB allocated at the peak), and the long-lived
-/// connection state allocated among that garbage stayed scattered over its
-/// pages afterwards. Queued this way, 10,000 bots over TLS on 127.0.0.1
-/// all poll within a few seconds (BENCHMARKS.md, fifth session).
+/// New connections (TCP and TLS handshakes) being opened at once to one
+/// server, by all the lines that share an [`Openings`]. A handshake's
+/// transient memory (certificates, key exchange, buffers) is tens of KB;
+/// 10,000 bots starting together held them all at once (424 MB allocated
+/// at the peak), and the long-lived connection state allocated among that
+/// garbage stayed scattered over its pages afterwards. Queued this way,
+/// 10,000 bots over TLS on 127.0.0.1 all poll within a few seconds
+/// (BENCHMARKS.md, fifth session). Per server, not per process: a server
+/// that hangs handshakes must not hold the turns of bots on another.
 const OPENING_AT_ONCE: usize = 64;
-static OPENING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(OPENING_AT_ONCE);
+
+/// The turns to open connections to one server, shared by its lines.
+pub type Openings = Arc<tokio::sync::Semaphore>;
+
+pub fn openings() -> Openings {
+    Arc::new(tokio::sync::Semaphore::new(OPENING_AT_ONCE))
+}
 
 pub struct Line {
-    host: String,
-    port: u16,
+    pub(super) host: String,
+    pub(super) port: u16,
     /// The `Host` header's value.
     authority: String,
     /// For an `https://` API: the connector (ALPN `http/1.1`) and the
@@ -69,6 +78,8 @@ pub struct Line {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The connection kept from the last answer, if it may be used again.
     kept: Mutex<Option<Stream>>,
+    /// Turns to open a connection, shared with the server's other lines.
+    pub(super) openings: Openings,
 }
 
 /// A connection: plain, or TLS (boxed: rustls' state is a few KB, and a
@@ -98,7 +109,14 @@ impl Line {
             authority,
             tls: None,
             kept: Mutex::new(None),
+            openings: openings(),
         }
+    }
+
+    /// Opens its connections in turn with the other lines to its server.
+    pub fn sharing(mut self, openings: &Openings) -> Line {
+        self.openings = openings.clone();
+        self
     }
 
     /// The same over TLS (the connector's ALPN offering `http/1.1` only).
@@ -164,7 +182,7 @@ impl Line {
     async fn connect(&self) -> Result<Stream, PollError> {
         let (host, port) = (&self.host, self.port);
         // Never closed, so never an error.
-        let _turn = OPENING.acquire().await;
+        let _turn = self.openings.acquire().await;
         timeout_at(Instant::now() + CONNECT_TIMEOUT, self.open())
             .await
             .map_err(|_| {
@@ -776,5 +794,66 @@ mod tests {
         let second = line.post_json("/x", b"{}", SECOND, 1 << 20).await.unwrap();
         assert_eq!(&second.body[..], b"fresh");
         assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    /// A server that takes connections and never says a word: every TLS
+    /// handshake with it hangs until the connect timeout.
+    #[tokio::test]
+    async fn a_server_hanging_handshakes_holds_its_own_turns_to_open_not_others() {
+        use tokio_rustls::rustls;
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                held.push(tcp);
+            }
+        });
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let stuck = openings();
+        for _ in 0..OPENING_AT_ONCE + 8 {
+            let line = Line::new("127.0.0.1".into(), silent_port, false)
+                .with_tls(
+                    TlsConnector::from(client.clone()),
+                    ServerName::try_from("localhost").unwrap(),
+                )
+                .sharing(&stuck);
+            tokio::spawn(async move { line.post_json("/x", b"{}", SECOND, 1024).await });
+        }
+        let started = Instant::now();
+        while accepted.load(Ordering::SeqCst) < OPENING_AT_ONCE && started.elapsed() < SECOND {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            OPENING_AT_ONCE,
+            "connections opened at once to the silent server"
+        );
+        // Another server's lines have turns of their own.
+        let s = server(vec![Act::Answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )])
+        .await;
+        let line = Line::new("127.0.0.1".into(), s.port, false);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            line.post_json("/x", b"{}", SECOND, 1024),
+        )
+        .await
+        .expect("not queued behind the silent server's handshakes")
+        .unwrap();
+        assert_eq!(&answer.body[..], b"ok");
     }
 }

@@ -46,6 +46,8 @@ pub enum LongPolls {
 #[derive(Default)]
 pub struct Pools {
     by_key: HashMap<(String, u16, Option<PathBuf>), Arc<Pool>>,
+    /// Each server's turns to open HTTP/1.1 connections, shared by its lines.
+    openings: HashMap<(String, u16), h1::Openings>,
 }
 
 impl Pools {
@@ -74,7 +76,8 @@ impl Pools {
         if url.scheme() != "https" {
             if proxy.is_none() {
                 if let Some(line) = line_for(&url) {
-                    return Ok(LongPolls::H1(Arc::new(line)));
+                    let openings = self.openings_for(&line.host, line.port);
+                    return Ok(LongPolls::H1(Arc::new(line.sharing(&openings))));
                 }
             }
             // Plain HTTP is never HTTP/2 with reqwest (no h2c).
@@ -85,6 +88,7 @@ impl Pools {
         }
         let host = url.host_str().unwrap_or_default().to_string();
         let port = url.port_or_known_default().unwrap_or(443);
+        let openings = self.openings_for(&host, port);
         let key = (host.clone(), port, ca_file.map(|c| c.path.clone()));
         let pool = match self.by_key.get(&key) {
             Some(p) => p.clone(),
@@ -94,8 +98,17 @@ impl Pools {
                 p
             }
         };
-        let h1 = Arc::new(pool.h1_line(url.port().is_none()));
+        let h1 = Arc::new(pool.h1_line(url.port().is_none()).sharing(&openings));
         Ok(LongPolls::H2 { pool, h1 })
+    }
+}
+
+impl Pools {
+    fn openings_for(&mut self, host: &str, port: u16) -> h1::Openings {
+        self.openings
+            .entry((host.to_string(), port))
+            .or_insert_with(h1::openings)
+            .clone()
     }
 }
 
@@ -162,5 +175,25 @@ mod tests {
                 "{with_credentials}"
             );
         }
+    }
+
+    #[test]
+    fn lines_to_one_server_share_their_turns_to_open_and_only_they() {
+        let mut pools = Pools::new();
+        let mut clients = crate::http::Clients::new();
+        let mut line = |api_url: &str| match pools.long_polls(&mut clients, api_url, None, None) {
+            Ok(LongPolls::H1(line)) => line.openings.clone(),
+            Ok(LongPolls::H2 { h1, .. }) => h1.openings.clone(),
+            _ => panic!("{api_url}: no line"),
+        };
+        let a = line("http://127.0.0.1:8081/bot{token}/{method}");
+        let b = line("http://127.0.0.1:8081/other/bot{token}/{method}");
+        let other_port = line("http://127.0.0.1:8082/bot{token}/{method}");
+        let tls = line("https://api.example/bot{token}/{method}");
+        let tls_too = line("https://api.example/bot{token}/{method}");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &other_port));
+        assert!(Arc::ptr_eq(&tls, &tls_too));
+        assert!(!Arc::ptr_eq(&a, &tls));
     }
 }
