@@ -220,14 +220,32 @@ impl Child {
 
     /// Graceful stop (SIGTERM), waiting for the exit.
     pub fn stop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.signal(libc::SIGTERM);
         let _ = self.child.wait();
     }
 
     /// SIGKILL (a crash: no lease handed over), waiting for the exit.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
+        self.signal(libc::SIGKILL);
         let _ = self.child.wait();
+    }
+
+    /// Signals the process and every process it started. A
+    /// `BENCH_RELAY_BIN` that is a wrapper script (perf, an allocator's
+    /// statistics) and does not `exec` would otherwise leave the relay it
+    /// started running when the wrapper goes, polling beside the next
+    /// scenario and taking its CPU. They are listed before any is
+    /// signalled: a process whose parent has gone is no longer its child.
+    /// Nothing is signalled once the process has been waited for: its pid
+    /// may belong to another process by then.
+    fn signal(&mut self, sig: i32) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let pid = self.child.id();
+        for p in std::iter::once(pid).chain(descendants(pid)) {
+            unsafe { libc::kill(p as i32, sig) };
+        }
     }
 
     /// Starts pollhook again on the same configuration and state.
@@ -281,9 +299,29 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// Every process `pid` started, and what they started, from
+/// `/proc/<pid>/task/<tid>/children`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                found.push(child);
+                todo.push(child);
+            }
+        }
+    }
+    found
 }
 
 /// The relay under test: this build's binary, or `BENCH_RELAY_BIN` to
