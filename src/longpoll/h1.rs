@@ -11,9 +11,9 @@
 //! only then reads the answer into a buffer that leaves with the answer.
 //! Over TLS, rustls keeps its own state per connection. Memory per bot:
 //! nothing of ours while the poll waits (but `FIRST_READ`, 1 KB, on a new
-//! TLS connection whose wait a session ticket ended); while an answer is read, its
-//! bytes up to the cap (`MAX_RESPONSE`, 64 MiB), twice that for a chunked
-//! one (the chunks, then the body they make).
+//! TLS connection whose wait a session ticket ended); while an answer is
+//! read, its bytes up to the cap (`MAX_RESPONSE`, 64 MiB), twice that for
+//! a chunked one (the chunks, then the body they make).
 //!
 //! The answer is read as HTTP/1.1 allows it to come: `Content-Length`,
 //! chunked, or until the server closes; `1xx` heads are skipped. A

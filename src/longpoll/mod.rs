@@ -101,9 +101,7 @@ impl Pools {
         let h1 = Arc::new(pool.h1_line(url.port().is_none()).sharing(&openings));
         Ok(LongPolls::H2 { pool, h1 })
     }
-}
 
-impl Pools {
     fn openings_for(&mut self, host: &str, port: u16) -> h1::Openings {
         self.openings
             .entry((host.to_string(), port))
