@@ -13,6 +13,15 @@
 //! complete, and its flush waits for every reservation it covers, so once a
 //! flush has returned, every blob that flush points to is whole. Syncing
 //! those files and the directory then makes the flush's promise true.
+//!
+//! What this cannot cover: sled's own thread (every 500 ms) cleans old
+//! segments by rewriting their pages, which can put a page in a new blob
+//! file, and then fsyncs the log that points to it. Until pollhook's next
+//! flush syncs that file, a power cut can leave the log pointing at a
+//! blob whose bytes never reached the disk. The cleaning is sled's alone
+//! (no API runs it), so the remedy is a directory with 8 MiB segments,
+//! where Bot API pages never become blobs; `Store::open` warns about small
+//! ones.
 
 use std::collections::HashMap;
 use std::ffi::OsString;

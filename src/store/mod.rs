@@ -126,6 +126,10 @@ const DONE: u8 = b'k';
 const DEAD: u8 = b'd';
 const DAMAGED: u8 = b'x';
 
+/// sled's default: its thread also cleans old segments, which only it can
+/// do, so it stays on.
+const SLED_BACKGROUND_MS: u64 = 500;
+
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
@@ -170,6 +174,17 @@ impl Store {
     /// Opens (or creates) the database in `dir`. sled allows one process per
     /// database, so a second pollhook on the same directory fails here.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Store::open_with(dir, cache_bytes, Some(SLED_BACKGROUND_MS))
+    }
+
+    /// `background_ms`: how often sled's own thread cleans segments and
+    /// fsyncs its log between pollhook's flushes (None: never, so that a
+    /// test sees what pollhook's flushes alone write; see blobs.rs).
+    fn open_with(
+        dir: &Path,
+        cache_bytes: u64,
+        background_ms: Option<u64>,
+    ) -> Result<Store, StoreError> {
         let segments = durability::segment_size(&dir.join("db"));
         durability::drop_unfinished_snapshots(&dir.join("db"));
         if segments < SEGMENT_SIZE {
@@ -186,6 +201,7 @@ impl Store {
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .segment_size(segments)
+            .flush_every_ms(background_ms)
             .open()
             .map_err(|source| StoreError::Open {
                 path: dir.display().to_string(),
